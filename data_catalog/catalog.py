@@ -1,0 +1,201 @@
+"""The DuckDB catalog: the record of every artifact, quarantined input and evaluation result.
+
+A row in `artifacts` is the commit of a shard: stages write the file atomically first and record it
+second, so a crash between the two leaves a file without a row (redone on resume), never a row
+without a complete file. Writers from several threads or processes are serialised: a process-wide
+lock plus retries while another process holds DuckDB's file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    stage VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    split VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    fingerprint VARCHAR NOT NULL,
+    rows BIGINT,
+    tokens BIGINT,
+    audio_seconds DOUBLE,
+    bytes BIGINT,
+    upstream VARCHAR,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (path, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    stage VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    detail VARCHAR,
+    fingerprint VARCHAR NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (stage, path, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS eval_results (
+    run VARCHAR NOT NULL,
+    checkpoint VARCHAR NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE,
+    n BIGINT,
+    ci_low DOUBLE,
+    ci_high DOUBLE,
+    details VARCHAR,
+    created_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (run, checkpoint, metric)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run VARCHAR NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    config VARCHAR NOT NULL,
+    PRIMARY KEY (run, started_at)
+);
+"""
+
+_PROCESS_LOCK = threading.RLock()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    dataset: str
+    split: str
+    path: str
+    fingerprint: str
+    rows: int = 0
+    tokens: int = 0
+    audio_seconds: float = 0.0
+    bytes: int = 0
+    upstream: tuple[str, ...] = ()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Catalog:
+    """Thin, safe access to `catalog.duckdb`; every method opens, works and closes."""
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.execute(SCHEMA)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        deadline = time.monotonic() + self.lock_timeout_s
+        with _PROCESS_LOCK:
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path))
+                    break
+                except duckdb.IOException as err:  # another process holds the file lock
+                    if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    # ---- artifacts -------------------------------------------------------------------------
+    def record_artifact(self, art: Artifact) -> None:
+        """Record a complete file. The file must already be in its final place."""
+        if not Path(art.path).exists():
+            raise FileNotFoundError(f"refusing to record missing artifact {art.path}")
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [art.stage, art.dataset, art.split, str(art.path), art.fingerprint, art.rows, art.tokens,
+                 art.audio_seconds, art.bytes, json.dumps(list(art.upstream)), _now()],
+            )
+
+    def find_artifact(self, path: str | Path, fingerprint: str) -> dict[str, Any] | None:
+        """The recorded row for (path, fingerprint) if its file still exists, else None."""
+        with self.connect() as con:
+            row = con.execute(
+                "SELECT * FROM artifacts WHERE path = ? AND fingerprint = ?", [str(path), fingerprint]
+            ).fetchone()
+            cols = [d[0] for d in con.description] if row else []
+        if row is None or not Path(path).exists():
+            return None
+        return dict(zip(cols, row))
+
+    def artifacts(self, stage: str | None = None, fingerprint: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM artifacts WHERE 1=1", []
+        if stage:
+            query, args = query + " AND stage = ?", args + [stage]
+        if fingerprint:
+            query, args = query + " AND fingerprint = ?", args + [fingerprint]
+        return self._dicts(query + " ORDER BY path", args)
+
+    # ---- quarantine ------------------------------------------------------------------------
+    def record_quarantine(self, stage: str, dataset: str, path: str, reason: str, detail: str, fingerprint: str) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?,?,?)",
+                [stage, dataset, str(path), reason, detail, fingerprint, _now()],
+            )
+
+    def quarantined(self, stage: str | None = None) -> list[dict[str, Any]]:
+        if stage:
+            return self._dicts("SELECT * FROM quarantine WHERE stage = ? ORDER BY path", [stage])
+        return self._dicts("SELECT * FROM quarantine ORDER BY stage, path", [])
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def record_eval(self, run: str, checkpoint: str, metric: str, value: float, n: int,
+                    ci_low: float | None = None, ci_high: float | None = None,
+                    details: dict[str, Any] | None = None) -> None:
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO eval_results VALUES (?,?,?,?,?,?,?,?,?)",
+                [run, str(checkpoint), metric, value, n, ci_low, ci_high, json.dumps(details or {}), _now()],
+            )
+
+    def eval_results(self, run: str | None = None, checkpoint: str | None = None) -> list[dict[str, Any]]:
+        query, args = "SELECT * FROM eval_results WHERE 1=1", []
+        if run:
+            query, args = query + " AND run = ?", args + [run]
+        if checkpoint:
+            query, args = query + " AND checkpoint = ?", args + [str(checkpoint)]
+        return self._dicts(query + " ORDER BY run, checkpoint, metric", args)
+
+    def record_run(self, run: str, config: dict[str, Any]) -> None:
+        with self.connect() as con:
+            con.execute("INSERT INTO runs VALUES (?,?,?)", [run, _now(), json.dumps(config, sort_keys=True)])
+
+    # ---- summaries -------------------------------------------------------------------------
+    def summary(self) -> dict[str, list[dict[str, Any]]]:
+        """Hours and tokens per stage/dataset/split, quarantine counts, latest eval results."""
+        data = self._dicts(
+            """SELECT stage, dataset, split, count(*) AS shards, sum(rows) AS rows, sum(tokens) AS tokens,
+                      round(sum(audio_seconds) / 3600.0, 4) AS hours
+               FROM artifacts GROUP BY stage, dataset, split ORDER BY stage, dataset, split""", [])
+        quarantine = self._dicts(
+            "SELECT stage, reason, count(*) AS files FROM quarantine GROUP BY stage, reason ORDER BY stage, reason", [])
+        evals = self._dicts(
+            """SELECT run, checkpoint, metric, value, n, ci_low, ci_high, created_at FROM eval_results
+               QUALIFY row_number() OVER (PARTITION BY run, metric ORDER BY created_at DESC) = 1
+               ORDER BY run, metric""", [])
+        return {"data": data, "quarantine": quarantine, "eval": evals}
+
+    def _dicts(self, query: str, args: list[Any]) -> list[dict[str, Any]]:
+        with self.connect() as con:
+            cur = con.execute(query, args)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]

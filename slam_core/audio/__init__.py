@@ -1,0 +1,1 @@
+"""Audio: reading/validating (io), voice-activity segmentation (vad)."""

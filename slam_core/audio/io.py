@@ -1,0 +1,89 @@
+"""Audio I/O: soundfile to read, soxr to resample, to 16 kHz mono float32 at read time.
+
+Every failure raises `BadAudioError(path, reason)` with a short machine-readable reason, so callers
+can quarantine the file, count it in the catalog and go on.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+TARGET_SAMPLE_RATE_HZ = 16_000
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+
+
+class BadAudioError(Exception):
+    """Audio that cannot be used; `reason` is one of: unreadable, empty, non_finite, too_long, ..."""
+
+    def __init__(self, path: str | Path, reason: str, detail: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+def to_mono_16k(wave: np.ndarray, sample_rate_hz: int, source: str = "<array>") -> np.ndarray:
+    """Down-mix to mono, resample to 16 kHz and check the samples are usable."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1, dtype=np.float32)
+    if wave.size == 0:
+        raise BadAudioError(source, "empty", "zero samples")
+    if not np.isfinite(wave).all():
+        raise BadAudioError(source, "non_finite", "NaN or Inf samples")
+    if sample_rate_hz != TARGET_SAMPLE_RATE_HZ:
+        wave = soxr.resample(wave, sample_rate_hz, TARGET_SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+    return wave
+
+
+def read_audio(
+    path: str | Path,
+    start_s: float | None = None,
+    end_s: float | None = None,
+    max_duration_s: float | None = None,
+) -> np.ndarray:
+    """Read `path` (or a [start_s, end_s) slice of it) as 16 kHz mono float32."""
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # libsndfile raises several types for garbage input
+        raise BadAudioError(path, "unreadable", str(err).splitlines()[0][:200]) from None
+    if info.frames <= 0:
+        raise BadAudioError(path, "empty", "zero frames")
+    if max_duration_s is not None and info.duration > max_duration_s:
+        raise BadAudioError(path, "too_long", f"{info.duration:.0f} s > {max_duration_s:.0f} s")
+    start = int(round((start_s or 0.0) * info.samplerate))
+    stop = None if end_s is None else int(round(end_s * info.samplerate))
+    try:
+        wave, rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=False)
+    except Exception as err:
+        raise BadAudioError(path, "truncated_or_corrupt", str(err).splitlines()[0][:200]) from None
+    return to_mono_16k(wave, rate, str(path))
+
+
+def decode_audio_bytes(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Decode FLAC/WAV bytes (as stored in Parquet audio columns) to 16 kHz mono float32."""
+    if not data:
+        raise BadAudioError(source, "empty", "zero bytes")
+    try:
+        wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    except Exception as err:
+        raise BadAudioError(source, "unreadable", str(err).splitlines()[0][:200]) from None
+    return to_mono_16k(wave, rate, source)
+
+
+def encode_flac(wave: np.ndarray, sample_rate_hz: int = TARGET_SAMPLE_RATE_HZ) -> bytes:
+    """Encode float audio in [-1, 1] as 16-bit FLAC bytes (deterministic for the same input)."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wave, -1.0, 1.0), sample_rate_hz, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def list_audio_files(root: str | Path) -> list[Path]:
+    """All audio files under `root`, recursively, in a stable order."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())

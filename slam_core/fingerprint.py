@@ -1,0 +1,42 @@
+"""Stage fingerprints: hash(stage name, stage config, upstream fingerprints, code version).
+
+The same fingerprint keys the catalog (skip a shard already recorded) and Prefect's task cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import slam_core
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """slam_core version plus a digest of its source, so a code change invalidates cached stages."""
+    root = Path(slam_core.__file__).parent
+    h = hashlib.sha256(slam_core.__version__.encode())
+    for src in sorted(root.rglob("*.py")):
+        h.update(src.relative_to(root).as_posix().encode())
+        h.update(src.read_bytes())
+    return f"{slam_core.__version__}+{h.hexdigest()[:12]}"
+
+
+def fingerprint(stage: str, config: Any, upstream: list[str] | tuple[str, ...] = (), code: str | None = None) -> str:
+    """16-hex digest identifying one stage output."""
+    payload = json.dumps(
+        {"stage": stage, "config": config, "upstream": list(upstream), "code": code or code_version()},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,19 @@
+"""Where each stage writes under the data root (see architecture.md, 'Data flow between stages')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("raw", "synth", "segments", "units", "pairs", "models", "checkpoints", "eval", "reports", "quarantine")
+
+
+def stage_dir(root: Path, stage: str, *parts: str) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage directory '{stage}' (known: {', '.join(STAGES)})")
+    path = Path(root, stage, *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def catalog_path(root: Path) -> Path:
+    return Path(root) / "catalog.duckdb"

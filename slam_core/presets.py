@@ -1,0 +1,89 @@
+"""Named presets: each function returns a complete, validated `SlamConfig`. A preset is data, not code paths.
+
+- `smoke`: CPU, offline, minutes. Built-in stories spoken by espeak-ng, a tiny random 25 Hz HuBERT,
+  faiss k-means 500, a tiny Qwen2 text LM as the TWIST source. Every stage runs for real.
+- `slam`: the paper's recipe (Appendix A): 1×A5000, 24 h (23.5 h pre-training + 0.5 h DPO).
+- `slam_scaled`: the same recipe on 2 GPUs for 48 h.
+- `slam_large`: Qwen2.5-1.5B base with FSDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from slam_core.config import (
+    CorpusConfig, DpoConfig, EvalConfig, ModelConfig, ParallelConfig, RunConfig, SlamConfig, SynthConfig,
+    TrainConfig, UnitsConfig, VadConfig,
+)
+
+PAPER_METRICS = ["sblimp", "swuggy", "ssc", "tsc", "salmon", "generate", "genppl"]
+
+
+def smoke() -> SlamConfig:
+    """Whole pipeline on CPU in a few minutes, no network."""
+    return SlamConfig(
+        run=RunConfig(name="smoke", seed=1234, device="cpu"),
+        corpus=CorpusConfig(source="builtin", n_topics=8, n_train_stories=240, n_heldout_stories=64,
+                            n_swag_train=96, n_swag_heldout=64),
+        synth=SynthConfig(backend="espeak", stories_per_recording=6),
+        vad=VadConfig(min_speech_s=1.0, max_segment_s=30.0, min_silence_s=0.8),
+        units=UnitsConfig(encoder="tiny", layer=11, n_units=500, kmeans_sample_frames=60_000, kmeans_iters=12,
+                          batch_size=16, shard_segments=128),
+        model=ModelConfig(base="tiny-qwen2", context_len=512, dtype="float32", tiny_hidden_size=128, tiny_layers=4),
+        train=TrainConfig(budget_s=150.0, lr=3e-3, min_lr=1.5e-4, warmup_frac=0.05, micro_batch_size=8, grad_accum=1,
+                          checkpoint_every_s=30.0, log_every_steps=5, calibration_steps=3),
+        dpo=DpoConfig(budget_s=20.0, lr=5e-5, micro_batch_size=4, grad_accum=2, warmup_steps=2),
+        eval=EvalConfig(metrics=["tsc_like", "ssc_like", "generate"], n_generate=4, max_new_tokens=100),
+        parallel=ParallelConfig(n_gpus=0, max_workers=2),
+    )
+
+
+def slam() -> SlamConfig:
+    """The paper: Qwen2.5-0.5B TWIST init, 1×A5000, 24 h (Appendix A)."""
+    return SlamConfig(
+        run=RunConfig(name="slam", seed=42, device="cuda"),
+        corpus=CorpusConfig(source="tinystories"),
+        synth=SynthConfig(backend="kokoro", voices=["af_heart"], kokoro_model="hexgrad/Kokoro-82M"),
+        vad=VadConfig(),
+        units=UnitsConfig(encoder="slprl/mhubert-base-25hz", layer=11, n_units=500, batch_size=32, shard_segments=4096),
+        model=ModelConfig(base="Qwen/Qwen2.5-0.5B", twist_init=True, rope_theta=10_000.0, context_len=1024,
+                          dtype="bfloat16"),
+        train=TrainConfig(budget_s=23.5 * 3600, lr=1e-3, min_lr=5e-5, warmup_frac=0.01, micro_batch_size=8,
+                          grad_accum=16, grad_clip=0.5, checkpoint_every_s=1800.0),
+        dpo=DpoConfig(budget_s=1800.0, beta=0.1, lr=5e-5, micro_batch_size=4, grad_accum=16, grad_clip=0.5),
+        eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1),
+        parallel=ParallelConfig(n_gpus=1),
+    )
+
+
+def slam_scaled() -> SlamConfig:
+    """Slam (scaled): same recipe, 2 GPUs, 48 h."""
+    cfg = slam()
+    cfg.run.name = "slam_scaled"
+    cfg.parallel.n_gpus = 2
+    cfg.train.budget_s = 47.5 * 3600
+    cfg.train.grad_accum = 8  # 2 GPUs × 8 × 8 keeps the effective batch at 128 × 1024
+    return cfg
+
+
+def slam_large() -> SlamConfig:
+    """Qwen2.5-1.5B base, FSDP across the visible GPUs."""
+    cfg = slam_scaled()
+    cfg.run.name = "slam_large"
+    cfg.model.base = "Qwen/Qwen2.5-1.5B"
+    cfg.parallel.fsdp = True
+    cfg.train.micro_batch_size = 4
+    cfg.train.grad_accum = 16
+    return cfg
+
+
+PRESETS: dict[str, Callable[[], SlamConfig]] = {
+    "smoke": smoke, "slam": slam, "slam_scaled": slam_scaled, "slam_large": slam_large,
+}
+
+
+def get_preset(name: str) -> SlamConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise KeyError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None
