@@ -1,0 +1,40 @@
+"""The one place that picks device, dtype and attention backend."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is visible (set run.device=cpu or auto)")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """Reduced precision only on CUDA; CPU always computes in float32."""
+    if device.type != "cuda" or requested in ("float32", "auto_cpu"):
+        return torch.float32
+    if requested == "auto":
+        return torch.float16
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+
+
+def flash_attn_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+def pick_attn_implementation(requested: str, device: torch.device) -> str:
+    """flash_attention_2 when importable on CUDA, else sdpa (both honour packed position_ids)."""
+    if requested == "auto":
+        return "flash_attention_2" if device.type == "cuda" and flash_attn_available() else "sdpa"
+    if requested == "flash_attention_2" and not flash_attn_available():
+        raise RuntimeError("attn_implementation=flash_attention_2 but flash-attn is not importable: pip install 'slam[gpu]'")
+    return requested

@@ -1,0 +1,1 @@
+"""Speech LM: vocabulary, TWIST init, packed data, budgeted pre-training, checkpoints, DPO."""
