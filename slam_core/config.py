@@ -220,7 +220,7 @@ def apply_overrides(cfg: SlamConfig, overrides: list[str] | dict[str, Any] | Non
     """Return a validated copy of `cfg` with dotted overrides (`train.budget_s=60` or a dict) applied."""
     if not overrides:
         return cfg
-    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
     data = cfg.model_dump(mode="json")
     for key, value in items:
         node = data
@@ -235,7 +235,7 @@ def apply_overrides(cfg: SlamConfig, overrides: list[str] | dict[str, Any] | Non
     return validate_config(data)
 
 
-def _split_override(text: str) -> tuple[str, str]:
+def parse_override(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise ConfigError(f"override '{text}': expected key=value, e.g. train.budget_s=60")
     key, value = text.split("=", 1)

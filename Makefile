@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make demo` (whole pipeline, smoke preset) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned to the release whose CPU wheel the CPU hosts install; GPU hosts get the CUDA build of it.
+TORCH_SPEC ?= torch==2.13.0
+
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-fast bench deploy-loop clean-data help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml requirements/lean-heavy.txt requirements/lean-heavy-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e '.[dev,dask]'
+	$(PY) -m pip install -q -r requirements/lean-heavy.txt
+	$(PY) -m pip install -q --no-deps -r requirements/lean-heavy-nodeps.txt
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+demo: $(STAMP)  ## run the whole pipeline on the offline smoke preset
+	@start=$$(date +%s); \
+	$(VENV)/bin/slam run reproduce --preset smoke $(ARGS) && \
+	echo "make demo: finished in $$(( $$(date +%s) - start )) s; report: slam-data/reports/smoke/index.html"
+
+test: $(STAMP)  ## run the test suite (offline)
+	$(VENV)/bin/pytest -q tests
+
+test-fast: $(STAMP)  ## the tests without the slow end-to-end ones
+	$(VENV)/bin/pytest -q -m "not slow" tests
+
+bench: $(STAMP)  ## benchmarks (CPU here; GPU parts run where a GPU is visible)
+	$(PY) -m bench.run_all
+
+deploy-loop: $(STAMP)  ## prove the Prefect server/pool/deploy/worker/run loop on 127.0.0.1
+	bash scripts/deploy_loop.sh
+
+clean-data:  ## delete the smoke artifacts and Prefect's local state
+	rm -rf slam-data .prefect

@@ -1,0 +1,183 @@
+"""`slam` — the command line. Every subcommand is documented in `slam <command> --help`.
+
+    slam run reproduce --preset smoke [--set train.budget_s=60 ...] [--data-root DIR]
+    slam catalog summary [--data-root DIR]
+    slam units extract --audio DIR --out DIR [--preset smoke] [--batch-size N]
+    slam model init --base <hub id|dir> --out DIR [--preset slam]
+    slam eval --checkpoint DIR [--metrics tsc_like,ssc_like] [--preset smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+FLOWS = ("reproduce", "prepare-data", "train-lm", "evaluate")
+
+
+def _quiet_offline_env() -> None:
+    """Telemetry off and a patient ephemeral server, before Prefect is imported (prefect-offline.md §1)."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "slam_core,data_catalog")
+
+
+def _overrides(items: list[str]) -> dict[str, str] | None:
+    from slam_core.config import parse_override
+
+    return dict(parse_override(o) for o in items) or None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _quiet_offline_env()
+    from flows.evaluate import evaluate
+    from flows.prepare_data import prepare_data
+    from flows.reproduce import reproduce
+    from flows.train_lm import train_lm
+
+    flow = {"reproduce": reproduce, "prepare-data": prepare_data, "train-lm": train_lm, "evaluate": evaluate}[args.flow]
+    result = flow(preset=args.preset, overrides=_overrides(args.overrides), data_root=args.data_root)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_catalog_summary(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from data_catalog import Catalog
+    from slam_core.config import RunConfig, SlamConfig
+    from slam_core.paths import catalog_path
+
+    root = SlamConfig(run=RunConfig(data_root=args.data_root)).data_root
+    if not catalog_path(root).exists():
+        print(f"no catalog at {catalog_path(root)}: run `slam run reproduce --preset smoke` first", file=sys.stderr)
+        return 1
+    summary = Catalog(catalog_path(root)).summary()
+    console = Console()
+    titles = {"data": "Artifacts per stage, dataset and split", "quarantine": "Quarantined inputs",
+              "eval": "Latest evaluation results"}
+    for name, rows in summary.items():
+        table = Table(title=titles[name])
+        for col in (rows[0].keys() if rows else ["(none)"]):
+            table.add_column(str(col))
+        for row in rows:
+            table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()])
+        console.print(table)
+    return 0
+
+
+def cmd_units_extract(args: argparse.Namespace) -> int:
+    from flows.common import load_config
+    from slam_core.units import extract
+
+    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    if args.batch_size:
+        cfg.units.batch_size = args.batch_size
+    if not cfg.units.kmeans_path and not args.centroids:
+        print("units extract needs centroids: --centroids FILE (.npy/.safetensors) or --set units.kmeans_path=FILE",
+              file=sys.stderr)
+        return 2
+    extractor = extract.build_extractor(cfg.units, cfg.data_root, centroids=Path(args.centroids or cfg.units.kmeans_path),
+                                        device=cfg.run.device)
+    result = extract.extract_audio_dir(Path(args.audio), Path(args.out), extractor, cfg.units.batch_size,
+                                       cfg.units.shard_segments)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from flows.common import load_config
+    from slam_core.lm import model
+
+    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    cfg.model.base = args.base
+    base = model.resolve_base(cfg.model, cfg.data_root)
+    info = model.init_speech_lm(cfg.model, base, Path(args.out), n_units=cfg.units.n_units, seed=cfg.run.seed)
+    print(f"{info['path']}: {info['n_params']:,} parameters")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _quiet_offline_env()
+    from flows.evaluate import evaluate
+
+    overrides = _overrides(args.overrides) or {}
+    if args.metrics:
+        overrides["eval.metrics"] = json.dumps(args.metrics.split(","))
+    result = evaluate(preset=args.preset, overrides=overrides or None, data_root=args.data_root,
+                      checkpoints=[str(Path(c).resolve()) for c in args.checkpoint])
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slam", description="Train speech language models the Slamming way.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, preset: str = "smoke") -> None:
+        p.add_argument("--preset", default=preset, help=f"named preset: smoke, slam, slam_scaled, slam_large (default {preset})")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="config override, e.g. train.budget_s=60 (repeatable)")
+        p.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT, else ./slam-data)")
+
+    run = sub.add_parser("run", help="run a flow locally (Prefect ephemeral server unless PREFECT_API_URL is set)")
+    run.add_argument("flow", choices=FLOWS, help="which flow")
+    common(run)
+    run.set_defaults(func=cmd_run)
+
+    cat = sub.add_parser("catalog", help="inspect the artifact catalog")
+    cat_sub = cat.add_subparsers(dest="catalog_command", required=True)
+    summ = cat_sub.add_parser("summary", help="hours and tokens per dataset/split, quarantine, latest eval results")
+    summ.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT, else ./slam-data)")
+    summ.set_defaults(func=cmd_catalog_summary)
+
+    units = sub.add_parser("units", help="speech units")
+    units_sub = units.add_subparsers(dest="units_command", required=True)
+    ext = units_sub.add_parser("extract", help="tokenise every audio file under a directory into unit Parquet shards")
+    ext.add_argument("--audio", required=True, help="directory of audio (wav/flac/mp3/ogg, recursive)")
+    ext.add_argument("--out", required=True, help="output directory for units-NNNNN.parquet")
+    ext.add_argument("--centroids", default=None, help="k-means centroids (.npy/.safetensors); default units.kmeans_path")
+    ext.add_argument("--batch-size", type=int, default=None, help="segments per encoder batch")
+    common(ext)
+    ext.set_defaults(func=cmd_units_extract)
+
+    mdl = sub.add_parser("model", help="speech LM models")
+    mdl_sub = mdl.add_subparsers(dest="model_command", required=True)
+    init = mdl_sub.add_parser("init", help="TWIST-initialise a 502-token speech LM from a text LM")
+    init.add_argument("--base", required=True, help="text LM hub id or local dir (e.g. Qwen/Qwen2.5-0.5B)")
+    init.add_argument("--out", required=True, help="output directory (HF save_pretrained layout)")
+    common(init, preset="slam")
+    init.set_defaults(func=cmd_model_init)
+
+    ev = sub.add_parser("eval", help="evaluate checkpoints and record the results in the catalog")
+    ev.add_argument("--checkpoint", action="append", required=True, help="checkpoint dir (repeatable)")
+    ev.add_argument("--metrics", default=None, help="comma-separated metrics (default: the preset's)")
+    common(ev)
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        from slam_core.config import ConfigError
+
+        if isinstance(err, (ConfigError, FileNotFoundError)):
+            print(f"slam: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

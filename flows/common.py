@@ -1,0 +1,44 @@
+"""Config loading shared by every flow: preset + overrides + data root -> validated SlamConfig."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from slam_core.atomic import write_text_atomic
+from slam_core.config import SlamConfig, apply_overrides
+from slam_core.device import pick_device
+from slam_core.fingerprint import code_version, fingerprint
+from slam_core.presets import get_preset
+
+log = logging.getLogger(__name__)
+
+
+def load_config(preset: str, overrides: dict[str, Any] | None = None, data_root: str | None = None) -> SlamConfig:
+    """Build the preset, apply dotted overrides and the data root, validate, and check derived values."""
+    cfg = apply_overrides(get_preset(preset), overrides or {})
+    if data_root:
+        cfg.run.data_root = str(Path(data_root).expanduser().resolve())
+    cfg.run.data_root = str(cfg.data_root)  # freeze: tasks must never depend on the worker's cwd or env
+    cfg.resolve()
+    return cfg
+
+
+def save_resolved(cfg: SlamConfig, name: str) -> Path:
+    """Write the resolved config beside the run's outputs (the receipt of what ran)."""
+    out = cfg.data_root / "runs" / cfg.run.name / f"{name}.config.json"
+    resolved = cfg.resolve() | {"code_version": code_version()}
+    write_text_atomic(out, json.dumps(resolved, indent=2, sort_keys=True))
+    return out
+
+
+def device_name(cfg: SlamConfig) -> str:
+    return pick_device(cfg.run.device).type
+
+
+def fp(stage: str, cfg: SlamConfig, sections: tuple[str, ...], *upstream: str, **extra: Any) -> str:
+    """Fingerprint of a stage from its config sections, the master seed, extra keys and upstream fingerprints."""
+    config = {"sections": json.loads(cfg.section_json(*sections)), "seed": cfg.run.seed, **extra}
+    return fingerprint(stage, config, upstream)

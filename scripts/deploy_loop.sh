@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Prove the deployment loop on 127.0.0.1: server -> work pool -> deploy -> worker -> deployment runs -> teardown.
+# Usage: bash scripts/deploy_loop.sh   (uses .venv; leaves nothing running; exit 0 only if every run completed)
+set -euo pipefail
+set -m  # background jobs get default signal handling, so the worker stops on one SIGTERM (prefect-offline.md §6)
+cd "$(dirname "$0")/.."
+VENV_BIN=${VENV_BIN:-$PWD/.venv/bin}
+export PATH="$VENV_BIN:$PATH"
+PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+WORK=$(mktemp -d)
+export PREFECT_HOME=$WORK/prefect PREFECT_API_URL=http://127.0.0.1:$PORT/api PREFECT_SERVER_API_HOST=127.0.0.1 \
+  PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_SERVER_UI_ENABLED=false PREFECT_CLI_PROMPT=false \
+  PREFECT_WORKER_QUERY_SECONDS=1 SLAM_ROOT=$PWD SLAM_DATA_ROOT=$WORK/data HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+SERVER_PID= WORKER_PID=
+cleanup() {
+  local rc=$?
+  for pid in $WORKER_PID $SERVER_PID; do
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+  echo "deploy loop: $([ $rc -eq 0 ] && echo PASSED || echo FAILED) (rc=$rc)"
+  exit $rc
+}
+trap cleanup EXIT
+t0=$(date +%s); step() { echo "[deploy-loop +$(( $(date +%s) - t0 ))s] $*"; }
+
+step "server on 127.0.0.1:$PORT"
+prefect server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 & SERVER_PID=$!
+for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/api/health" >/dev/null && break; sleep 1; done
+curl -sf "http://127.0.0.1:$PORT/api/health" >/dev/null || { tail -50 "$WORK/server.log"; exit 1; }
+
+step "work pool + deploy --all"
+prefect work-pool create local-pool --type process --overwrite >/dev/null
+prefect --no-prompt deploy --all >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log"; exit 1; }
+
+step "worker"
+prefect worker start --pool local-pool --type process --limit 1 --install-policy never >"$WORK/worker.log" 2>&1 &
+WORKER_PID=$!
+
+SMOKE_SET='{"train.budget_s": 20, "dpo.budget_s": 8, "corpus.n_train_stories": 96, "corpus.n_heldout_stories": 32}'
+step "deployment run reproduce/full-reproduction (smoke, short budget)"
+prefect deployment run 'reproduce/full-reproduction' --param preset=smoke --param "overrides=$SMOKE_SET" \
+  --watch --watch-interval 2 --watch-timeout 1500 || { tail -80 "$WORK/worker.log"; exit 1; }
+
+step "deployment run evaluate/nightly-eval (nothing new: must do no work)"
+prefect deployment run 'evaluate/nightly-eval' --param preset=smoke --param "overrides=$SMOKE_SET" \
+  --watch --watch-interval 2 --watch-timeout 600 || { tail -80 "$WORK/worker.log"; exit 1; }
+grep -q "0 pair metric(s) to compute" "$WORK/worker.log" || { echo "nightly-eval recomputed results"; tail -40 "$WORK/worker.log"; exit 1; }
+
+step "schedules registered"
+prefect deployment inspect 'evaluate/nightly-eval' | grep -q "0 3 \* \* \*"
+step "done"

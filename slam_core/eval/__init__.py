@@ -1,0 +1,1 @@
+"""Evaluation: pairwise likelihood metrics, sampled continuations, text metrics and the HTML report."""

@@ -1,0 +1,194 @@
+"""Self-contained HTML run report (inline PNG plots and audio) and a markdown summary for Prefect artifacts."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from slam_core.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+# Paper Table 2 (docs/SLAM.md): accuracies in %, GenPPL and auto-BLEU as printed.
+PAPER_TABLE2: dict[str, dict[str, float]] = {
+    "Slam": {"sblimp": 58.86, "ssc": 58.04, "tsc": 82.04, "genppl": 62.8, "auto_bleu": 3.88},
+    "Slam scaled": {"sblimp": 61.11, "ssc": 61.30, "tsc": 84.18, "genppl": 46.6, "auto_bleu": 3.75},
+    "Slam (-DPO)": {"sblimp": 58.53, "ssc": 58.15, "tsc": 80.71, "genppl": 67.3, "auto_bleu": 3.25},
+}
+MAX_INLINE_AUDIO_BYTES = 4_000_000  # bigger wavs are linked, not embedded, to keep the page loadable
+
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td.l,th.l{text-align:left}code{font-size:85%;word-break:break-all}
+.note{color:#777;font-size:90%}"""
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """Rows of a training metrics.csv, keyed by header name, keeping only numeric cells (others dropped)."""
+    rows = []
+    with open(path, newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row = {}
+            for name, cell in raw.items():
+                try:
+                    row[name] = float(cell)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(row)
+    return rows
+
+
+def _png_data_uri(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
+    """(x, y) over the rows where y is numeric; x falls back to the row index when a row lacks it."""
+    picked = [(row.get(x, float(i)), row[y]) for i, row in enumerate(rows) if y in row]
+    return [p[0] for p in picked], [p[1] for p in picked]
+
+
+def loss_plot(metrics_csv: Path) -> str | None:
+    """Training-loss curve (and learning rate on a second axis) as a PNG data URI; None without a loss column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics_csv(metrics_csv)
+    cols = {name for row in rows for name in row}
+    if "loss" not in cols:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    steps, loss = _series(rows, "step", "loss")
+    ax.plot(steps, loss, color="tab:blue", label="train loss")
+    if "val_loss" in cols:
+        ax.plot(*_series(rows, "step", "val_loss"), "o-", color="tab:green", label="val loss")
+    ax.set_xlabel("step" if "step" in cols else "row")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    if "lr" in cols:
+        ax_lr = ax.twinx()
+        ax_lr.plot(*_series(rows, "step", "lr"), color="tab:orange", alpha=0.6)
+        ax_lr.set_ylabel("lr", color="tab:orange")
+    return _png_data_uri(fig)
+
+
+def _row_value(row: dict[str, Any]) -> tuple[float | None, bool]:
+    """(value, is_accuracy): accuracies are reported in % like the paper."""
+    if row.get("accuracy") is not None:
+        return 100.0 * float(row["accuracy"]), True
+    value = row.get("value")
+    return (None if value is None else float(value)), False
+
+
+def _paper_value(metric: str, paper: dict[str, float] | None) -> str:
+    if not paper:
+        return ""
+    if metric in paper:
+        return f"{paper[metric]:.2f}"
+    base = metric.removesuffix("_like")
+    # a synthetic stand-in set is only comparable in spirit, hence the marker
+    return f"≈ {paper[base]:.2f} ({base})" if base in paper else ""
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
+
+
+def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dict[str, float] | None) -> str:
+    head = "<tr><th class=l>metric</th><th>value</th><th>n</th><th>95 % interval</th>"
+    head += "<th>paper</th></tr>" if paper_reference else "</tr>"
+    body = []
+    for row in eval_rows:
+        value, is_acc = _row_value(row)
+        scale = 100.0 if is_acc else 1.0
+        ci = (f"[{_fmt(row['ci_low'] * scale)}, {_fmt(row['ci_high'] * scale)}]"
+              if row.get("ci_low") is not None and row.get("ci_high") is not None else "")
+        cells = [f"<td class=l>{html.escape(str(row.get('metric', '?')))}</td>",
+                 f"<td>{_fmt(value)}{' %' if is_acc else ''}</td>",
+                 f"<td>{html.escape(str(row.get('n', '')))}</td>", f"<td>{ci}</td>"]
+        if paper_reference:
+            cells.append(f"<td>{html.escape(_paper_value(str(row.get('metric')), paper_reference))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _audio_html(wav_path: str) -> str:
+    path = Path(wav_path)
+    if not path.is_file():
+        return f"<span class=note>missing audio {html.escape(str(path))}</span>"
+    if path.stat().st_size > MAX_INLINE_AUDIO_BYTES:
+        return f'<audio controls src="{html.escape(path.as_uri())}"></audio>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<audio controls src="data:audio/wav;base64,{data}"></audio>'
+
+
+def generations_html(generations: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for row in generations:
+        prompt = " ".join(str(u) for u in row.get("prompt_units", []))
+        cont = " ".join(str(u) for u in row.get("generated_units", []))
+        audio = _audio_html(row["wav_path"]) if row.get("wav_path") else ""
+        transcript = f"<p>transcript: {html.escape(row['transcript'])}</p>" if row.get("transcript") else ""
+        parts.append(
+            f"<h3>{html.escape(str(row.get('pair_id', '?')))}</h3>{audio}{transcript}"
+            f"<p><b>prompt</b> ({len(row.get('prompt_units', []))} units): <code>{prompt}</code></p>"
+            f"<p><b>continuation</b> ({len(row.get('generated_units', []))} units): <code>{cont}</code></p>")
+    return "".join(parts)
+
+
+def write_report(
+    out_html: Path, run_name: str, metrics_csv: Path | None, eval_rows: list[dict[str, Any]],
+    generations: list[dict[str, Any]] | None, config: dict[str, Any],
+    paper_reference: dict[str, float] | None = None, extra_plots: dict[str, Path] | None = None,
+) -> Path:
+    """Write one self-contained HTML report (plots and audio inlined as base64) atomically; return its path.
+
+    `eval_rows`: dicts with "metric" and either "accuracy" (0-1, shown in %) or "value", plus optional
+    "n", "ci_low", "ci_high". `paper_reference`: metric -> published number (e.g. PAPER_TABLE2["Slam"]).
+    `extra_plots`: title -> PNG file to embed.
+    """
+    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", "<h2>Training</h2>"]
+    curve = loss_plot(Path(metrics_csv)) if metrics_csv and Path(metrics_csv).is_file() else None
+    sections.append(f'<img alt="training loss" src="{curve}">' if curve
+                    else "<p class=note>no training metrics (metrics.csv missing or without a loss column)</p>")
+    for title, png in (extra_plots or {}).items():
+        data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+        sections.append(f'<h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
+                        f'src="data:image/png;base64,{data}">')
+    sections += ["<h2>Metrics</h2>", metrics_table_html(eval_rows, paper_reference)]
+    if generations:
+        sections += ["<h2>Generations</h2>", generations_html(generations)]
+    config_json = html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))
+    sections.append(f"<h2>Config</h2><details><summary>resolved config</summary><pre>{config_json}</pre></details>")
+    page = (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>slam: {html.escape(run_name)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n")
+    write_text_atomic(out_html, page)
+    log.info("report written to %s (%d bytes)", out_html, len(page))
+    return Path(out_html)
+
+
+def markdown_summary(eval_rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of the eval rows (for a Prefect markdown artifact)."""
+    lines = ["| metric | value | n | 95 % interval |", "|---|---:|---:|---|"]
+    for row in eval_rows:
+        value, is_acc = _row_value(row)
+        scale = 100.0 if is_acc else 1.0
+        ci = (f"[{_fmt(row['ci_low'] * scale)}, {_fmt(row['ci_high'] * scale)}]"
+              if row.get("ci_low") is not None and row.get("ci_high") is not None else "")
+        lines.append(f"| {row.get('metric', '?')} | {_fmt(value)}{' %' if is_acc else ''} | {row.get('n', '')} | {ci} |")
+    return "\n".join(lines) + "\n"

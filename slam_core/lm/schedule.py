@@ -1,0 +1,103 @@
+"""Learning-rate schedules and fitting the number of steps to a wall-clock budget.
+
+Pre-training: linear warm-up over `warmup_frac * total` steps, then cosine from `lr` to `min_lr`, reaching
+`min_lr` exactly at the last step (index total - 1). The total is not known in advance: step 0 is a warm-up
+step (compilation, allocator) and is not timed; the next `calibration_steps` are timed, and the total is
+fitted to the remaining budget (`fit_total_steps`); a resumed run re-fits the same way.
+
+DPO: linear warm-up then inverse-sqrt decay (as HF's `get_inverse_sqrt_schedule`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def warmup_steps_for(total_steps: int, warmup_frac: float) -> int:
+    return int(round(warmup_frac * total_steps))
+
+
+def cosine_lr(step: int, total_steps: int, peak_lr: float, min_lr: float, warmup_frac: float) -> float:
+    """LR of optimiser step `step` (0-based) in a run of `total_steps`; equals min_lr at step total_steps - 1."""
+    warmup = warmup_steps_for(total_steps, warmup_frac)
+    if step < warmup:
+        return peak_lr * (step + 1) / warmup
+    decay_steps = total_steps - 1 - warmup
+    if decay_steps <= 0:
+        return min_lr
+    progress = min(1.0, (step - warmup) / decay_steps)
+    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def inverse_sqrt_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up to peak_lr over warmup_steps, then peak_lr * sqrt(warmup / (step + 1))."""
+    timescale = max(1, warmup_steps)
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    return peak_lr / math.sqrt((step - warmup_steps + timescale + 1) / timescale)
+
+
+def fit_total_steps(budget_s: float, elapsed_s: float, step_time_s: float, steps_done: int) -> int:
+    """Steps done so far plus as many steps of `step_time_s` as fit in the rest of the budget (at least one)."""
+    if step_time_s <= 0:
+        raise ValueError(f"step_time_s must be positive, got {step_time_s}")
+    remaining_s = max(0.0, budget_s - elapsed_s)
+    return max(steps_done + 1, steps_done + int(math.floor(remaining_s / step_time_s)))
+
+
+@dataclass
+class BudgetSchedule:
+    """Cosine schedule whose length is fitted to a wall-clock budget after timed calibration steps.
+
+    Call `lr(step)` before each step and `end_step(step, elapsed_s)` after it; `done(step_count, elapsed_s)`
+    says whether to stop. `max_steps` caps the total. `start_step` > 0 means a resumed run: it re-calibrates.
+    """
+
+    budget_s: float
+    peak_lr: float
+    min_lr: float
+    warmup_frac: float
+    calibration_steps: int
+    max_steps: int | None = None
+    start_step: int = 0
+    total_steps: int | None = None  # provisional until calibrated (or restored from a checkpoint)
+    _calib_start: tuple[int, float] | None = None
+    calibrated: bool = False
+    step_time_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.total_steps is None:
+            self.total_steps = self.max_steps or max(self.start_step + 1, 1000)
+        self._cap()
+
+    def _cap(self) -> None:
+        if self.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.max_steps)
+
+    def lr(self, step: int) -> float:
+        return cosine_lr(step, self.total_steps, self.peak_lr, self.min_lr, self.warmup_frac)
+
+    def end_step(self, step: int, elapsed_s: float) -> None:
+        """Record that optimiser step `step` finished at `elapsed_s` (budget clock, across resumes)."""
+        steps_done = step + 1
+        if self.calibrated:
+            return
+        if steps_done == self.start_step + 1:  # warm-up step ends: start timing
+            self._calib_start = (steps_done, elapsed_s)
+            if self.calibration_steps == 0:
+                self.calibrated = True
+            return
+        if self._calib_start and steps_done - self._calib_start[0] >= self.calibration_steps:
+            n, t0 = self._calib_start
+            self.step_time_s = (elapsed_s - t0) / (steps_done - n)
+            self.total_steps = fit_total_steps(self.budget_s, elapsed_s, max(self.step_time_s, 1e-9), steps_done)
+            self._cap()
+            self.calibrated = True
+
+    def done(self, steps_done: int, elapsed_s: float) -> bool:
+        """Stop when the fitted total is reached, or the next step would overrun the budget."""
+        if steps_done >= self.total_steps:
+            return True
+        next_step_s = self.step_time_s or 0.0
+        return elapsed_s + next_step_s > self.budget_s

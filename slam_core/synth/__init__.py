@@ -1,0 +1,5 @@
+"""Speech synthesis: TTS backends behind one interface (espeak-ng, Kokoro-82M) and the synth stages."""
+
+from slam_core.synth.base import TTSBackend, TTSError, TTSSetupError, get_backend
+
+__all__ = ["TTSBackend", "TTSError", "TTSSetupError", "get_backend"]

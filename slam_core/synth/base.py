@@ -1,0 +1,62 @@
+"""The TTS interface every backend implements, and the factory that picks one from the config."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from slam_core.config import SynthConfig
+
+
+class TTSError(Exception):
+    """Text that a backend cannot speak (empty, unpronounceable) or a failed synthesis call."""
+
+    def __init__(self, text: str, reason: str, detail: str = "") -> None:
+        self.text = text
+        self.reason = reason
+        self.detail = detail
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        super().__init__(f"cannot synthesize {shown!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class TTSSetupError(RuntimeError):
+    """A backend cannot be built (missing library, model or voice); the message says how to fix it."""
+
+
+@runtime_checkable
+class TTSBackend(Protocol):
+    """A text-to-speech engine: float32 mono audio at `sample_rate_hz` for a text and a voice."""
+
+    name: str
+    sample_rate_hz: int
+
+    def synthesize(self, text: str, voice: str) -> np.ndarray:
+        """Speak `text` with `voice`; raises TTSError for unspeakable text."""
+        ...
+
+    def voices(self) -> list[str]:
+        """Voices this backend can use."""
+        ...
+
+
+def check_text(text: str) -> str:
+    """Strip `text` and reject text without anything to pronounce."""
+    stripped = " ".join(text.split())
+    if not any(ch.isalnum() for ch in stripped):
+        raise TTSError(text, "empty_text", "no letters or digits")
+    return stripped
+
+
+def get_backend(cfg: "SynthConfig") -> TTSBackend:
+    """Build the backend named by `cfg.backend` (espeak-ng through ctypes, or Kokoro-82M)."""
+    if cfg.backend == "espeak":
+        from slam_core.synth.espeak import EspeakBackend
+
+        return EspeakBackend(words_per_minute=cfg.words_per_minute)
+    if cfg.backend == "kokoro":
+        from slam_core.synth.kokoro_tts import KokoroBackend
+
+        return KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed)
+    raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")

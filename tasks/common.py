@@ -1,0 +1,61 @@
+"""What every slam task shares: fingerprint-keyed caching, the catalog, progress artifacts.
+
+Cache keys are `<task>-<fingerprint>-<data root digest>`: the fingerprint already covers the stage config,
+the upstream fingerprints and the code version, and the root digest keeps two data roots apart even when
+they share one Prefect result store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import TaskRunContext
+
+from data_catalog import Catalog
+from slam_core.paths import catalog_path
+
+log = logging.getLogger(__name__)
+
+
+def stage_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
+    root = hashlib.sha256(str(Path(params["data_root"]).resolve()).encode()).hexdigest()[:8]
+    return f"{ctx.task.name}-{params['fingerprint']}-{root}"
+
+
+# Keyword arguments shared by every cached stage task.
+CACHED = {"cache_key_fn": stage_cache_key, "persist_result": True, "result_serializer": "json"}
+
+
+def catalog_at(data_root: str | Path) -> Catalog:
+    return Catalog(catalog_path(Path(data_root)))
+
+
+def progress_reporter(description: str, min_interval_s: float = 2.0) -> Callable[[float, str], None]:
+    """A callback `(fraction, message)` that updates one Prefect progress artifact, at most every few seconds."""
+    try:
+        artifact_id = create_progress_artifact(progress=0.0, description=description)
+    except Exception as err:  # no API (e.g. `.fn()` in a notebook): progress stays in the log
+        log.debug("no progress artifact: %s", err)
+        artifact_id = None
+    last = [0.0]
+
+    def report(fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - last[0] < min_interval_s:
+            return
+        last[0] = now
+        log.info("%s: %.0f%% %s", description, 100 * fraction, message)
+        if artifact_id is not None:
+            try:
+                update_progress_artifact(artifact_id, progress=min(100.0, 100.0 * fraction),
+                                         description=f"{description}: {message}" if message else description)
+            except Exception as err:
+                log.debug("progress update failed: %s", err)
+
+    return report

@@ -1,0 +1,55 @@
+"""Evaluation tasks: pair metrics and sampled continuations per checkpoint, and the HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from slam_core.config import EvalConfig
+from slam_core.eval import generate, pairs, report
+from tasks.common import CACHED, catalog_at
+
+
+@task(name="score-pairs", retries=1, tags=["gpu"], **CACHED)
+def score_pairs(run: str, checkpoint: str, metric: str, pairs_path: str, cfg: EvalConfig, device: str,
+                fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Pair-likelihood accuracy (ties 0.5) with a 95 % interval, recorded in `eval_results`."""
+    res = pairs.evaluate_pairs(Path(checkpoint), Path(pairs_path), batch_size=cfg.batch_size, device=device)
+    catalog_at(data_root).record_eval(run, checkpoint, metric, res["accuracy"], res["n"], res["ci_low"],
+                                      res["ci_high"], details={"fingerprint": fingerprint})
+    return {k: res[k] for k in ("accuracy", "n", "ci_low", "ci_high")} | {"metric": metric, "checkpoint": checkpoint}
+
+
+@task(name="generate-continuations", retries=1, tags=["gpu"], **CACHED)
+def generate_continuations(checkpoint: str, pairs_path: str, cfg: EvalConfig, seed: int, device: str, out_path: str,
+                           fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Sample continuations of 3 s prompts (T 0.8, top-k 25) and save them as JSON."""
+    rows = generate.generate_continuations(
+        Path(checkpoint), Path(pairs_path), n_prompts=cfg.n_generate, prompt_s=cfg.prompt_s,
+        temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+        repetition_penalty=cfg.repetition_penalty, seed=seed, device=device)
+    generate.write_generations(rows, Path(out_path))
+    return {"path": out_path, "n": len(rows)}
+
+
+@task(name="write-report", **CACHED)
+def write_report(run: str, out_html: str, metrics_csv: str | None, generations_path: str | None, config: dict,
+                 fingerprint: str, data_root: str) -> dict[str, Any]:
+    """HTML report (loss curve, metrics beside the paper, samples), also published as Prefect artifacts."""
+    rows = catalog_at(data_root).eval_results(run=run)
+    gens = generate.read_generations(Path(generations_path)) if generations_path else None
+    path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
+                               paper_reference=report.PAPER_TABLE2)
+    table = [{k: r[k] for k in ("checkpoint", "metric", "value", "n", "ci_low", "ci_high")} for r in rows]
+    create_table_artifact(key=f"{_slug(run)}-metrics", table=table, description=f"Evaluation of run {run}")
+    create_markdown_artifact(key=f"{_slug(run)}-summary", markdown=report.markdown_summary(rows))
+    create_link_artifact(key=f"{_slug(run)}-report", link=Path(path).resolve().as_uri(), link_text="HTML report")
+    return {"report": str(path)}
+
+
+def _slug(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "run"

@@ -1,0 +1,67 @@
+"""Model tasks: TWIST initialisation, budgeted pre-training, DPO.
+
+Training tasks run on the flow's main thread (called directly, not submitted) so Prefect's timeout can
+interrupt them, and they resume from their own checkpoints, so a Prefect retry continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from data_catalog import produce_or_reuse
+from slam_core.config import DpoConfig, ModelConfig, TrainConfig
+from slam_core.lm import dpo, model, train
+from tasks.common import CACHED, catalog_at, progress_reporter
+
+
+@task(name="init-speech-lm", retries=1, **CACHED)
+def init_speech_lm(cfg: ModelConfig, n_units: int, seed: int, out_dir: str, fingerprint: str,
+                   data_root: str) -> dict[str, Any]:
+    """Swap the text LM's vocabulary for 502 speech tokens (TWIST init) and save it."""
+    info: dict[str, Any] = {}
+
+    def produce() -> dict[str, Any]:
+        base = model.resolve_base(cfg, Path(data_root))
+        info.update(model.init_speech_lm(cfg, base, Path(out_dir), n_units=n_units, seed=seed))
+        return {"rows": info["n_params"]}
+
+    rec = produce_or_reuse(catalog_at(data_root), stage="models", dataset="speech-lm", split="init",
+                           out_path=out_dir, fingerprint=fingerprint, produce=produce)
+    return {**rec, "n_params": rec["rows"]}
+
+
+@task(name="pretrain", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
+def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: str,
+             seed: int, device: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Pre-train against the wall-clock budget; resumes from the last checkpoint in `run_dir`."""
+    summary: dict[str, Any] = {}
+
+    def produce() -> dict[str, Any]:
+        summary.update(train.pretrain(Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg,
+                                      Path(run_dir), seed, device=device, progress=progress_reporter("pre-training")))
+        return {"rows": summary["steps"], "tokens": summary["tokens_seen"]}
+
+    out = Path(run_dir) / "final"
+    rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="final",
+                           out_path=out, fingerprint=fingerprint, produce=produce)
+    return {**rec, "checkpoint": str(out), "run_dir": run_dir, "summary": summary}
+
+
+@task(name="dpo", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
+def run_dpo(init_checkpoint: str, preference_path: str, model_cfg: ModelConfig, dpo_cfg: DpoConfig, run_dir: str,
+            seed: int, device: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Preference-tune on spoken triples with precomputed reference log-probs."""
+    summary: dict[str, Any] = {}
+
+    def produce() -> dict[str, Any]:
+        summary.update(dpo.train_dpo(Path(init_checkpoint), Path(preference_path), model_cfg, dpo_cfg, Path(run_dir),
+                                     seed, device=device, progress=progress_reporter("DPO")))
+        return {"rows": summary["steps"], "tokens": summary.get("tokens_seen", 0)}
+
+    out = Path(run_dir) / "final"
+    rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="dpo", split="final",
+                           out_path=out, fingerprint=fingerprint, produce=produce)
+    return {**rec, "checkpoint": str(out), "run_dir": run_dir, "summary": summary}
