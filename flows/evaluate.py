@@ -15,6 +15,7 @@ from prefect import flow
 from flows.common import device_name, fp, load_config, save_resolved
 from flows.prepare_data import prepare_data
 from slam_core.discovery import checkpoint_digest, find_checkpoints, newest_metrics_csv
+from slam_core.device import set_cpu_threads
 from slam_core.paths import stage_dir
 from tasks import evaluate as ev
 from tasks.common import catalog_at
@@ -34,6 +35,8 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     if unknown:
         raise ValueError(f"eval.metrics: {sorted(unknown)} need the published eval sets, not available in this flow")
     prepared = prepared or prepare_data(preset, overrides, root)
+    if dev == "cpu":
+        set_cpu_threads(1)  # one model at a time from here on: use every core
 
     # 1. Which checkpoints need work: those without a result for some configured metric.
     targets = checkpoints or [str(p) for p in find_checkpoints(stage_dir(cfg.data_root, "checkpoints", run))]
@@ -43,9 +46,13 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     print(f"{len(targets)} checkpoint(s), {len(todo)} pair metric(s) to compute")
 
     # 2. Pair-likelihood metrics (tSC-like, sSC-like), each recorded in eval_results.
-    results = [ev.score_pairs(run, c, m, prepared["pairs"][m], cfg.eval, dev,
-                              fp("eval", cfg, ("eval",), prepared["pair_fingerprints"][m], checkpoint_digest(c),
-                                 metric=m), root) for c, m in todo]
+    computed = [ev.score_pairs(run, c, m, prepared["pairs"][m], cfg.eval, dev,
+                               fp("eval", cfg, ("eval",), prepared["pair_fingerprints"][m], checkpoint_digest(c),
+                                  metric=m), root) for c, m in todo]
+    wanted = {(c, m) for c in targets for m in cfg.eval.metrics if m in PAIR_METRICS}
+    results = [{k: r[k] for k in ("checkpoint", "metric", "accuracy", "n", "ci_low", "ci_high")}
+               for r in (row | {"accuracy": row["value"]} for row in catalog.eval_results(run=run))
+               if (r["checkpoint"], r["metric"]) in wanted]
 
     # 3. Sampled continuations of the newest checkpoint.
     generations = None
@@ -58,11 +65,11 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
 
     # 4. Report: loss curves, metrics beside the paper, samples.
     metrics_csv = metrics_csv or str(newest_metrics_csv(stage_dir(cfg.data_root, "checkpoints", run)) or "") or None
-    report_fp = fp("report", cfg, ("eval",), *(r["metric"] + r["checkpoint"] for r in results), str(generations),
+    report_fp = fp("report", cfg, ("eval",), *(r["metric"] + r["checkpoint"] for r in computed), str(generations),
                    str(metrics_csv), n_results=len(catalog.eval_results(run=run)))
     out_html = str(stage_dir(cfg.data_root, "reports", run) / "index.html")
     rep = ev.write_report(run, out_html, metrics_csv, generations, cfg.resolve(), report_fp, root)
-    return {"results": results, "generations": generations, "report": rep["report"]}
+    return {"results": results, "computed": len(computed), "generations": generations, "report": rep["report"]}
 
 
 if __name__ == "__main__":

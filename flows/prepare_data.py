@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import device_name, fp, load_config, save_resolved
+from slam_core.device import set_cpu_threads
 from slam_core.paths import stage_dir
 from tasks import data, units
 from tasks.planning import plan_recordings
@@ -27,6 +28,8 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     cfg = load_config(preset, overrides, data_root)
     save_resolved(cfg, "prepare-data")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
+    if dev == "cpu":
+        set_cpu_threads(cfg.parallel.max_workers)  # shard tasks run side by side: split the cores between them
 
     # 1. Text: seeded stories and preference triples (TinyStories/SWAG stand-ins).
     corpus_fp = fp("corpus", cfg, ("corpus",))

@@ -11,6 +11,7 @@ from prefect import flow
 
 from flows.common import device_name, fp, load_config, save_resolved
 from flows.prepare_data import prepare_data
+from slam_core.device import set_cpu_threads
 from slam_core.paths import stage_dir
 from tasks import train
 
@@ -23,6 +24,8 @@ def train_lm(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     save_resolved(cfg, "train-lm")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
     prepared = prepared or prepare_data(preset, overrides, root)  # cached when already prepared
+    if dev == "cpu":
+        set_cpu_threads(1)  # one model at a time from here on: use every core
 
     # 1. TWIST: the text LM with its vocabulary swapped for 502 speech tokens.
     init_fp = fp("init", cfg, ("model",), n_units=cfg.units.n_units)

@@ -120,6 +120,7 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
     checkpoint_every_s: float = Field(1800.0, gt=0, description="Save a resumable checkpoint this often.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent step-N checkpoints kept on disk (older ones deleted).")
     log_every_steps: int = Field(10, ge=1, description="Log metrics every N optimiser steps.")
     calibration_steps: int = Field(5, ge=1, description="Steps timed after warm-up to fit total steps to the budget.")
     compile: bool = Field(False, description="torch.compile the model.")
@@ -138,6 +139,7 @@ class DpoConfig(_Section):
     grad_clip: float = Field(0.5, gt=0, description="Gradient-norm clip.")
     max_prompt_tokens: int = Field(256, ge=8, description="Prompt is truncated from the left to this many tokens.")
     max_completion_tokens: int = Field(512, ge=8, description="Chosen/rejected are truncated to this many tokens.")
+    checkpoint_every_s: float = Field(600.0, gt=0, description="Save a resumable DPO checkpoint this often (and at the end).")
 
 
 class EvalConfig(_Section):

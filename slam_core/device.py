@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import logging
 
 import torch
@@ -38,3 +39,10 @@ def pick_attn_implementation(requested: str, device: torch.device) -> str:
     if requested == "flash_attention_2" and not flash_attn_available():
         raise RuntimeError("attn_implementation=flash_attention_2 but flash-attn is not importable: pip install 'slam[gpu]'")
     return requested
+
+
+def set_cpu_threads(parallel_tasks: int) -> int:
+    """Share the CPU cores among concurrently running tasks (oversubscribed BLAS threads slow tiny models 10x)."""
+    n = max(1, (os.cpu_count() or 1) // max(1, parallel_tasks))
+    torch.set_num_threads(n)
+    return n

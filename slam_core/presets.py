@@ -27,7 +27,7 @@ def smoke() -> SlamConfig:
                             n_swag_train=96, n_swag_heldout=64),
         synth=SynthConfig(backend="espeak", stories_per_recording=6),
         vad=VadConfig(min_speech_s=1.0, max_segment_s=30.0, min_silence_s=0.8),
-        units=UnitsConfig(encoder="tiny", layer=11, n_units=500, kmeans_sample_frames=60_000, kmeans_iters=12,
+        units=UnitsConfig(encoder="tiny", layer=2, n_units=500, kmeans_sample_frames=60_000, kmeans_iters=12,
                           batch_size=16, shard_segments=128),
         model=ModelConfig(base="tiny-qwen2", context_len=512, dtype="float32", tiny_hidden_size=128, tiny_layers=4),
         train=TrainConfig(budget_s=150.0, lr=3e-3, min_lr=1.5e-4, warmup_frac=0.05, micro_batch_size=8, grad_accum=1,

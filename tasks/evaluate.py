@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,13 @@ def score_pairs(run: str, checkpoint: str, metric: str, pairs_path: str, cfg: Ev
                 fingerprint: str, data_root: str) -> dict[str, Any]:
     """Pair-likelihood accuracy (ties 0.5) with a 95 % interval, recorded in `eval_results`."""
     res = pairs.evaluate_pairs(Path(checkpoint), Path(pairs_path), batch_size=cfg.batch_size, device=device)
-    catalog_at(data_root).record_eval(run, checkpoint, metric, res["accuracy"], res["n"], res["ci_low"],
-                                      res["ci_high"], details={"fingerprint": fingerprint})
+    catalog = catalog_at(data_root)
+    for item in res["skipped"]:
+        catalog.record_quarantine("eval", metric, item.get("pair_id", "?"), item.get("reason", "unscorable"),
+                                  item.get("detail", ""), fingerprint)
+    catalog.record_eval(run, checkpoint, metric, res["accuracy"], res["n"], res["ci_low"], res["ci_high"],
+                        details={"fingerprint": fingerprint, "pairs_per_s": res["pairs_per_s"],
+                                 "per_pair": res["per_pair"]})
     return {k: res[k] for k in ("accuracy", "n", "ci_low", "ci_high")} | {"metric": metric, "checkpoint": checkpoint}
 
 
@@ -40,9 +46,12 @@ def write_report(run: str, out_html: str, metrics_csv: str | None, generations_p
                  fingerprint: str, data_root: str) -> dict[str, Any]:
     """HTML report (loss curve, metrics beside the paper, samples), also published as Prefect artifacts."""
     rows = catalog_at(data_root).eval_results(run=run)
-    gens = generate.read_generations(Path(generations_path)) if generations_path else None
+    for row in rows:  # pair metrics are accuracies (shown in % like the paper)
+        if row["ci_low"] is not None:
+            row["accuracy"] = row["value"]
+    gens = json.loads(Path(generations_path).read_text()) if generations_path else None
     path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
-                               paper_reference=report.PAPER_TABLE2)
+                               paper_reference=report.PAPER_TABLE2["Slam"])
     table = [{k: r[k] for k in ("checkpoint", "metric", "value", "n", "ci_low", "ci_high")} for r in rows]
     create_table_artifact(key=f"{_slug(run)}-metrics", table=table, description=f"Evaluation of run {run}")
     create_markdown_artifact(key=f"{_slug(run)}-summary", markdown=report.markdown_summary(rows))

@@ -14,6 +14,7 @@ from prefect import task
 from data_catalog import produce_or_reuse
 from slam_core.config import DpoConfig, ModelConfig, TrainConfig
 from slam_core.lm import dpo, model, train
+from slam_core.lm.checkpoint import latest_checkpoint
 from tasks.common import CACHED, catalog_at, progress_reporter
 
 
@@ -42,12 +43,11 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
     def produce() -> dict[str, Any]:
         summary.update(train.pretrain(Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg,
                                       Path(run_dir), seed, device=device, progress=progress_reporter("pre-training")))
-        return {"rows": summary["steps"], "tokens": summary["tokens_seen"]}
+        return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 
-    out = Path(run_dir) / "final"
-    rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="final",
-                           out_path=out, fingerprint=fingerprint, produce=produce)
-    return {**rec, "checkpoint": str(out), "run_dir": run_dir, "summary": summary}
+    rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="train",
+                           out_path=run_dir, fingerprint=fingerprint, produce=produce)
+    return {**rec, "checkpoint": str(latest_checkpoint(Path(run_dir))), "run_dir": run_dir, "summary": summary}
 
 
 @task(name="dpo", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
@@ -59,9 +59,8 @@ def run_dpo(init_checkpoint: str, preference_path: str, model_cfg: ModelConfig, 
     def produce() -> dict[str, Any]:
         summary.update(dpo.train_dpo(Path(init_checkpoint), Path(preference_path), model_cfg, dpo_cfg, Path(run_dir),
                                      seed, device=device, progress=progress_reporter("DPO")))
-        return {"rows": summary["steps"], "tokens": summary.get("tokens_seen", 0)}
+        return {"rows": summary["steps"], "tokens": summary.get("tokens_seen", 0), "bad": summary.get("skipped", [])}
 
-    out = Path(run_dir) / "final"
-    rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="dpo", split="final",
-                           out_path=out, fingerprint=fingerprint, produce=produce)
-    return {**rec, "checkpoint": str(out), "run_dir": run_dir, "summary": summary}
+    rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="dpo", split="train",
+                           out_path=run_dir, fingerprint=fingerprint, produce=produce)
+    return {**rec, "checkpoint": str(latest_checkpoint(Path(run_dir))), "run_dir": run_dir, "summary": summary}

@@ -77,7 +77,7 @@ TOPICS: tuple[Topic, ...] = (
           ("falling snowflakes", "icicles", "a polar bear", "a blizzard")),
     Topic("jungle", ("Leo the lion", "Mango the monkey", "Tiki the parrot", "Ella the elephant"),
           ("the green jungle", "the muddy river", "the tall vines", "the hidden temple"),
-          ("banana", "coconut", "drum", "vine rope", "map"),
+          ("banana", "coconut", "drum", "vine rope", "papaya"),
           ("swung", "cracked", "beat", "peeled"),
           ("a sleepy snake", "bright flowers", "a roaring waterfall", "a striped tiger")),
     Topic("castle", ("King Arthur", "Princess Ivy", "Knight Oscar", "Dragon Ember"),

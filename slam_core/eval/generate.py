@@ -56,9 +56,10 @@ def sample_continuation(
     device = next(model.parameters()).device
     ids = torch.as_tensor(encode_units(prompt, add_bos=True, add_eos=False), device=device)[None]
     torch.manual_seed(seed)  # seeds CPU and every CUDA device: same seed -> same sample
+    # top_p=1.0 overrides any nucleus setting inherited from the base model's generation_config.json
     out = model.generate(
         input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
-        top_k=top_k, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, use_cache=True,
+        top_k=top_k, top_p=1.0, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, use_cache=True,
         eos_token_id=EOS_ID, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
     )
     return generated_units(out[0, ids.shape[1]:].cpu().numpy())

@@ -47,11 +47,8 @@ def read_metrics_csv(path: Path) -> list[dict[str, float]]:
 
 
 def _png_data_uri(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -63,16 +60,15 @@ def _series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], 
 
 def loss_plot(metrics_csv: Path) -> str | None:
     """Training-loss curve (and learning rate on a second axis) as a PNG data URI; None without a loss column."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure renders with Agg and touches no pyplot global state (safe in Prefect worker threads)
+    from matplotlib.figure import Figure
 
     rows = read_metrics_csv(metrics_csv)
     cols = {name for row in rows for name in row}
     if "loss" not in cols:
         return None
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
     steps, loss = _series(rows, "step", "loss")
     ax.plot(steps, loss, color="tab:blue", label="train loss")
     if "val_loss" in cols:
@@ -109,8 +105,17 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
+def checkpoint_label(path: str) -> str:
+    """`.../pretrain-<fp>/checkpoints/step-000120` -> `pretrain step-000120` (stage and step, not the whole path)."""
+    parts = Path(path).parts
+    stage = next((p.split("-")[0] for p in reversed(parts) if p.startswith(("pretrain-", "dpo-"))), "")
+    return f"{stage} {parts[-1]}".strip() if parts else str(path)
+
+
 def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dict[str, float] | None) -> str:
-    head = "<tr><th class=l>metric</th><th>value</th><th>n</th><th>95 % interval</th>"
+    with_ckpt = any(row.get("checkpoint") for row in eval_rows)
+    head = "<tr>" + ("<th class=l>checkpoint</th>" if with_ckpt else "")
+    head += "<th class=l>metric</th><th>value</th><th>n</th><th>95 % interval</th>"
     head += "<th>paper</th></tr>" if paper_reference else "</tr>"
     body = []
     for row in eval_rows:
@@ -118,7 +123,8 @@ def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dic
         scale = 100.0 if is_acc else 1.0
         ci = (f"[{_fmt(row['ci_low'] * scale)}, {_fmt(row['ci_high'] * scale)}]"
               if row.get("ci_low") is not None and row.get("ci_high") is not None else "")
-        cells = [f"<td class=l>{html.escape(str(row.get('metric', '?')))}</td>",
+        cells = [f"<td class=l>{html.escape(checkpoint_label(str(row['checkpoint'])))}</td>"] if with_ckpt else []
+        cells += [f"<td class=l>{html.escape(str(row.get('metric', '?')))}</td>",
                  f"<td>{_fmt(value)}{' %' if is_acc else ''}</td>",
                  f"<td>{html.escape(str(row.get('n', '')))}</td>", f"<td>{ci}</td>"]
         if paper_reference:

@@ -130,8 +130,14 @@ def transcript_nll(
 PPL_LM_HUB_ID = "meta-llama/Llama-3.2-1B"
 
 
-def load_ppl_lm(name_or_dir: str = PPL_LM_HUB_ID, device: str = "auto") -> tuple[torch.nn.Module, Any]:
-    """The GenPPL judge LM and its tokenizer (hub id or local save_pretrained dir); pad = eos as in SlamKit."""
+def load_ppl_lm(
+    name_or_dir: str = PPL_LM_HUB_ID, device: str = "auto", tokenizer_dir: str | None = None,
+) -> tuple[torch.nn.Module, Any]:
+    """The GenPPL judge LM and its tokenizer (hub id or local save_pretrained dir); pad = eos as in SlamKit.
+
+    `tokenizer_dir` defaults to `name_or_dir`; give it when the tokenizer lives elsewhere (AutoTokenizer picks
+    the tokenizer class from the model's config.json when both share a directory).
+    """
     from transformers import AutoTokenizer
 
     from slam_core.device import pick_device
@@ -139,10 +145,10 @@ def load_ppl_lm(name_or_dir: str = PPL_LM_HUB_ID, device: str = "auto") -> tuple
 
     model = load_causal_lm(name_or_dir, pick_device(device), what=f"GenPPL LM (default {PPL_LM_HUB_ID})")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or name_or_dir))
     except (OSError, ValueError) as err:
         raise CheckpointNotFoundError(
-            f"GenPPL tokenizer: cannot load '{name_or_dir}' ({type(err).__name__}); pass a local dir with tokenizer "
+            f"GenPPL tokenizer: cannot load '{tokenizer_dir or name_or_dir}' ({type(err).__name__}); pass a local dir with tokenizer "
             f"files, or make '{PPL_LM_HUB_ID}' available in the HF cache."
         ) from None
     if tokenizer.pad_token_id is None:

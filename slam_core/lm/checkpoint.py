@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, trainer_state: dict[str, Any],
-                    info: dict[str, Any]) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it. Returns the checkpoint directory."""
+                    info: dict[str, Any], keep_last: int = 2) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, keep only the newest `keep_last`.
+
+    Returns the checkpoint directory.
+    """
     final = checkpoint_dir(run_dir, step)
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
         torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, **info}, indent=2, sort_keys=True))
     write_text_atomic(Path(run_dir) / "checkpoints" / LATEST_FILE, final.name + "\n")
+    _prune(final.parent, keep_last)
     log.info("checkpoint step %d -> %s", step, final)
     return final
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step-N directories (only after `latest` moved on), and temp dirs
+    left by a save that was killed (one trainer per run_dir, so after our own save every temp dir is stale)."""
+    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in steps[:-keep_last] + [p for p in ckpt_root.glob(".step-*") if p.is_dir()]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from slam_core.lm.vocab import PAD_ID, encode_units
+from slam_core.lm.vocab import PAD_ID, UNIT_OFFSET, encode_units
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,15 @@ def is_validation_doc(doc_id: str, val_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
+def _uniform_from_counter(seed: int, counter: int) -> float:
+    """Uniform [0, 1) from (seed, counter) via splitmix64: stateless, so resuming needs only the counter."""
+    mask = (1 << 64) - 1
+    z = (seed * 0x9E3779B97F4A7C15 + (counter + 1) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return ((z ^ (z >> 31)) >> 11) / float(1 << 53)
+
+
 @dataclass
 class DataSource:
     """One dataset: its shard files and its mixing weight."""
@@ -56,8 +67,9 @@ class DataSource:
     weight: float = 1.0
 
 
-def _row_groups(shards: Sequence[Path]) -> list[tuple[int, int]]:
-    out = []
+def _row_groups(shards: Sequence[Path]) -> tuple[list[tuple[int, int]], int]:
+    """(shard index, row group) of every row group, and the total number of rows."""
+    out, n_rows = [], 0
     for shard_idx, path in enumerate(shards):
         try:
             parquet = pq.ParquetFile(path)
@@ -67,7 +79,8 @@ def _row_groups(shards: Sequence[Path]) -> list[tuple[int, int]]:
         if not {"segment_id", "units"} <= names:
             raise BadShardError(f"{path}: missing column(s) {sorted({'segment_id', 'units'} - names)}")
         out.extend((shard_idx, rg) for rg in range(parquet.metadata.num_row_groups))
-    return out
+        n_rows += parquet.metadata.num_rows
+    return out, n_rows
 
 
 def read_row_group_docs(path: Path, row_group: int) -> tuple[list[str], list[np.ndarray | None]]:
@@ -94,6 +107,8 @@ class _Cursor:
 
 @dataclass
 class _SourceReader:
+    """Streams one source's documents of one split in seeded shuffled order, one row group in memory."""
+
     source: DataSource
     index: int
     seed: int
@@ -102,10 +117,13 @@ class _SourceReader:
     cursor: _Cursor = field(default_factory=_Cursor)
     _groups: list[tuple[int, int]] = field(default_factory=list)
     _cache: tuple[tuple[int, int, int], list[str], list, np.ndarray] | None = None
-    skipped: int = 0
+    vocab_size: int | None = None
+    skipped_ids: dict[str, str] = field(default_factory=dict)  # doc id -> reason
+    _n_rows: int = 0
+    _scanned_without_doc: int = 0
 
     def __post_init__(self) -> None:
-        self._groups = _row_groups(self.source.shards)
+        self._groups, self._n_rows = _row_groups(self.source.shards)
         if not self._groups:
             raise BadShardError(f"data source '{self.source.name}' has no row groups in {self.source.shards}")
 
@@ -131,15 +149,28 @@ class _SourceReader:
             if self.cursor.row_pos >= len(ids):
                 self._advance_group()
                 continue
+            if self._scanned_without_doc > self._n_rows:  # a whole pass without one usable document
+                raise ValueError(f"data source '{self.source.name}' has no usable '{self.split}' documents "
+                                 f"({len(self.skipped_ids)} skipped, val_fraction={self.val_fraction})")
             row = int(order[self.cursor.row_pos])
             self.cursor.row_pos += 1
+            self._scanned_without_doc += 1
             in_val = is_validation_doc(ids[row], self.val_fraction)
             if in_val != (self.split == "val"):
                 continue
-            if docs[row] is None:
-                self.skipped += 1
+            reason = self._reject_reason(docs[row])
+            if reason:
+                self.skipped_ids[ids[row]] = reason
                 continue
+            self._scanned_without_doc = 0
             return encode_units(docs[row])
+
+    def _reject_reason(self, units: np.ndarray | None) -> str | None:
+        if units is None:
+            return "empty_units"
+        if self.vocab_size is not None and int(units.max()) + UNIT_OFFSET >= self.vocab_size:
+            return "unit_out_of_range"
+        return None
 
     def _advance_group(self) -> None:
         self.cursor.row_pos = 0
@@ -156,7 +187,7 @@ class PackedLoader:
     """
 
     def __init__(self, sources: Sequence[DataSource], context_len: int, micro_batch_size: int, seed: int,
-                 split: str = "train", val_fraction: float = 0.0) -> None:
+                 split: str = "train", val_fraction: float = 0.0, vocab_size: int | None = None) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         weights = np.array([s.weight for s in sources], dtype=np.float64)
@@ -164,7 +195,8 @@ class PackedLoader:
             raise ValueError("PackedLoader needs at least one source, all with weight > 0")
         self.context_len, self.micro_batch_size, self.seed, self.split = context_len, micro_batch_size, seed, split
         self._probs = weights / weights.sum()
-        self._readers = [_SourceReader(s, i, seed, split, val_fraction) for i, s in enumerate(sources)]
+        self.vocab_size = vocab_size  # documents with a token >= vocab_size are skipped, not crashed on
+        self._readers = [_SourceReader(s, i, seed, split, val_fraction, vocab_size=vocab_size) for i, s in enumerate(sources)]
         self._exhausted = [False] * len(sources)
         self._n_docs = 0
         self._pending: np.ndarray | None = None  # rest of the document being packed
@@ -189,15 +221,24 @@ class PackedLoader:
 
     @property
     def skipped_docs(self) -> int:
-        return sum(r.skipped for r in self._readers)
+        """Distinct documents skipped so far (empty, or not fitting the vocabulary)."""
+        return sum(len(r.skipped_ids) for r in self._readers)
+
+    def skipped_items(self) -> list[tuple[str, str, str]]:
+        """(segment_id, reason, detail) of documents skipped so far: the catalog's quarantine triples."""
+        details = {"empty_units": "null or empty unit list",
+                   "unit_out_of_range": f"a unit id does not fit the model vocabulary ({self.vocab_size} tokens)"}
+        return [(sid, reason, f"dataset '{r.source.name}': {details[reason]}")
+                for r in self._readers for sid, reason in sorted(dict(r.skipped_ids).items())]
 
     # ---- documents ----
     def _next_doc(self) -> np.ndarray | None:
         max_epochs = 1 if self.split == "val" else None
         while not all(self._exhausted):
             probs = np.where(self._exhausted, 0.0, self._probs)
-            rng = np.random.default_rng([self.seed, 7919, self._n_docs])
-            src = int(rng.choice(len(probs), p=probs / probs.sum()))
+            cumulative = np.cumsum(probs / probs.sum())
+            u = _uniform_from_counter(self.seed, self._n_docs)
+            src = min(int(np.searchsorted(cumulative, u, side="right")), len(probs) - 1)
             doc = self._readers[src].next_doc(max_epochs)
             if doc is None:
                 self._exhausted[src] = True
@@ -246,6 +287,58 @@ class PackedLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while (batch := self.next_batch()) is not None:
             yield batch
+
+
+class PrefetchingLoader:
+    """Runs a PackedLoader `depth` micro-batches ahead in a background thread (packing overlaps GPU work).
+
+    `state_dict()` is the position after the last batch handed out, so a checkpoint resumes exactly there.
+    """
+
+    def __init__(self, loader: PackedLoader, depth: int = 4, pin_memory: bool = False) -> None:
+        self._loader, self._pin = loader, pin_memory
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._state = loader.state_dict()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="packed-loader", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self._loader.next_batch()
+                if batch is not None and self._pin:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                self._put((batch, self._loader.state_dict()))
+                if batch is None:
+                    return
+        except Exception as err:  # handed to the consumer, which re-raises it in the training loop
+            self._put((err, None))
+
+    def _put(self, item: tuple) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next_batch(self) -> dict[str, torch.Tensor] | None:
+        batch, state = self._queue.get()
+        if isinstance(batch, Exception):
+            raise batch
+        self._state = state
+        return batch
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def skipped_items(self) -> list[tuple[str, str, str]]:
+        return self._loader.skipped_items()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def sources_from_paths(shard_paths: Sequence[Path], weights: dict[str, float] | None = None) -> list[DataSource]:

@@ -9,6 +9,7 @@ those rows for the speech vocabulary (PAD 0, BOS = EOS 1, unit k -> k + 2). The 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -35,10 +36,13 @@ def build_tiny_text_lm(out_dir: Path, cfg: ModelConfig, seed: int = 0) -> Path:
     """Build and save a tiny random Qwen2 text LM (the offline stand-in for Qwen/Qwen2.5-0.5B)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    n_heads = max(1, cfg.tiny_hidden_size // 32)
+    n_heads = max(1, cfg.tiny_hidden_size // 32)  # head_dim ~32, dividing the hidden size exactly
+    while cfg.tiny_hidden_size % n_heads:
+        n_heads -= 1
+    n_kv_heads = n_heads // 2 if n_heads % 2 == 0 else n_heads  # grouped-query attention like Qwen2.5
     config = Qwen2Config(
         vocab_size=TINY_TEXT_VOCAB, hidden_size=cfg.tiny_hidden_size, intermediate_size=cfg.tiny_hidden_size * 4,
-        num_hidden_layers=cfg.tiny_layers, num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2),
+        num_hidden_layers=cfg.tiny_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
         max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=1_000_000.0, use_cache=True,
     )
     torch.manual_seed(seed)
@@ -55,9 +59,17 @@ def resolve_base(cfg: ModelConfig, data_root: Path) -> str:
     if cfg.base != TINY_BASE_NAME:
         return cfg.base
     tiny_dir = Path(data_root) / "models" / "tiny-qwen2-text"
-    if not (tiny_dir / "config.json").exists():
+    if not _tiny_matches(tiny_dir, cfg):  # absent, or built with other tiny_* sizes: (re)build
         build_tiny_text_lm(tiny_dir, cfg)
     return str(tiny_dir)
+
+
+def _tiny_matches(tiny_dir: Path, cfg: ModelConfig) -> bool:
+    config_path = tiny_dir / "config.json"
+    if not config_path.exists():
+        return False
+    saved = json.loads(config_path.read_text())
+    return (saved.get("hidden_size"), saved.get("num_hidden_layers")) == (cfg.tiny_hidden_size, cfg.tiny_layers)
 
 
 def _unavailable(base: str, err: Exception) -> BaseModelUnavailable:

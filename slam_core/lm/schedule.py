@@ -5,6 +5,10 @@ Pre-training: linear warm-up over `warmup_frac * total` steps, then cosine from 
 step (compilation, allocator) and is not timed; the next `calibration_steps` are timed, and the total is
 fitted to the remaining budget (`fit_total_steps`); a resumed run re-fits the same way.
 
+The total is fitted once per process (not re-fitted mid-run: a changed total makes the cosine jump), so
+time spent on checkpoints after calibration is not in the fit; the loop also stops when the next step would
+overrun the budget, so the budget is never exceeded by more than one step.
+
 DPO: linear warm-up then inverse-sqrt decay (as HF's `get_inverse_sqrt_schedule`).
 """
 
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 
 def warmup_steps_for(total_steps: int, warmup_frac: float) -> int:
@@ -62,7 +68,7 @@ class BudgetSchedule:
     max_steps: int | None = None
     start_step: int = 0
     total_steps: int | None = None  # provisional until calibrated (or restored from a checkpoint)
-    _calib_start: tuple[int, float] | None = None
+    _calib_times: list[float] | None = None  # budget-clock time at the end of each calibration step
     calibrated: bool = False
     step_time_s: float | None = None
 
@@ -81,17 +87,16 @@ class BudgetSchedule:
     def end_step(self, step: int, elapsed_s: float) -> None:
         """Record that optimiser step `step` finished at `elapsed_s` (budget clock, across resumes)."""
         steps_done = step + 1
-        if self.calibrated:
+        if self.calibrated or steps_done <= self.start_step:
             return
-        if steps_done == self.start_step + 1:  # warm-up step ends: start timing
-            self._calib_start = (steps_done, elapsed_s)
-            if self.calibration_steps == 0:
-                self.calibrated = True
-            return
-        if self._calib_start and steps_done - self._calib_start[0] >= self.calibration_steps:
-            n, t0 = self._calib_start
-            self.step_time_s = (elapsed_s - t0) / (steps_done - n)
-            self.total_steps = fit_total_steps(self.budget_s, elapsed_s, max(self.step_time_s, 1e-9), steps_done)
+        if self._calib_times is None:  # the warm-up step ends: timing starts here
+            self._calib_times = [elapsed_s]
+        else:
+            self._calib_times.append(elapsed_s)
+        if len(self._calib_times) > max(1, self.calibration_steps):
+            # median step time: robust to a stray slow step (GC, a noisy neighbour, a checkpoint save)
+            self.step_time_s = max(float(np.median(np.diff(self._calib_times))), 1e-9)
+            self.total_steps = fit_total_steps(self.budget_s, elapsed_s, self.step_time_s, steps_done)
             self._cap()
             self.calibrated = True
 

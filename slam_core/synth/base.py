@@ -40,6 +40,10 @@ class TTSBackend(Protocol):
         """Voices this backend can use."""
         ...
 
+    def check_voice(self, voice: str) -> None:
+        """Raise TTSSetupError if `voice` cannot be used."""
+        ...
+
 
 def check_text(text: str) -> str:
     """Strip `text` and reject text without anything to pronounce."""
@@ -50,13 +54,19 @@ def check_text(text: str) -> str:
 
 
 def get_backend(cfg: "SynthConfig") -> TTSBackend:
-    """Build the backend named by `cfg.backend` (espeak-ng through ctypes, or Kokoro-82M)."""
+    """Build the backend named by `cfg.backend` (espeak-ng through ctypes, or Kokoro-82M) and check
+    every voice in `cfg.voices` up front, so a bad voice fails before any audio is made."""
+    backend: TTSBackend
     if cfg.backend == "espeak":
         from slam_core.synth.espeak import EspeakBackend
 
-        return EspeakBackend(words_per_minute=cfg.words_per_minute)
-    if cfg.backend == "kokoro":
+        backend = EspeakBackend(words_per_minute=cfg.words_per_minute)
+    elif cfg.backend == "kokoro":
         from slam_core.synth.kokoro_tts import KokoroBackend
 
-        return KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed)
-    raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")
+        backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed)
+    else:
+        raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")
+    for voice in cfg.voices:
+        backend.check_voice(voice)
+    return backend

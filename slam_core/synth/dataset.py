@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 # Pause between a prompt and its continuation in pair audio: an ordinary sentence pause, so the
 # positive and negative differ only in the continuation.
 SENTENCE_PAUSE_S = 0.35
-# Silence before the first and after the last story of a recording.
-RECORDING_EDGE_SILENCE_S = 0.5
+# Silence before the first and after the last story of a recording; longer than VAD's default
+# min_silence_s, so the last segment closes at the speech end instead of running to the file end.
+RECORDING_EDGE_SILENCE_S = 1.0
 
 
 def _read_split(path: str | Path, split: str) -> list[dict]:
@@ -144,7 +145,7 @@ def synthesize_recording_shard(plans: list[dict], cfg: SynthConfig, out_dir: Pat
 # ---------------------------------------------------------------- evaluation and preference pairs
 
 
-def _pair_row(backend: TTSBackend, cfg: SynthConfig, voice: str, prompt: str, positive: str, negative: str) -> dict:
+def _pair_row(backend: TTSBackend, voice: str, prompt: str, positive: str, negative: str) -> dict:
     """Speak the prompt once and each continuation once, so the two audios share the prompt samples."""
     rate = TARGET_SAMPLE_RATE_HZ
     pause = _silence(SENTENCE_PAUSE_S, rate)
@@ -166,7 +167,7 @@ def _write_pairs(items: list[tuple[str, str, str, str]], set_name: str, cfg: Syn
     audio_seconds = 0.0
     for pair_id, prompt, positive, negative in items:
         try:
-            row = _pair_row(backend, cfg, pick_voice(cfg.voices, seed, pair_id), prompt, positive, negative)
+            row = _pair_row(backend, pick_voice(cfg.voices, seed, pair_id), prompt, positive, negative)
         except TTSError as err:
             bad.append((pair_id, err.reason, str(err)))
             continue

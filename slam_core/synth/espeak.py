@@ -1,15 +1,20 @@
 """espeak-ng through the shared library of the `espeakng-loader` wheel (ctypes, synchronous mode).
 
-espeak-ng keeps one global synthesiser per process, so every call holds a module lock while it sets
-the voice and rate and collects the samples its callback delivers. Output: 16-bit mono at 22050 Hz.
-The engine has no randomness: the same text, voice and rate give the same samples.
+espeak-ng is a process-wide singleton, so every call holds a module lock while it loads the library,
+sets voice and rate, and collects the samples its callback delivers. Output: 16-bit mono at 22050 Hz.
+Reloading per utterance (see `_Engine`) makes the same text, voice and rate give the same samples.
 """
 
 from __future__ import annotations
 
+import _ctypes
+import atexit
 import ctypes
 import logging
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +27,7 @@ _INITIALIZE_DONT_EXIT = 0x8000  # report errors instead of calling exit()
 _CHARS_UTF8 = 1
 _PARAM_RATE = 1
 _EE_OK = 0
+_RAND_SEED = 1234
 DEFAULT_VOICES = ("en-us", "en-gb", "en-us+f3", "en-us+m3", "en-gb+f4", "en-us+m7")
 # espeak-ng names British English plain "en"; accept the usual language tag too.
 _VOICE_ALIASES = {"en-gb": "en"}
@@ -33,7 +39,14 @@ _engine: "_Engine | None" = None
 
 
 class _Engine:
-    """The process-wide espeak-ng library handle (initialised once, used only under `_lock`)."""
+    """espeak-ng loaded from a private copy of the wheel's library, reloaded for every utterance.
+
+    espeak-ng keeps synthesis state in static variables (e.g. the pitch flutter phase) that carry over
+    between utterances and even survive espeak_Terminate/espeak_Initialize, so the same text would
+    come out a sample or two different depending on what was spoken before. Unloading and
+    reloading the library (about 7 ms) resets all of it. The copy makes sure no other user of the same
+    file (phonemizer, misaki) keeps it mapped, which would make the unload a no-op.
+    """
 
     def __init__(self) -> None:
         try:
@@ -43,28 +56,37 @@ class _Engine:
                 "espeak backend needs the 'espeakng-loader' package (pip install espeakng-loader), "
                 "which ships libespeak-ng and its voice data"
             ) from None
-        lib_path = espeakng_loader.get_library_path()
+        source = Path(espeakng_loader.get_library_path())
         try:
-            self.lib = ctypes.CDLL(lib_path)
-            data_path = espeakng_loader.get_data_path()
+            self.data_path = espeakng_loader.get_data_path().encode()
+            private_dir = Path(tempfile.mkdtemp(prefix="slam-espeak-"))
+            atexit.register(shutil.rmtree, private_dir, True)
+            self.lib_path = str(shutil.copy(source, private_dir / "libespeak-ng-slam.so"))
+            self.sample_rate_hz = self._with_library(lambda lib: lib.espeak_ng_GetSampleRate())
         except (OSError, RuntimeError) as err:
-            raise TTSSetupError(f"cannot load espeak-ng from {lib_path}: {err}") from None
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.c_void_p, ctypes.c_void_p,
-        ]
-        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), _INITIALIZE_DONT_EXIT)
-        if rate <= 0:
-            raise TTSSetupError(f"espeak-ng failed to initialise with data at {data_path} (code {rate})")
-        self.sample_rate_hz = rate
+            raise TTSSetupError(f"cannot load espeak-ng from {source}: {err}") from None
         self._chunks: list[np.ndarray] = []
         # Keep a reference: ctypes frees the trampoline when the Python object dies.
         self._callback = _SYNTH_CALLBACK(self._collect)
-        self.lib.espeak_SetSynthCallback(self._callback)
+
+    def _with_library(self, use):
+        lib = ctypes.CDLL(self.lib_path)
+        try:
+            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path, _INITIALIZE_DONT_EXIT)
+            if rate <= 0:
+                raise TTSSetupError(f"espeak-ng failed to initialise with data at {self.data_path!r} (code {rate})")
+            # espeak_Initialize seeds espeak's noise generator (voice variants' breath, consonants)
+            # from the clock: a fixed seed keeps the samples independent of when they were made.
+            lib.espeak_ng_SetRandSeed(ctypes.c_long(_RAND_SEED))
+            try:
+                return use(lib)
+            finally:
+                lib.espeak_Terminate()
+        finally:
+            handle = lib._handle
+            del lib
+            _ctypes.dlclose(handle)
 
     def _collect(self, wav, n_samples: int, _events) -> int:
         if n_samples > 0:
@@ -72,19 +94,30 @@ class _Engine:
         return 0  # 0 = continue synthesis
 
     def speak(self, text: str, voice: str, words_per_minute: int) -> np.ndarray:
-        if self.lib.espeak_SetVoiceByName(_espeak_voice_name(voice).encode()) != _EE_OK:
-            raise TTSSetupError(f"espeak-ng has no voice {voice!r} (try en-us, en-gb, en-us+f3, en-us+m3)")
-        self.lib.espeak_SetParameter(_PARAM_RATE, words_per_minute, 0)
+        return self._with_library(lambda lib: self._speak(lib, text, voice, words_per_minute))
+
+    def check_voice(self, voice: str) -> None:
+        self._with_library(lambda lib: _set_voice(lib, voice))
+
+    def _speak(self, lib, text: str, voice: str, words_per_minute: int) -> np.ndarray:
+        lib.espeak_SetSynthCallback(self._callback)
+        _set_voice(lib, voice)
+        lib.espeak_SetParameter(_PARAM_RATE, words_per_minute, 0)
         data = text.encode("utf-8")
         self._chunks = []
-        err = self.lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _CHARS_UTF8, None, None)
+        err = lib.espeak_Synth(ctypes.c_char_p(data), ctypes.c_size_t(len(data) + 1), 0, 0, 0, _CHARS_UTF8, None, None)
         if err != _EE_OK:
             raise TTSError(text, "synth_failed", f"espeak_Synth returned {err}")
-        self.lib.espeak_Synchronize()
+        lib.espeak_Synchronize()
         chunks, self._chunks = self._chunks, []
         if not chunks:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate(chunks).astype(np.float32) / 32768.0
+
+
+def _set_voice(lib, voice: str) -> None:
+    if lib.espeak_SetVoiceByName(_espeak_voice_name(voice).encode()) != _EE_OK:
+        raise TTSSetupError(f"espeak-ng has no voice {voice!r} (try en-us, en-gb, en-us+f3, en-us+m3)")
 
 
 def _espeak_voice_name(voice: str) -> str:
@@ -117,6 +150,11 @@ class EspeakBackend:
         if wave.size == 0 or not np.any(wave):
             raise TTSError(text, "no_audio", f"espeak-ng produced no samples with voice {voice}")
         return wave
+
+    def check_voice(self, voice: str) -> None:
+        """Raise TTSSetupError if espeak-ng has no voice `voice`."""
+        with _lock:
+            _get_engine().check_voice(voice)
 
     def voices(self) -> list[str]:
         """A few English voices and speaker variants that the bundled data provides."""

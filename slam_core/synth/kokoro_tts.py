@@ -94,6 +94,11 @@ class KokoroBackend:
             return []
         return sorted(p.stem for p in self._voices_dir.glob("*.pt"))
 
+    def check_voice(self, voice: str) -> None:
+        """Raise TTSSetupError if the voice tensor cannot be loaded (hub voices are fetched here)."""
+        with self._lock:
+            self._load_voice(voice)
+
     def synthesize(self, text: str, voice: str) -> np.ndarray:
         """Speak `text` sentence by sentence with `voice`; float32 mono at 24 kHz."""
         clean = check_text(text)
@@ -118,7 +123,7 @@ class KokoroBackend:
             raise TTSError(sentence, "unpronounceable", "no phonemes in Kokoro's vocabulary")
         if len(phonemes) + 2 > self._model.context_length:
             raise TTSError(sentence, "too_long", f"{len(phonemes)} phonemes > {self._model.context_length - 2}")
-        seed = zlib.crc32(f"{voice}\n{sentence}".encode())
+        seed = zlib.crc32(f"{Path(voice).stem}\n{sentence}".encode())  # voice id or its .pt path: same seed
         with self._torch.random.fork_rng(devices=[]):
             self._torch.manual_seed(seed)
             audio = self._model(phonemes, pack[len(phonemes) - 1], self.speed)

@@ -68,8 +68,8 @@ def build_tiny_encoder(out_dir: Path, seed: int = 0) -> Path:
     the whole utterance. So: the first conv layer stays a random filter bank, later conv layers start as
     (noisy) per-channel smoothing, i.e. the features are rectified band energies (a crude spectrogram);
     the positional conv is short and there are only two transformer layers. Measured on espeak words at
-    two speaking rates: nearest-neighbour word retrieval by unit edit distance 0.94 vs 0.12 for the
-    plain random init (tests/test_units.py checks repeated vs different words).
+    two speaking rates (16 words, k=50): nearest-neighbour word retrieval by unit edit distance
+    0.7-1.0 vs 0.1-0.2 for the plain random init (tests/test_units.py checks repeated vs different words).
     """
     out_dir = Path(out_dir)
     torch.manual_seed(seed)

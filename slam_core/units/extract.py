@@ -12,20 +12,31 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from transformers import HubertModel
 
-from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError
-from slam_core.units.encoder import PAD_SAMPLES, frames_for_samples
-from slam_core.units.quantizer import assign_units
+from slam_core.atomic import atomic_path
+from slam_core.audio.io import (
+    AUDIO_SUFFIXES, TARGET_SAMPLE_RATE_HZ, BadAudioError, decode_audio_bytes, list_audio_files, read_audio,
+)
+from slam_core.config import UnitsConfig
+from slam_core.schemas import EVAL_PAIRS_AUDIO, EVAL_PAIRS_UNITS, PREFERENCE_AUDIO, PREFERENCE_UNITS, UNITS
+from slam_core.device import pick_device, pick_dtype
+from slam_core.units.encoder import PAD_SAMPLES, frames_for_samples, load_encoder, resolve_encoder
+from slam_core.units.quantizer import assign_units, fit_kmeans, load_centroids, save_centroids
 
 log = logging.getLogger(__name__)
 
 MAX_DURATION = np.iinfo(np.uint16).max
+ROW_GROUP_ROWS = 1024
 
 
 def dedup_units(frame_units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +85,8 @@ class UnitExtractor:
                 f"centroid dim {centroids.shape[1]} != encoder hidden size {encoder.config.hidden_size} "
                 f"(k-means fitted for a different encoder?)"
             )
+        if centroids is not None and centroids.shape[0] > MAX_DURATION + 1:
+            raise ValueError(f"{centroids.shape[0]} centroids do not fit the uint16 unit columns")
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device, dtype).eval()
         self.centroids = centroids
@@ -104,10 +117,30 @@ class UnitExtractor:
                     continue
                 batch = torch.from_numpy(np.stack([np.asarray(waves[i], np.float32) for i in chunk]))
                 batch = F.pad(batch, (PAD_SAMPLES, PAD_SAMPLES)).to(self.device, self.dtype)
-                hidden = self.encoder(batch, output_hidden_states=True).hidden_states[self.layer]
+                hidden = self._encode_equal_length(batch)
                 if hidden.shape[1] != n_frames:
                     raise RuntimeError(f"encoder gave {hidden.shape[1]} frames for {length} samples, expected {n_frames}")
                 yield chunk, hidden
+
+    def _encode_equal_length(self, batch: torch.Tensor) -> torch.Tensor:
+        """`hidden_states[layer]` of HubertModel.forward (eval, no mask, no padding), stopping at `layer`.
+
+        The conv feature encoder runs one item at a time: small-channel CPU convolutions pick
+        batch-size-dependent kernels (~5e-7 differences) that could flip near-tie units; projection
+        and transformer layers compute each row independently. Equality with HubertModel.forward is
+        tested for both layer-norm layouts.
+        """
+        model = self.encoder
+        conv = torch.cat([model.feature_extractor(batch[i : i + 1]) for i in range(batch.shape[0])])
+        hidden = model.feature_projection(conv.transpose(1, 2))
+        encoder = model.encoder
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not model.config.do_stable_layer_norm:  # post-LN (HuBERT base) normalises before the layers
+            hidden = encoder.layer_norm(hidden)
+        for layer in encoder.layers[: self.layer]:
+            hidden = layer(hidden, attention_mask=None)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return hidden
 
     def features(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Layer features per wave, float32 (n_frames, hidden_size)."""
@@ -139,6 +172,16 @@ class UnitExtractor:
             else:
                 result.append((f.astype(np.uint16), np.ones(len(f), np.uint16)))
         return result
+
+
+def build_extractor(
+    cfg: UnitsConfig, data_root: Path, centroids: Path | None = None, device: str = "auto"
+) -> UnitExtractor:
+    """UnitExtractor from config: resolve/load the encoder, pick device and dtype, load centroids if given."""
+    torch_device = pick_device(device)
+    encoder = load_encoder(resolve_encoder(cfg, Path(data_root)), torch_device, pick_dtype(cfg.dtype, torch_device))
+    c = load_centroids(Path(centroids)) if centroids is not None else None
+    return UnitExtractor(encoder, c, cfg.layer, torch_device, encoder.dtype, cfg.dedup, cfg.batch_size)
 
 
 # ---- decoding overlapped with compute -------------------------------------------------------------
@@ -190,3 +233,167 @@ def extract_items(
     for item_id, reason, detail in bad:
         log.warning("skipped %s: %s (%s)", item_id, reason, detail)
     return results, bad
+
+
+# ---- k-means on a seeded frame sample -------------------------------------------------------------
+
+
+def fit_kmeans_from_segments(
+    segment_paths: Sequence[Path], extractor: UnitExtractor, cfg: UnitsConfig, seed: int, out_path: Path,
+    audio_root: Path | None = None,
+) -> Path:
+    """Fit cfg.n_units centroids on up to cfg.kmeans_sample_frames frames sampled (seeded) from the segments.
+
+    Segments are visited in a seeded random order until enough frames are collected (so a large corpus
+    is not encoded in full), then frames are subsampled without replacement; centroids are saved atomically.
+    """
+    rows = [r for p in sorted(map(Path, segment_paths)) for r in pq.read_table(p).to_pylist()]
+    if not rows:
+        raise ValueError("fit_kmeans_from_segments: the segment shards hold no segments")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(rows))
+    feats: list[np.ndarray] = []
+    n_collected, step = 0, max(extractor.batch_size * 4, 1)
+    for lo in range(0, len(order), step):
+        waves = []
+        for i in order[lo : lo + step]:
+            r = rows[i]
+            src = Path(audio_root, r["source_path"]) if audio_root is not None else Path(r["source_path"])
+            try:
+                waves.append(read_audio(src, r["start_s"], r["end_s"]))
+            except BadAudioError as err:
+                log.warning("k-means sample: skipped %s: %s", r["segment_id"], err)
+        feats += [f for f in extractor.features(waves) if len(f)]
+        n_collected = sum(len(f) for f in feats)
+        if n_collected >= cfg.kmeans_sample_frames:
+            break
+    x = np.concatenate(feats) if feats else np.zeros((0, extractor.encoder.config.hidden_size), np.float32)
+    if len(x) > cfg.kmeans_sample_frames:
+        x = x[np.sort(rng.choice(len(x), cfg.kmeans_sample_frames, replace=False))]
+    log.info("fitting k-means: %d units on %d frames (dim %d)", cfg.n_units, len(x), x.shape[1])
+    centroids = fit_kmeans(x, cfg.n_units, cfg.kmeans_iters, seed)
+    return save_centroids(centroids, Path(out_path))
+
+
+# ---- Parquet shards -------------------------------------------------------------------------------
+
+
+def _unit_list(arrays: Sequence[np.ndarray]) -> pa.Array:
+    offsets = np.zeros(len(arrays) + 1, np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    flat = np.concatenate(arrays).astype(np.uint16) if arrays else np.zeros(0, np.uint16)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.uint16()))
+
+
+def _write_parquet(table: pa.Table, out_path: Path) -> Path:
+    with atomic_path(out_path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    return Path(out_path)
+
+
+def _units_table(ids: list[str], dataset: list[str], split: list[str], results: dict) -> pa.Table:
+    rows = [results[i] for i in ids]
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()), pa.array(dataset, pa.string()), pa.array(split, pa.string()),
+            _unit_list([r[0] for r in rows]), _unit_list([r[1] for r in rows]),
+            pa.array([r[2] for r in rows], pa.int32()), pa.array([r[3] for r in rows], pa.float32()),
+        ],
+        schema=UNITS,
+    )
+
+
+def _shard_summary(out_path: Path, table: pa.Table, bad: list[BadItem]) -> dict:
+    tokens = int(pc.sum(pc.list_value_length(table["units"])).as_py() or 0) if table.num_rows else 0
+    audio_s = float(pc.sum(table["audio_seconds"]).as_py() or 0.0) if table.num_rows else 0.0
+    return {"path": str(out_path), "rows": table.num_rows, "tokens": tokens, "audio_seconds": audio_s, "bad": bad}
+
+
+def extract_segment_shard(
+    segments_path: Path, out_path: Path, extractor: UnitExtractor, batch_size: int, audio_root: Path | None = None
+) -> dict:
+    """SEGMENTS shard -> UNITS shard (atomic). Undecodable or too-short segments are skipped and listed in "bad".
+
+    Relative `source_path`s are resolved against `audio_root` when given.
+    """
+    seg = pq.read_table(segments_path).to_pylist()
+    ids = [r["segment_id"] for r in seg]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{segments_path}: duplicate segment_id values; each segment needs a unique id")
+
+    def loader(row: dict) -> Loader:
+        src = Path(row["source_path"])
+        src = Path(audio_root, src) if audio_root is not None and not src.is_absolute() else src
+        return lambda: read_audio(src, row["start_s"], row["end_s"])
+
+    results, bad = extract_items([(r["segment_id"], loader(r)) for r in seg], extractor, batch_size)
+    kept = [r for r in seg if r["segment_id"] in results]
+    table = _units_table(
+        [r["segment_id"] for r in kept], [r["dataset"] for r in kept], [r["split"] for r in kept], results
+    )
+    _write_parquet(table, out_path)
+    return _shard_summary(out_path, table, bad)
+
+
+def extract_audio_dir(
+    audio_dir: Path, out_dir: Path, extractor: UnitExtractor, batch_size: int = 16,
+    shard_files: int = 256, dataset: str = "custom", split: str = "train",
+) -> list[dict]:
+    """Every audio file under `audio_dir` (recursive) -> UNITS shards `out_dir/units-NNNNN.parquet`.
+
+    segment_id is the file's path relative to `audio_dir`; returns one summary dict per shard.
+    """
+    audio_dir = Path(audio_dir)
+    files = list_audio_files(audio_dir)
+    if not files:
+        raise FileNotFoundError(f"{audio_dir}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found")
+    summaries = []
+    for shard, lo in enumerate(range(0, len(files), shard_files)):
+        items = [(p.relative_to(audio_dir).as_posix(), partial(read_audio, p)) for p in files[lo : lo + shard_files]]
+        results, bad = extract_items(items, extractor, batch_size)
+        ids = [i for i, _ in items if i in results]
+        table = _units_table(ids, [dataset] * len(ids), [split] * len(ids), results)
+        out_path = Path(out_dir) / f"units-{shard:05d}.parquet"
+        summaries.append(_shard_summary(_write_parquet(table, out_path), table, bad))
+    return summaries
+
+
+_PAIR_KINDS = {
+    "eval_pairs": (EVAL_PAIRS_AUDIO, EVAL_PAIRS_UNITS, ("positive", "negative")),
+    "preferences": (PREFERENCE_AUDIO, PREFERENCE_UNITS, ("prompt", "chosen", "rejected")),
+}
+
+
+def _pair_kind(table: pa.Table, source: Path) -> str:
+    for kind, (schema, _, _) in _PAIR_KINDS.items():
+        if set(schema.names) <= set(table.column_names):
+            return kind
+    raise ValueError(f"{source}: columns {table.column_names} match neither EVAL_PAIRS_AUDIO nor PREFERENCE_AUDIO")
+
+
+def extract_pair_units(audio_path: Path, out_path: Path, extractor: UnitExtractor, batch_size: int) -> dict:
+    """EVAL_PAIRS_AUDIO -> EVAL_PAIRS_UNITS, or PREFERENCE_AUDIO -> PREFERENCE_UNITS (detected from columns).
+
+    A pair with any undecodable side is skipped and listed in "bad" as (pair_id/side, reason, detail).
+    """
+    table = pq.read_table(audio_path)
+    kind = _pair_kind(table, Path(audio_path))
+    _, out_schema, sides = _PAIR_KINDS[kind]
+    rows = table.select(["pair_id", *[f"{s}_audio" for s in sides]]).to_pylist()
+    items = [
+        (f"{r['pair_id']}/{s}", partial(decode_audio_bytes, r[f"{s}_audio"], f"{audio_path}:{r['pair_id']}/{s}"))
+        for r in rows for s in sides
+    ]
+    results, bad = extract_items(items, extractor, batch_size)
+    kept = [r for r in rows if all(f"{r['pair_id']}/{s}" in results for s in sides)]
+    columns: dict[str, pa.Array] = {"pair_id": pa.array([r["pair_id"] for r in kept], pa.string())}
+    if kind == "eval_pairs":
+        set_of = dict(zip(table["pair_id"].to_pylist(), table["set"].to_pylist()))
+        columns["set"] = pa.array([set_of[r["pair_id"]] for r in kept], pa.string())
+    for s in sides:
+        columns[f"{s}_units"] = _unit_list([results[f"{r['pair_id']}/{s}"][0] for r in kept])
+        if f"{s}_durations" in out_schema.names:
+            columns[f"{s}_durations"] = _unit_list([results[f"{r['pair_id']}/{s}"][1] for r in kept])
+    out = pa.Table.from_arrays([columns[n] for n in out_schema.names], schema=out_schema)
+    _write_parquet(out, out_path)
+    return {"path": str(out_path), "rows": out.num_rows, "kind": kind, "bad": bad}

@@ -1,0 +1,47 @@
+"""Shared benchmark plumbing: timing, machine facts, results files under bench/results/."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
+    """Best wall time of `repeats` calls after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def machine() -> dict[str, Any]:
+    import transformers
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    return {"device": dev, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def save_results(name: str, results: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    kind = "gpu" if torch.cuda.is_available() else "cpu"
+    out = RESULTS_DIR / f"{name}-{kind}.json"
+    out.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    return out

@@ -1,0 +1,263 @@
+"""Direct preference optimisation (sigmoid DPO) of a pre-trained speech LM on unit preference triples.
+
+Tokens follow SlamKit's `tokenize_row`: prompt `[1] + (u + 2)`, chosen/rejected `(u + 2) + [1]`. The prompt
+is cut from the left to `max_prompt_tokens` (keeping BOS and the end, the part next to the continuation);
+completions are cut from the right to `max_completion_tokens`. Sequences are right-padded with PAD and run
+without attention mask (causal attention never looks right, so right padding cannot change earlier logits);
+only completion tokens are scored.
+
+The reference model is the initial policy. Its log-probs of every chosen/rejected completion are computed
+ONCE before training and stored in `run_dir/reference_logps.pt`, so no second model is kept in memory and a
+resumed run still has the same reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from slam_core.atomic import atomic_path
+from slam_core.config import DpoConfig, ModelConfig
+from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
+from slam_core.lm.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from slam_core.lm.model import load_speech_lm
+from slam_core.lm.schedule import inverse_sqrt_lr
+from slam_core.lm.train import MetricsLog, autocast_for
+from slam_core.lm.vocab import BOS_ID, EOS_ID, PAD_ID, UNIT_OFFSET
+
+log = logging.getLogger(__name__)
+
+REFERENCE_FILE = "reference_logps.pt"
+METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "reward_margin", "reward_accuracy", "tokens_per_s", "elapsed_s"]
+
+
+def pair_tokens(prompt_units: Sequence[int], chosen_units: Sequence[int], rejected_units: Sequence[int],
+                max_prompt_tokens: int, max_completion_tokens: int) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) token ids with SlamKit's layout and the truncation described above."""
+    prompt = [BOS_ID] + [int(u) + UNIT_OFFSET for u in prompt_units]
+    if len(prompt) > max_prompt_tokens:
+        prompt = [BOS_ID] + prompt[len(prompt) - (max_prompt_tokens - 1):]
+    chosen = ([int(u) + UNIT_OFFSET for u in chosen_units] + [EOS_ID])[:max_completion_tokens]
+    rejected = ([int(u) + UNIT_OFFSET for u in rejected_units] + [EOS_ID])[:max_completion_tokens]
+    return prompt, chosen, rejected
+
+
+def load_preference_pairs(path: Path, cfg: DpoConfig, vocab_size: int | None = None
+                          ) -> tuple[list[tuple[list[int], list[int], list[int]]], list[tuple[str, str, str]]]:
+    """Token triples of a PREFERENCE_UNITS file, plus (pair_id, reason, detail) of skipped rows.
+
+    Rows with an empty unit list, or (given vocab_size) a unit the model cannot embed, are skipped.
+    """
+    try:
+        table = pq.read_table(path, columns=["pair_id", "prompt_units", "chosen_units", "rejected_units"])
+    except Exception as err:  # pyarrow raises several types for missing/corrupt files and columns
+        raise ValueError(f"{path}: cannot read preference pairs ({err})") from None
+    pairs, skipped = [], []
+    for row in table.to_pylist():
+        empty = [k for k in ("prompt_units", "chosen_units", "rejected_units") if not row[k]]
+        if empty:
+            skipped.append((row["pair_id"], "empty_units", f"{path.name}: empty {', '.join(empty)}"))
+            continue
+        triple = pair_tokens(row["prompt_units"], row["chosen_units"], row["rejected_units"],
+                             cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        if vocab_size is not None and max(max(part) for part in triple) >= vocab_size:
+            skipped.append((row["pair_id"], "unit_out_of_range", f"{path.name}: token >= vocab size {vocab_size}"))
+            continue
+        pairs.append(triple)
+    if skipped:
+        log.warning("%s: skipped %d preference pairs (e.g. %s)", path, len(skipped), skipped[0])
+    return pairs, skipped
+
+
+def collate_pairs(pairs: Sequence[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """2B right-padded sequences (B chosen then B rejected) and a mask of scored target positions."""
+    seqs, starts = [], []
+    for prompt, chosen, _ in pairs:
+        seqs.append(prompt + chosen)
+        starts.append(len(prompt))
+    for prompt, _, rejected in pairs:
+        seqs.append(prompt + rejected)
+        starts.append(len(prompt))
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (seq, start) in enumerate(zip(seqs, starts)):
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, start:len(seq)] = True
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of log p(token | prefix) over the completion tokens of each sequence, shape [2B]."""
+    ids = batch["input_ids"]
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+    token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, ids[:, 1:, None]).squeeze(2)
+    return (token_logps * batch["completion_mask"][:, 1:]).sum(dim=1)
+
+
+def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair sigmoid DPO loss and reward margin from [2B] log-probs (chosen half, then rejected half)."""
+    n = policy_logps.shape[0] // 2
+    policy_ratio = policy_logps[:n] - policy_logps[n:]
+    reference_ratio = reference_logps[:n] - reference_logps[n:]
+    margin = beta * (policy_ratio - reference_ratio)
+    return -F.logsigmoid(margin), margin.detach()
+
+
+@torch.no_grad()
+def compute_reference_logps(model: torch.nn.Module, pairs: Sequence, micro_batch_size: int,
+                            device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[n_pairs, 2] (chosen, rejected) completion log-probs under `model` (the initial policy)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(pairs), micro_batch_size):
+        chunk = pairs[i:i + micro_batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk).items()}
+        with autocast_for(device, dtype):
+            logps = sequence_logps(model, batch).cpu()
+        out.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1))
+    model.train(was_training)
+    return torch.cat(out).to(torch.float32)
+
+
+class _PairOrder:
+    """Seeded per-epoch permutation of pair indices with a resumable (epoch, position) cursor."""
+
+    def __init__(self, n_pairs: int, seed: int, epoch: int = 0, pos: int = 0) -> None:
+        self.n_pairs, self.seed, self.epoch, self.pos = n_pairs, seed, epoch, pos
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_pairs)
+            grab = order[self.pos:self.pos + k - len(out)].tolist()
+            out.extend(grab)
+            self.pos += len(grab)
+            if self.pos >= self.n_pairs:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+
+def _load_or_compute_reference(run_dir: Path, model: torch.nn.Module, pairs: Sequence, cfg: DpoConfig,
+                               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    path = run_dir / REFERENCE_FILE
+    if path.exists():
+        ref = torch.load(path, weights_only=True)
+        if ref.shape[0] != len(pairs):
+            raise ValueError(f"{path} has {ref.shape[0]} pairs but the preference file has {len(pairs)}")
+        return ref
+    ref = compute_reference_logps(model, pairs, cfg.micro_batch_size, device, dtype)
+    with atomic_path(path) as tmp:
+        torch.save(ref, tmp)
+    return ref
+
+
+def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConfig, dpo_cfg: DpoConfig,
+              run_dir: Path, seed: int, device: str = "auto",
+              progress: Callable[[float, str], None] | None = None, *,
+              clock: Callable[[], float] = time.monotonic) -> dict:
+    """DPO from `init_checkpoint` (or resume from run_dir's latest checkpoint) within budget_s / max_steps.
+
+    Returns {"final_checkpoint", "steps", "pairs_seen", "tokens_seen", "elapsed_s", "final_loss",
+    "reward_margin", "skipped"}.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    dtype = pick_dtype(model_cfg.dtype, dev)
+    attn = pick_attn_implementation(model_cfg.attn_implementation, dev)
+    ckpt = latest_checkpoint(run_dir)
+    clock_start = clock()  # the budget covers the reference pass of a fresh run too
+    if ckpt is None and (run_dir / REFERENCE_FILE).exists():
+        (run_dir / REFERENCE_FILE).unlink()  # stale: a fresh run's reference is its own initial policy
+    model = load_speech_lm(ckpt or Path(init_checkpoint), attn).to(dev)
+    pairs, skipped = load_preference_pairs(Path(preference_path), dpo_cfg, model.config.vocab_size)
+    if not pairs:
+        raise ValueError(f"{preference_path}: no usable preference pairs ({len(skipped)} skipped)")
+    reference = _load_or_compute_reference(run_dir, model, pairs, dpo_cfg, dev, dtype)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=dpo_cfg.lr, weight_decay=0.0,
+                                  fused=dev.type == "cuda" or None, foreach=None if dev.type == "cuda" else True)
+    order = _PairOrder(len(pairs), seed)
+    step, pairs_seen, tokens_seen, elapsed0 = _restore(ckpt, optimizer, order, seed)
+    loss, margin = None, None
+    metrics = MetricsLog(run_dir / "metrics.csv", step if ckpt is not None else -1, METRIC_FIELDS)
+    t_start = (clock_start if ckpt is None else clock()) - elapsed0
+    elapsed, last_ckpt_s, step_time_s, steps_this_call = clock() - t_start, elapsed0, 0.0, 0
+
+    def save() -> Path:
+        trainer_state = {"optimizer": optimizer.state_dict(), "rng": rng_state(), "order": [order.epoch, order.pos]}
+        info = {"pairs_seen": pairs_seen, "tokens_seen": tokens_seen, "elapsed_s": elapsed, "total_steps":
+                dpo_cfg.max_steps, "loss": loss}
+        return save_checkpoint(run_dir, step, model, trainer_state, info)
+
+    saved_step, elapsed_loop0 = (step if ckpt is not None else -1), elapsed
+    while (dpo_cfg.max_steps is None or step < dpo_cfg.max_steps) and elapsed + step_time_s <= dpo_cfg.budget_s:
+        t0 = clock()
+        lr = inverse_sqrt_lr(step, dpo_cfg.lr, dpo_cfg.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        idx = [order.take(dpo_cfg.micro_batch_size) for _ in range(dpo_cfg.grad_accum)]
+        loss, margin, grad_norm, n_tokens = _dpo_step(model, optimizer, pairs, reference, idx, dpo_cfg, dev, dtype)
+        step, pairs_seen, tokens_seen = step + 1, pairs_seen + sum(map(len, idx)), tokens_seen + n_tokens
+        now = clock()
+        elapsed, steps_this_call = now - t_start, steps_this_call + 1
+        # predict the next step from the larger of the last and the mean step time, to stay inside the budget
+        step_time_s = max(now - t0, (elapsed - elapsed_loop0) / steps_this_call)
+        metrics.append({"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+                        "reward_margin": round(float(margin.mean()), 6),
+                        "reward_accuracy": round(float((margin > 0).float().mean()), 4),
+                        "tokens_per_s": round(n_tokens / max(now - t0, 1e-9), 1), "elapsed_s": round(elapsed, 3)})
+        if progress is not None:
+            frac = step / dpo_cfg.max_steps if dpo_cfg.max_steps else elapsed / dpo_cfg.budget_s
+            progress(min(1.0, frac), f"dpo step {step} loss {loss:.4f}")
+        if elapsed - last_ckpt_s >= dpo_cfg.checkpoint_every_s:
+            save()
+            saved_step, last_ckpt_s = step, elapsed
+    final = save() if saved_step != step else latest_checkpoint(run_dir)
+    return {"final_checkpoint": str(final), "steps": step, "pairs_seen": pairs_seen, "tokens_seen": tokens_seen,
+            "elapsed_s": elapsed, "final_loss": loss,
+            "reward_margin": float(margin.mean()) if margin is not None else None, "skipped": skipped}
+
+
+def _restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, order: _PairOrder, seed: int
+             ) -> tuple[int, int, int, float]:
+    """Load optimiser/RNG/data-order state (or seed a fresh run); returns (step, pairs, tokens, elapsed_s)."""
+    if ckpt is None:
+        torch.manual_seed(seed)
+        return 0, 0, 0, 0.0
+    state, info = load_trainer_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    order.epoch, order.pos = int(state["order"][0]), int(state["order"][1])
+    return info["step"], info["pairs_seen"], info["tokens_seen"], info["elapsed_s"]
+
+
+def _dpo_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pairs: Sequence, reference: torch.Tensor,
+              micro_batches: list[list[int]], cfg: DpoConfig, device: torch.device, dtype: torch.dtype
+              ) -> tuple[float, torch.Tensor, float, int]:
+    """One optimiser step: mean pair loss over all micro-batches; returns (loss, margins, grad norm, tokens)."""
+    n_pairs = sum(len(mb) for mb in micro_batches)
+    total, margins, n_tokens = torch.zeros((), device=device), [], 0
+    for mb in micro_batches:
+        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in mb]).items()}
+        ref = torch.cat([reference[mb, 0], reference[mb, 1]]).to(device)
+        with autocast_for(device, dtype):
+            losses, margin = dpo_loss(sequence_logps(model, batch), ref, cfg.beta)
+        (losses.sum() / n_pairs).backward()
+        total += losses.detach().sum()  # no host sync per micro-batch
+        margins.append(margin)
+        n_tokens += int(batch["input_ids"].numel())
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(total) / n_pairs, torch.cat(margins).cpu(), float(grad_norm), n_tokens

@@ -1,0 +1,198 @@
+"""Packed loader: layout, split, determinism, mixing, exact resume, and packed == per-document forward."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from slam_core.lm.data import (IGNORE_INDEX, BadShardError, DataSource, PackedLoader, PrefetchingLoader,
+                               is_validation_doc, sources_from_paths)
+from slam_core.lm.train import packed_loss_sum
+from slam_core.lm.vocab import encode_units
+from slam_core.schemas import UNITS
+
+
+def write_shard(path: Path, docs: dict[str, list[int] | None], row_group_size: int = 7) -> Path:
+    rows = [{"segment_id": k, "dataset": path.parent.parent.name, "split": "train", "units": v,
+             "durations": None if v is None else [1] * len(v), "n_frames": len(v or []),
+             "audio_seconds": 0.04 * len(v or [])} for k, v in docs.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), path, row_group_size=row_group_size)
+    return path
+
+
+def random_docs(prefix: str, n: int, seed: int, lo: int = 1, hi: int = 60) -> dict[str, list[int]]:
+    rng = np.random.default_rng(seed)
+    return {f"{prefix}-{i:04d}": rng.integers(0, 500, rng.integers(lo, hi)).tolist() for i in range(n)}
+
+
+def segments(batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Split each row at position_ids == 0 (segment starts)."""
+    out = []
+    for ids, pos in zip(batch["input_ids"].numpy(), batch["position_ids"].numpy()):
+        starts = list(np.flatnonzero(pos == 0)) + [len(pos)]
+        out.extend(ids[a:b] for a, b in zip(starts[:-1], starts[1:]))
+    return out
+
+
+def test_rows_are_exact_and_documents_round_trip(tmp_path):
+    docs = random_docs("a", 40, seed=0, hi=150)  # some longer than the context: they are split
+    shard = write_shard(tmp_path / "units" / "a" / "train" / "units-00000.parquet", docs)
+    loader = PackedLoader([DataSource("a", [shard])], context_len=64, micro_batch_size=3, seed=1, split="val",
+                          val_fraction=0.999999)
+    stream, n_rows = [], 0
+    for batch in loader:
+        assert batch["input_ids"].shape[1] == 64 and "attention_mask" not in batch
+        pos, labels, ids = batch["position_ids"], batch["labels"], batch["input_ids"]
+        assert torch.equal(labels == IGNORE_INDEX, (pos == 0) | (ids == 0))  # -100 exactly at segment starts / pad
+        assert int(pos.max()) < 64
+        n_rows += batch["input_ids"].shape[0]
+        stream.extend(int(t) for seg in segments(batch) for t in seg if t != 0)
+    expected = [encode_units(u) for u in docs.values()]
+    assert sum(len(e) for e in expected) == len(stream)
+    assert n_rows == -(-len(stream) // 64)
+    # every document appears once, contiguously (shuffled order): match by content
+    text = ",".join(map(str, stream))
+    assert all(",".join(map(str, e)) in text for e in expected)
+
+
+def test_train_val_split_by_hash(tmp_path):
+    docs = random_docs("d", 400, seed=1)
+    shard = write_shard(tmp_path / "u" / "d" / "train" / "s.parquet", docs, row_group_size=50)
+    val_ids = {k for k in docs if is_validation_doc(k, 0.1)}
+    assert 20 <= len(val_ids) <= 65
+    loader = PackedLoader([DataSource("d", [shard])], 32, 4, seed=0, split="val", val_fraction=0.1)
+    n_val_tokens = sum(int((b["input_ids"] != 0).sum()) for b in loader)
+    assert n_val_tokens == sum(len(docs[k]) + 2 for k in val_ids)
+    train = PackedLoader([DataSource("d", [shard])], 32, 4, seed=0, split="train", val_fraction=0.1)
+    val_set = {tuple(encode_units(docs[k])) for k in val_ids}
+    seen = {tuple(train._next_doc()) for _ in range(400 - len(val_ids))}  # one epoch of train docs
+    assert not (seen & val_set) and len(seen) == 400 - len(val_ids)
+
+
+def test_deterministic_shuffle_and_resume(tmp_path):
+    shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", random_docs("a", 60, seed=2))
+    src = [DataSource("a", [shard])]
+
+    def take(loader, n):
+        return [loader.next_batch() for _ in range(n)]
+
+    a, b = PackedLoader(src, 48, 2, seed=5), PackedLoader(src, 48, 2, seed=5)
+    first_a, first_b = take(a, 30), take(b, 30)  # > 1 epoch
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(first_a, first_b))
+    other = take(PackedLoader(src, 48, 2, seed=6), 3)
+    assert not torch.equal(other[0]["input_ids"], first_a[0]["input_ids"])
+
+    loader = PackedLoader(src, 48, 2, seed=5)
+    take(loader, 13)
+    torch.save(loader.state_dict(), tmp_path / "state.pt")
+    rest = take(loader, 17)
+    resumed = PackedLoader(src, 48, 2, seed=5)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    for x, y in zip(rest, take(resumed, 17)):
+        for key in x:
+            assert torch.equal(x[key], y[key])
+
+
+def test_mixing_follows_weights(tmp_path):
+    a = write_shard(tmp_path / "units" / "big" / "train" / "s.parquet", {f"a{i}": [1, 2] for i in range(50)})
+    b = write_shard(tmp_path / "units" / "small" / "train" / "s.parquet", {f"b{i}": [3] for i in range(50)})
+    sources = sources_from_paths([a, b], weights={"big": 3.0, "small": 1.0})
+    assert [s.name for s in sources] == ["big", "small"]
+    loader = PackedLoader(sources, 64, 1, seed=0)
+    docs = [loader._next_doc() for _ in range(2000)]
+    frac_big = np.mean([len(d) == 4 for d in docs])
+    assert 0.72 < frac_big < 0.78
+
+
+def test_bad_rows_skipped_and_bad_shard_named(tmp_path):
+    shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", {"x": [4, 5], "y": None, "z": [], "w": [7]})
+    loader = PackedLoader([DataSource("a", [shard])], 16, 1, seed=0, split="val", val_fraction=0.999999)
+    list(loader)
+    assert loader.skipped_docs == 2
+    assert [item for item, _, _ in loader.skipped_items()] == ["y", "z"]
+    small_vocab = PackedLoader([DataSource("a", [shard])], 16, 1, seed=0, split="val", val_fraction=0.999999,
+                               vocab_size=8)  # unit 7 -> token 9 does not fit
+    list(small_vocab)
+    assert ("w", "unit_out_of_range") in [(item, reason) for item, reason, _ in small_vocab.skipped_items()]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"segment_id": ["a"]}), bad)
+    with pytest.raises(BadShardError, match="bad.parquet.*units"):
+        PackedLoader([DataSource("a", [bad])], 16, 1, seed=0)
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet")
+    with pytest.raises(BadShardError, match="junk.parquet"):
+        PackedLoader([DataSource("a", [junk])], 16, 1, seed=0)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_forward_equals_per_document_forward(tmp_path, attn):
+    docs = random_docs("p", 12, seed=3, lo=3, hi=40)
+    shard = write_shard(tmp_path / "u" / "p" / "train" / "s.parquet", docs)
+    batch = PackedLoader([DataSource("p", [shard])], 96, 2, seed=0).next_batch()
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=502, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_cache=False, attn_implementation=attn)
+    model = Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        loss_sum, n_targets = packed_loss_sum(model, batch)
+        flat_sum, flat_n = packed_loss_sum(model, batch, flatten=True)  # the flash_attention_2 layout [1, B*L]
+        max_diff, doc_loss_sum, doc_tokens = 0.0, 0.0, 0
+        for r in range(2):
+            pos = batch["position_ids"][r].numpy()
+            starts = list(np.flatnonzero(pos == 0)) + [len(pos)]
+            for a, b in zip(starts[:-1], starts[1:]):
+                ids = batch["input_ids"][r, a:b][None]
+                alone = model(input_ids=ids).logits
+                max_diff = max(max_diff, float((alone - packed[r, a:b]).abs().max()))
+                if b - a > 1:
+                    doc_loss_sum += float(F.cross_entropy(alone[0, :-1], ids[0, 1:], reduction="sum"))
+                    doc_tokens += b - a - 1
+    assert max_diff < 1e-4
+    assert int(n_targets) == doc_tokens == int(flat_n)
+    assert abs(float(flat_sum) - float(loss_sum)) < 1e-3
+    assert abs(float(loss_sum) / n_targets - doc_loss_sum / doc_tokens) < 1e-5
+
+
+def test_source_without_train_documents_fails_clearly(tmp_path):
+    shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", {"x": [4, 5], "y": [6]})
+    loader = PackedLoader([DataSource("a", [shard])], 16, 1, seed=0, split="train", val_fraction=0.999999)
+    with pytest.raises(ValueError, match="no usable 'train' documents"):
+        loader.next_batch()
+
+
+def test_prefetching_loader_matches_plain_loader_and_resumes(tmp_path):
+    shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", random_docs("a", 40, seed=4))
+    src = [DataSource("a", [shard])]
+    plain = PackedLoader(src, 32, 2, seed=9)
+    expected = [plain.next_batch() for _ in range(12)]
+    prefetching = PrefetchingLoader(PackedLoader(src, 32, 2, seed=9), depth=3)
+    try:
+        got = [prefetching.next_batch() for _ in range(5)]
+        state = prefetching.state_dict()  # position after the 5 batches handed out, not after the prefetched ones
+    finally:
+        prefetching.close()
+    resumed = PackedLoader(src, 32, 2, seed=9)
+    resumed.load_state_dict(state)
+    got += [resumed.next_batch() for _ in range(7)]
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+               for a, b in zip(expected, got))
+
+
+def test_prefetching_loader_reraises_errors(tmp_path):
+    shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", {"x": [4, 5]})
+    loader = PackedLoader([DataSource("a", [shard])], 16, 1, seed=0, val_fraction=0.999999)
+    prefetching = PrefetchingLoader(loader)
+    with pytest.raises(ValueError, match="no usable 'train' documents"):
+        prefetching.next_batch()
+    prefetching.close()

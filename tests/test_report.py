@@ -1,0 +1,83 @@
+"""HTML report: inline plots/audio, metrics table with paper numbers, tolerant metrics.csv reading."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from slam_core.eval.report import PAPER_TABLE2, markdown_summary, read_metrics_csv, write_report
+
+EVAL_ROWS = [
+    {"metric": "tsc_like", "accuracy": 0.75, "n": 40, "ci_low": 0.5981, "ci_high": 0.8581},
+    {"metric": "sblimp", "accuracy": 0.5, "n": 3, "ci_low": 0.12533, "ci_high": 0.87467},
+    {"metric": "genppl", "value": 123.456, "n": 4},
+]
+
+
+def _metrics_csv(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _png_images(page: str) -> list[bytes]:
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_report_is_self_contained_with_plots_table_generations_and_config(tmp_path: Path) -> None:
+    csv_path = _metrics_csv(tmp_path / "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,elapsed_s",
+                            [f"{s},{6.0 - s * 0.1},{1e-3 * min(1, s / 3)},1.0,1000,{s}" for s in range(1, 21)])
+    wav = tmp_path / "gen0.wav"
+    sf.write(wav, np.zeros(1600, dtype=np.float32), 16000)
+    extra_png = tmp_path / "extra.png"
+    extra_png.write_bytes(base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="))
+    gens = [{"pair_id": "s0", "prompt_units": [1, 2, 3], "generated_units": [4, 5], "wav_path": str(wav)},
+            {"pair_id": "s1<x>", "prompt_units": [7], "generated_units": []}]
+    out = write_report(tmp_path / "reports" / "index.html", "demo", csv_path, EVAL_ROWS, gens,
+                       {"run": {"name": "demo", "note": "<b>"}}, paper_reference=PAPER_TABLE2["Slam"],
+                       extra_plots={"units histogram": extra_png})
+    page = out.read_text()
+    images = _png_images(page)
+    assert len(images) == 2 and all(img.startswith(b"\x89PNG") for img in images)
+    assert images[1] == extra_png.read_bytes()
+    assert "http://" not in page and "https://" not in page          # nothing to fetch
+    # accuracy in %, interval in %, paper value beside (≈ for the synthetic stand-in)
+    assert "75.00 %" in page and "[59.81, 85.81]" in page and "≈ 82.04 (tsc)" in page
+    assert "<td>58.86</td>" in page and "123.46" in page and "<td>62.80</td>" in page
+    audio = re.findall(r'<audio controls src="data:audio/wav;base64,([^"]+)"', page)
+    assert len(audio) == 1 and base64.b64decode(audio[0]) == wav.read_bytes()
+    assert "<code>1 2 3</code>" in page and "<code>4 5</code>" in page
+    assert "s1&lt;x&gt;" in page and "&lt;b&gt;" in page             # escaped, not markup
+    assert "<details>" in page and "&quot;name&quot;: &quot;demo&quot;" in page
+    assert [p.name for p in out.parent.iterdir()] == ["index.html"]
+
+
+def test_report_is_deterministic(tmp_path: Path) -> None:
+    csv_path = _metrics_csv(tmp_path / "metrics.csv", "step,loss", ["1,5.0", "2,4.0"])
+    a = write_report(tmp_path / "a.html", "r", csv_path, EVAL_ROWS, None, {})
+    b = write_report(tmp_path / "b.html", "r", csv_path, EVAL_ROWS, None, {})
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_report_tolerates_missing_and_partial_metrics(tmp_path: Path) -> None:
+    no_csv = write_report(tmp_path / "a.html", "r", None, [], None, {}).read_text()
+    assert "no training metrics" in no_csv and _png_images(no_csv) == []
+    no_loss = _metrics_csv(tmp_path / "m1.csv", "step,lr", ["1,0.1"])
+    assert "no training metrics" in write_report(tmp_path / "b.html", "r", no_loss, [], None, {}).read_text()
+    # columns in another order, an extra column, a blank cell and a non-numeric cell
+    odd = _metrics_csv(tmp_path / "m2.csv", "elapsed_s,loss,step,val_loss", ["1,5.0,1,", "2,,2,4.5", "3,nan?,3,", "4,3.0,4,4.0"])
+    assert len(_png_images(write_report(tmp_path / "c.html", "r", odd, [], None, {}).read_text())) == 1
+    assert read_metrics_csv(odd) == [{"elapsed_s": 1.0, "loss": 5.0, "step": 1.0}, {"elapsed_s": 2.0, "step": 2.0, "val_loss": 4.5},
+                                     {"elapsed_s": 3.0, "step": 3.0}, {"elapsed_s": 4.0, "loss": 3.0, "step": 4.0, "val_loss": 4.0}]
+
+
+def test_markdown_summary_table() -> None:
+    md = markdown_summary(EVAL_ROWS)
+    lines = md.strip().splitlines()
+    assert lines[0] == "| metric | value | n | 95 % interval |"
+    assert lines[2] == "| tsc_like | 75.00 % | 40 | [59.81, 85.81] |"
+    assert lines[4] == "| genppl | 123.46 | 4 |  |"

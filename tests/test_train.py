@@ -1,0 +1,148 @@
+"""Schedules fitted to a budget, budgeted pre-training, checkpoints, bitwise resume, learning."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from slam_core.config import ModelConfig, TrainConfig
+from slam_core.lm.model import init_speech_lm, resolve_base
+from slam_core.lm.schedule import BudgetSchedule, cosine_lr, fit_total_steps, inverse_sqrt_lr
+from slam_core.lm.train import pretrain
+from slam_core.schemas import UNITS
+
+MODEL = ModelConfig(base="tiny-qwen2", context_len=128, dtype="float32", tiny_hidden_size=64, tiny_layers=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; one thread avoids oversubscription on shared CI cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train_cfg(**kw) -> TrainConfig:
+    base = dict(budget_s=1e6, lr=3e-3, min_lr=1e-4, warmup_frac=0.1, micro_batch_size=2, grad_accum=2,
+                checkpoint_every_s=1e9, log_every_steps=1, calibration_steps=2, val_fraction=0.1)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Two datasets of patterned unit sequences (learnable), plus an initial speech LM."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    shards = []
+    for ds in ("books", "stories"):
+        rows = []
+        for i in range(120):
+            motif = rng.integers(0, 40, rng.integers(2, 6))
+            units = np.resize(motif, rng.integers(20, 200)).tolist()
+            rows.append({"segment_id": f"{ds}-{i}", "dataset": ds, "split": "train", "units": units,
+                         "durations": [1] * len(units), "n_frames": len(units), "audio_seconds": 0.04 * len(units)})
+        path = root / "units" / ds / "train" / "units-00000.parquet"
+        path.parent.mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), path, row_group_size=32)
+        shards.append(path)
+    init = init_speech_lm(MODEL, resolve_base(MODEL, root), root / "init", seed=0)
+    return {"root": root, "shards": shards, "init": Path(init["path"])}
+
+
+def test_cosine_schedule_shape():
+    assert cosine_lr(0, 100, 1.0, 0.1, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(9, 100, 1.0, 0.1, 0.1) == pytest.approx(1.0)
+    assert cosine_lr(99, 100, 1.0, 0.1, 0.1) == 0.1
+    lrs = [cosine_lr(s, 100, 1.0, 0.1, 0.1) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert fit_total_steps(100.0, 10.0, 2.0, 5) == 50
+    assert fit_total_steps(100.0, 100.0, 2.0, 5) == 6
+    assert inverse_sqrt_lr(0, 1.0, 4) == 0.25 and inverse_sqrt_lr(3, 1.0, 4) == 1.0
+    assert inverse_sqrt_lr(7, 1.0, 4) == pytest.approx(1 / math.sqrt(2))
+
+
+def test_budget_schedule_ends_at_min_lr_with_fake_clock():
+    """Steps of 0.7 s (first one 3 s: compile) in a 60 s budget: lr hits min_lr on the last step that fits."""
+    sched = BudgetSchedule(budget_s=60.0, peak_lr=1e-3, min_lr=5e-5, warmup_frac=0.1, calibration_steps=3)
+    clock, step, lrs = 0.0, 0, []
+    while not sched.done(step, clock):
+        lrs.append(sched.lr(step))
+        clock += 3.0 if step == 0 else 0.7
+        sched.end_step(step, clock)
+        step += 1
+    assert clock <= 60.0 and clock + 0.7 > 60.0  # the last step that fits the budget was run
+    assert step == sched.total_steps == 1 + int((60.0 - 3.0) / 0.7 + 1e-9)
+    assert lrs[-1] == 5e-5 and lrs[-2] > 5e-5
+
+
+def test_pretrain_with_fake_clock_ends_schedule_on_budget(corpus, tmp_path):
+    ticks = itertools.count()
+    clock = lambda: float(next(ticks)) * 0.5  # noqa: E731 — every clock read advances 0.5 s
+    cfg = _train_cfg(budget_s=8.0, val_fraction=0.0, grad_accum=1)
+    out = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "run", seed=0, device="cpu",
+                   clock=clock)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert out["elapsed_s"] <= 8.0 and int(rows[-1]["step"]) == out["steps"] >= 5
+    assert float(rows[-1]["lr"]) == cfg.min_lr
+    assert out["val_loss"] is None
+
+
+def _weights(ckpt: str) -> dict[str, torch.Tensor]:
+    return AutoModelForCausalLM.from_pretrained(ckpt).state_dict()
+
+
+def test_resume_is_bitwise_equal(corpus, tmp_path):
+    cfg = _train_cfg(max_steps=6)
+    straight = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "a", seed=1, device="cpu")
+    half = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "b", seed=1, device="cpu",
+                    stop_after_steps=3)
+    killed_save = tmp_path / "b" / "checkpoints" / ".step-000004.abc123"  # a save interrupted by kill -9
+    killed_save.mkdir()
+    assert half["steps"] == 3 and half["val_loss"] is None
+    ckpt = tmp_path / "b" / "checkpoints" / "step-000003"
+    assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 3 and state["tokens_seen"] == 3 * 2 * 2 * 128 and state["total_steps"] == 6
+    trainer_state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    assert {"optimizer", "loader", "rng"} <= set(trainer_state)
+    resumed = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "b", seed=1, device="cpu")
+    assert resumed["steps"] == straight["steps"] == 6
+    assert resumed["tokens_seen"] == straight["tokens_seen"] and not killed_save.exists()
+    wa, wb = _weights(straight["final_checkpoint"]), _weights(resumed["final_checkpoint"])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed["final_loss"] == straight["final_loss"] and resumed["val_loss"] == straight["val_loss"]
+    steps_logged = [int(r["step"]) for r in csv.DictReader((tmp_path / "b" / "metrics.csv").open())]
+    assert steps_logged == [1, 2, 3, 4, 5, 6, 6]  # the last row is the val loss
+    again = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "b", seed=1, device="cpu")
+    assert again["steps"] == 6 and again["final_checkpoint"] == resumed["final_checkpoint"]  # nothing left to do
+
+
+def test_pretrain_learns_and_checkpoints(corpus, tmp_path):
+    cfg = _train_cfg(max_steps=30, lr=1e-2, min_lr=1e-3, micro_batch_size=4, grad_accum=1, checkpoint_every_s=1e-9,
+                     log_every_steps=1)
+    reports = []
+    out = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "run", seed=0, device="cpu",
+                   progress=lambda frac, msg: reports.append(frac))
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    losses = [float(r["loss"]) for r in rows if r["loss"]]
+    assert len(losses) == 30 and losses[0] > 5.5 and losses[-1] < losses[0] - 2.0, losses
+    assert out["val_loss"] is not None and out["val_loss"] < losses[0] - 2.0
+    assert float(rows[0]["tokens_per_s"]) > 0 and rows[0]["mfu"] == ""  # unknown peak on CPU
+    assert reports[-1] == 1.0 and out["steps"] == 30
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["latest", "step-000029", "step-000030"]  # saved every step, the newest 2 kept
+    model = AutoModelForCausalLM.from_pretrained(out["final_checkpoint"])
+    assert model.config.vocab_size == 502
