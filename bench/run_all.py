@@ -10,7 +10,7 @@ import importlib
 
 from bench.common import machine, save_results
 
-BENCHES = ("vad", "units", "train", "eval")
+BENCHES = ("vad", "units", "eval")
 
 
 def main() -> None:

@@ -38,7 +38,28 @@ def device_name(cfg: SlamConfig) -> str:
     return pick_device(cfg.run.device).type
 
 
+# The slam_core source each stage runs: its fingerprint changes when that code changes (and, through the
+# upstream fingerprints, everything downstream of it), but not when unrelated code does.
+STAGE_CODE: dict[str, tuple[str, ...]] = {
+    "corpus": ("corpora", "schemas.py"),
+    "plan-recordings": ("synth",),
+    "synth": ("synth", "audio/io.py", "schemas.py"),
+    "synth-pairs": ("synth", "audio/io.py", "schemas.py"),
+    "segments": ("audio", "schemas.py"),
+    "kmeans": ("units", "audio/io.py"),
+    "units": ("units", "audio/io.py", "schemas.py"),
+    "pair-units": ("units", "audio/io.py", "schemas.py"),
+    "init": ("lm/model.py", "lm/vocab.py"),
+    "pretrain": ("lm",),
+    "dpo": ("lm",),
+    "eval": ("eval/pairs.py", "lm/vocab.py"),
+    "generate": ("eval/generate.py", "lm/vocab.py"),
+    "report": ("eval",),
+}
+
+
 def fp(stage: str, cfg: SlamConfig, sections: tuple[str, ...], *upstream: str, **extra: Any) -> str:
-    """Fingerprint of a stage from its config sections, the master seed, extra keys and upstream fingerprints."""
+    """Fingerprint of a stage from its config sections, the master seed, extra keys, upstream fingerprints
+    and the version of the code it runs."""
     config = {"sections": json.loads(cfg.section_json(*sections)), "seed": cfg.run.seed, **extra}
-    return fingerprint(stage, config, upstream)
+    return fingerprint(stage, config, upstream, code=code_version(STAGE_CODE[stage]))

@@ -14,18 +14,27 @@ from typing import Any
 import slam_core
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """slam_core version plus a digest of its source, so a code change invalidates cached stages."""
+@lru_cache(maxsize=None)
+def code_version(scope: tuple[str, ...] = ()) -> str:
+    """slam_core version plus a digest of the source a stage runs.
+
+    `scope` names files or sub-packages of slam_core (e.g. ("units", "audio/io.py")); empty means all of it.
+    Scoping keeps an edit to, say, the report code from invalidating hours of cached unit extraction.
+    """
     root = Path(slam_core.__file__).parent
+    targets = [root / s for s in scope] or [root]
+    files = sorted({f for t in targets for f in ([t] if t.is_file() else t.rglob("*.py"))})
+    if not files:
+        raise ValueError(f"code scope {scope} matches no slam_core source")
     h = hashlib.sha256(slam_core.__version__.encode())
-    for src in sorted(root.rglob("*.py")):
+    for src in files:
         h.update(src.relative_to(root).as_posix().encode())
         h.update(src.read_bytes())
     return f"{slam_core.__version__}+{h.hexdigest()[:12]}"
 
 
 def fingerprint(stage: str, config: Any, upstream: list[str] | tuple[str, ...] = (), code: str | None = None) -> str:
+    """`code` defaults to the version of all of slam_core; pass `code_version(scope)` to narrow it."""
     """16-hex digest identifying one stage output."""
     payload = json.dumps(
         {"stage": stage, "config": config, "upstream": list(upstream), "code": code or code_version()},
