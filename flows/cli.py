@@ -5,6 +5,8 @@
     slam units extract --audio DIR --out DIR [--preset smoke] [--batch-size N]
     slam model init --base <hub id|dir> --out DIR [--preset slam]
     slam eval --checkpoint DIR [--metrics tsc_like,ssc_like] [--preset smoke]
+    slam data prepare <source> [--subsets …] [--mirror URL] [--local-dir DIR] [--dry-run]
+    slam vocode --units FILE --out WAV [--vocoder DIR_OR_NAME]
 """
 
 from __future__ import annotations
@@ -161,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", default=None, help="comma-separated metrics (default: the preset's)")
     common(ev)
     ev.set_defaults(func=cmd_eval)
+
+    from flows.cli_data import add_data_parser
+    from flows.cli_eval_extra import add_vocode_parser
+
+    add_data_parser(sub)
+    add_vocode_parser(sub)
     return parser
 
 
@@ -171,12 +179,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        from slam_core.config import ConfigError
-
-        if isinstance(err, (ConfigError, FileNotFoundError)):
+        if isinstance(err, _user_facing_errors()):
             print(f"slam: error: {err}", file=sys.stderr)
             return 2
         raise
+
+
+def _user_facing_errors() -> tuple[type[Exception], ...]:
+    """Errors whose message already says what is wrong and what to do: print it, no traceback."""
+    from slam_core.config import ConfigError
+    from slam_core.corpora.archive import ArchiveError
+    from slam_core.corpora.download import ChecksumMismatchError, DownloadError
+    from slam_core.corpora.hub import HubUnavailableError
+    from slam_core.eval.pairs import CheckpointNotFoundError
+    from slam_core.eval.vocoder import VocoderNotFoundError
+    from slam_core.lm.model import BaseModelUnavailable
+    from slam_core.units.encoder import EncoderNotAvailableError
+
+    return (ConfigError, FileNotFoundError, ArchiveError, ChecksumMismatchError, DownloadError, HubUnavailableError,
+            CheckpointNotFoundError, VocoderNotFoundError, BaseModelUnavailable, EncoderNotAvailableError)
 
 
 if __name__ == "__main__":

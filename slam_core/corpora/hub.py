@@ -1,0 +1,99 @@
+"""Hugging Face Hub datasets (sTinyStories, SpokenSwag, SALMon): a snapshot at a pinned revision, or a local
+directory already in hub layout; then audio Parquet shards -> FLAC files + SEGMENTS rows.
+
+Offline (or a missing repo/revision) gives one HubUnavailableError naming the repo, the revision and the
+`--local-dir` option, never huggingface_hub's traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from slam_core.atomic import write_bytes_atomic
+from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, decode_audio_bytes, encode_flac
+from slam_core.corpora.local import write_segments
+
+log = logging.getLogger(__name__)
+
+
+class HubUnavailableError(RuntimeError):
+    """A hub dataset could not be fetched; the message says how to provide it locally."""
+
+
+def list_parquet_files(root: str | Path, subsets: Sequence[str] | None = None) -> list[Path]:
+    """Parquet shards of a hub-layout dir (`data/*.parquet`, `<subset>/*.parquet`, ...), sorted."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*.parquet") if ".cache" not in p.parts)
+    if subsets:
+        files = [p for p in files if any(s in p.relative_to(root).parts for s in subsets)]
+    return files
+
+
+def fetch_hub_dataset(repo_id: str, dest_dir: str | Path, revision: str | None = None,
+                      local_dir: str | Path | None = None, allow_patterns: list[str] | None = None) -> Path:
+    """A directory holding the dataset's files: `local_dir` if given (checked, nothing downloaded), else a
+    `snapshot_download` of `repo_id`@`revision` into `dest_dir` (re-uses files already there)."""
+    if local_dir is not None:
+        local = Path(local_dir)
+        if not local.is_dir() or not list_parquet_files(local):
+            raise FileNotFoundError(f"{local}: not a hub-layout copy of {repo_id} (no *.parquet files found)")
+        return local
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if revision is None:
+        log.warning("%s: no pinned revision, using the default branch (results may change upstream)", repo_id)
+    try:
+        path = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=str(dest_dir),
+                                 allow_patterns=allow_patterns)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as err:
+        raise HubUnavailableError(
+            f"cannot fetch dataset '{repo_id}' (revision {revision or 'main'}) from the Hugging Face Hub "
+            f"({type(err).__name__}). Download it where the Hub is reachable (`hf download {repo_id} "
+            f"--repo-type dataset --local-dir DIR`) and pass --local-dir DIR.") from None
+    return Path(path)
+
+
+def _audio_bytes(cell: object) -> bytes | None:
+    """HF `Audio` cells are {bytes, path} structs; plain binary columns are accepted too."""
+    if isinstance(cell, dict):
+        return cell.get("bytes")
+    return cell if isinstance(cell, (bytes, bytearray)) else None
+
+
+def write_hub_audio_shard(parquet_path: str | Path, audio_dir: str | Path, out_path: str | Path, dataset: str,
+                          split: str, audio_column: str = "audio", text_column: str | None = "text") -> dict:
+    """Decode one audio Parquet shard to 16 kHz FLAC files under `audio_dir` and write one SEGMENTS row per
+    utterance (whole file, text when the column exists). Undecodable rows are skipped and listed."""
+    parquet_path, audio_dir = Path(parquet_path), Path(audio_dir)
+    pf = pq.ParquetFile(parquet_path)
+    names = pf.schema_arrow.names
+    if audio_column not in names:
+        raise ValueError(f"{parquet_path}: no audio column '{audio_column}' (columns: {', '.join(names)})")
+    columns = [audio_column] + ([text_column] if text_column and text_column in names else [])
+    rows: list[dict] = []
+    bad: list[tuple[str, str, str]] = []
+    seconds = 0.0
+    index = 0
+    for batch in pf.iter_batches(batch_size=256, columns=columns):
+        for record in batch.to_pylist():
+            item = f"{parquet_path}#{index}"
+            seg_id = f"{parquet_path.stem}-{index:06d}"
+            index += 1
+            try:
+                wave = decode_audio_bytes(_audio_bytes(record[audio_column]) or b"", item)
+            except BadAudioError as err:
+                bad.append((item, err.reason, err.detail))
+                continue
+            flac = write_bytes_atomic(audio_dir / f"{seg_id}.flac", encode_flac(wave, TARGET_SAMPLE_RATE_HZ))
+            duration_s = len(wave) / TARGET_SAMPLE_RATE_HZ
+            rows.append({"segment_id": seg_id, "dataset": dataset, "split": split, "source_path": str(flac),
+                         "start_s": 0.0, "end_s": round(duration_s, 4), "speaker": dataset,
+                         "text": record.get(text_column) if text_column else None})
+            seconds += duration_s
+    write_segments(rows, out_path)
+    return {"path": str(out_path), "rows": len(rows), "audio_seconds": seconds, "bad": bad}

@@ -1,0 +1,88 @@
+"""GenPPL and auto-BLEU of sampled continuations (SlamKit `metric=asr_perplexity`, slamkit-facts.md §4, items 6-7).
+
+Pipeline: vocode prompt + continuation units (SlamKit's remove_prompt=False) -> 16 kHz WAVs -> Whisper transcript
+-> per-sample mean NLL under a text LM -> GenPPL = exp(mean over samples of the per-sample mean NLL).
+Empty transcripts are counted and excluded from both GenPPL and auto-BLEU (SlamKit divides 0 by 0 there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from slam_core.atomic import write_text_atomic
+from slam_core.eval.asr import transcribe
+from slam_core.eval.text_metrics import auto_bleu, genppl, transcript_nll
+from slam_core.eval.vocoder import Vocoder, vocode, write_wav_16k
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "genppl.json"
+
+
+def wav_name(index: int, row: dict[str, Any]) -> str:
+    """File name of one generation's audio: index first (unique), then a filesystem-safe pair id."""
+    pair_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(row.get("pair_id", "")))[:60]
+    return f"gen_{index:04d}{'_' + pair_id if pair_id else ''}.wav"
+
+
+def vocode_generations(
+    generations: Sequence[dict[str, Any]], vocoder: Vocoder, out_dir: str | Path, include_prompt: bool = True,
+) -> tuple[list[Path], list[np.ndarray]]:
+    """Vocode each row's (prompt +) continuation units, write `out_dir/gen_XXXX_<pair>.wav`; return paths, waves."""
+    out_dir = Path(out_dir)
+    paths, waves = [], []
+    for i, row in enumerate(generations):
+        units = (list(row["prompt_units"]) if include_prompt else []) + list(row["generated_units"])
+        wave = vocode(vocoder, units)
+        paths.append(write_wav_16k(out_dir / wav_name(i, row), wave))
+        waves.append(wave)
+    return paths, waves
+
+
+def summarize_generation(
+    transcripts: Sequence[str], per_sample_nll: Sequence[float | None], auto_bleu_n: int = 2,
+) -> dict[str, Any]:
+    """GenPPL over the scorable transcripts and mean auto-BLEU over the non-empty ones.
+
+    Returns {"genppl" (None if nothing scorable), "auto_bleu", "n" (samples scored), "n_samples", "n_empty",
+    "note"}; never NaN.
+    """
+    if len(transcripts) != len(per_sample_nll):
+        raise ValueError(f"{len(transcripts)} transcripts but {len(per_sample_nll)} NLLs")
+    ppl = genppl(per_sample_nll)
+    non_empty = [t for t in transcripts if t and t.strip()]
+    bleu = float(np.mean([auto_bleu(t, auto_bleu_n) for t in non_empty])) if non_empty else None
+    return {"genppl": ppl["genppl"], "auto_bleu": bleu, "n": ppl["n"], "n_samples": len(transcripts),
+            "n_empty": ppl["n_empty"], "note": ppl["note"]}
+
+
+def evaluate_generation(
+    generations: Sequence[dict[str, Any]], vocoder: Vocoder, asr: Any, ppl_lm: torch.nn.Module, ppl_tokenizer: Any,
+    out_dir: str | Path, batch_size: int = 8, auto_bleu_n: int = 2, asr_max_tokens: int | None = None,
+) -> dict[str, Any]:
+    """GenPPL + auto-BLEU of generation rows ({"pair_id", "prompt_units", "generated_units"}).
+
+    Writes one WAV per row and `genppl.json` (the returned dict) to `out_dir`. The returned "rows" are the input
+    rows plus "wav_path", "transcript", "nll" and "auto_bleu" (usable by report.write_report).
+    """
+    paths, waves = vocode_generations(generations, vocoder, out_dir, include_prompt=True)
+    transcripts = transcribe(asr, waves, batch_size=batch_size, max_tokens=asr_max_tokens)
+    nlls = transcript_nll(ppl_lm, ppl_tokenizer, transcripts, batch_size=batch_size)
+    result = summarize_generation(transcripts, nlls, auto_bleu_n)
+    result["rows"] = [
+        {**row, "wav_path": str(path), "transcript": text, "nll": nll,
+         "auto_bleu": auto_bleu(text, auto_bleu_n) if text.strip() else None}
+        for row, path, text, nll in zip(generations, paths, transcripts, nlls)
+    ]
+    write_text_atomic(Path(out_dir) / RESULT_FILE, json.dumps(result, indent=1) + "\n")
+    log.info("GenPPL %s, auto-BLEU %s over %d samples (%d empty)", result["genppl"], result["auto_bleu"],
+             result["n"], result["n_empty"])
+    return result
