@@ -136,6 +136,16 @@ class Catalog:
             return None
         return dict(zip(cols, row))
 
+    def has_fingerprint(self, fingerprint: str) -> bool:
+        """Whether work with this fingerprint is committed here: an artifact whose file still exists, or an
+        evaluation result recorded under it."""
+        with self.connect() as con:
+            paths = [r[0] for r in con.execute("SELECT path FROM artifacts WHERE fingerprint = ?",
+                                               [fingerprint]).fetchall()]
+            evals = con.execute("SELECT count(*) FROM eval_results WHERE json_extract_string(details, '$.fingerprint') = ?",
+                                [fingerprint]).fetchone()[0]
+        return evals > 0 or (bool(paths) and all(Path(p).exists() for p in paths))
+
     def artifacts(self, stage: str | None = None, fingerprint: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM artifacts WHERE 1=1", []
         if stage:

@@ -2,7 +2,7 @@
 
     slam run reproduce --preset smoke [--set train.budget_s=60 ...] [--data-root DIR]
     slam catalog summary [--data-root DIR]
-    slam units extract --audio DIR --out DIR [--preset smoke] [--batch-size N]
+    slam units extract --audio DIR --out DIR [--centroids FILE] [--preset smoke] [--batch-size N]
     slam model init --base <hub id|dir> --out DIR [--preset slam]
     slam eval --checkpoint DIR [--metrics tsc_like,ssc_like] [--preset smoke]
     slam data prepare <source> [--subsets …] [--mirror URL] [--local-dir DIR] [--dry-run]
@@ -76,18 +76,33 @@ def cmd_catalog_summary(args: argparse.Namespace) -> int:
 
 def cmd_units_extract(args: argparse.Namespace) -> int:
     from flows.common import load_config
+    from slam_core.audio.io import BadAudioError, list_audio_files
+    from slam_core.corpora.local import probe_duration_s, write_segments
     from slam_core.units import extract
 
     cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
     if args.batch_size:
         cfg.units.batch_size = args.batch_size
-    if not cfg.units.kmeans_path and not args.centroids:
-        print("units extract needs centroids: --centroids FILE (.npy/.safetensors) or --set units.kmeans_path=FILE",
-              file=sys.stderr)
-        return 2
-    extractor = extract.build_extractor(cfg.units, cfg.data_root, centroids=Path(args.centroids or cfg.units.kmeans_path),
-                                        device=cfg.run.device)
-    result = extract.extract_audio_dir(Path(args.audio), Path(args.out), extractor, cfg.units.batch_size,
+    out = Path(args.out)
+    centroids = Path(args.centroids or cfg.units.kmeans_path or out / "centroids.npy")
+    if not centroids.exists():  # fit on the input itself: whole files as segments, seeded frame sample
+        rows = []
+        for path in list_audio_files(args.audio):
+            try:
+                rows.append({"segment_id": str(path), "dataset": "custom", "split": "train", "source_path": str(path),
+                             "start_s": 0.0, "end_s": probe_duration_s(path), "speaker": path.parent.name,
+                             "text": None})
+            except BadAudioError as err:
+                print(f"skipping {err}", file=sys.stderr)
+        if not rows:
+            print(f"slam: error: no readable audio under {args.audio}", file=sys.stderr)
+            return 2
+        segments = write_segments(rows, out / "kmeans-input-segments.parquet")
+        fitter = extract.build_extractor(cfg.units, cfg.data_root, centroids=None, device=cfg.run.device)
+        extract.fit_kmeans_from_segments([segments], fitter, cfg.units, cfg.run.seed, centroids)
+        print(f"fitted {cfg.units.n_units} centroids on {len(rows)} file(s): {centroids}")
+    extractor = extract.build_extractor(cfg.units, cfg.data_root, centroids=centroids, device=cfg.run.device)
+    result = extract.extract_audio_dir(Path(args.audio), out, extractor, cfg.units.batch_size,
                                        cfg.units.shard_segments)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -145,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext = units_sub.add_parser("extract", help="tokenise every audio file under a directory into unit Parquet shards")
     ext.add_argument("--audio", required=True, help="directory of audio (wav/flac/mp3/ogg, recursive)")
     ext.add_argument("--out", required=True, help="output directory for units-NNNNN.parquet")
-    ext.add_argument("--centroids", default=None, help="k-means centroids (.npy/.safetensors); default units.kmeans_path")
+    ext.add_argument("--centroids", default=None,
+                     help="k-means centroids (.npy/.safetensors); default units.kmeans_path, else fitted on the input "
+                          "audio and saved as OUT/centroids.npy")
     ext.add_argument("--batch-size", type=int, default=None, help="segments per encoder batch")
     common(ext)
     ext.set_defaults(func=cmd_units_extract)

@@ -37,8 +37,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
 
     # 2. Speech: stories spoken into long recordings, one task per shard of recordings.
     synth_dir = stage_dir(cfg.data_root, "synth", "stories", "train")
-    plans = plan_recordings(corpus["stories"], "train", cfg.synth, seed,
-                            fp("plan-recordings", cfg, ("synth",), corpus_fp), root)
+    plans = plan_recordings(corpus["stories"], "train", cfg.synth, seed)
     shards = [plans[i:i + cfg.vad.shard_recordings] for i in range(0, len(plans), cfg.vad.shard_recordings)]
     synth_fps = [fp("synth", cfg, ("synth",), corpus_fp, shard=i) for i in range(len(shards))]
     recordings = [data.synthesize_recordings.submit(s, cfg.synth, str(synth_dir), i, "train", synth_fps[i], root)

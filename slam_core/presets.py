@@ -23,8 +23,8 @@ def smoke() -> SlamConfig:
     """Whole pipeline on CPU in a few minutes, no network."""
     return SlamConfig(
         run=RunConfig(name="smoke", seed=1234, device="cpu"),
-        corpus=CorpusConfig(source="builtin", n_topics=8, n_train_stories=240, n_heldout_stories=64,
-                            n_swag_train=96, n_swag_heldout=64),
+        corpus=CorpusConfig(source="builtin", n_topics=8, n_train_stories=400, n_heldout_stories=128,
+                            n_swag_train=96, n_swag_heldout=128),
         synth=SynthConfig(backend="espeak", stories_per_recording=6),
         vad=VadConfig(min_speech_s=1.0, max_segment_s=30.0, min_silence_s=0.8),
         units=UnitsConfig(encoder="tiny", layer=2, n_units=500, kmeans_sample_frames=60_000, kmeans_iters=12,

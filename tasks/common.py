@@ -2,7 +2,9 @@
 
 Cache keys are `<task>-<fingerprint>-<data root digest>`: the fingerprint already covers the stage config,
 the upstream fingerprints and the code version, and the root digest keeps two data roots apart even when
-they share one Prefect result store.
+they share one Prefect result store. The catalog stays the record of truth: a task is served from Prefect's
+cache only when the catalog still holds its output, so the first rerun after a crash goes through the
+catalog check inside the task (fast) and later reruns are plain cache hits.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ from slam_core.paths import catalog_path
 log = logging.getLogger(__name__)
 
 
-def stage_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
-    root = hashlib.sha256(str(Path(params["data_root"]).resolve()).encode()).hexdigest()[:8]
+def stage_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
+    """The cache key, or None (run, don't cache) when the catalog does not hold this work: Prefect's result
+    store can outlive a deleted or moved data root, and a hit would then hand out paths that are gone."""
+    data_root = Path(params["data_root"]).resolve()
+    if not catalog_path(data_root).exists() or not catalog_at(data_root).has_fingerprint(params["fingerprint"]):
+        return None
+    root = hashlib.sha256(str(data_root).encode()).hexdigest()[:8]
     return f"{ctx.task.name}-{params['fingerprint']}-{root}"
 
 

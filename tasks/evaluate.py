@@ -11,6 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from slam_core.config import EvalConfig
 from slam_core.eval import generate, pairs, report
+from data_catalog import Artifact, produce_or_reuse
 from tasks.common import CACHED, catalog_at
 
 
@@ -33,12 +34,17 @@ def score_pairs(run: str, checkpoint: str, metric: str, pairs_path: str, cfg: Ev
 def generate_continuations(checkpoint: str, pairs_path: str, cfg: EvalConfig, seed: int, device: str, out_path: str,
                            fingerprint: str, data_root: str) -> dict[str, Any]:
     """Sample continuations of 3 s prompts (T 0.8, top-k 25) and save them as JSON."""
-    rows = generate.generate_continuations(
-        Path(checkpoint), Path(pairs_path), n_prompts=cfg.n_generate, prompt_s=cfg.prompt_s,
-        temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-        repetition_penalty=cfg.repetition_penalty, seed=seed, device=device)
-    generate.write_generations(rows, Path(out_path))
-    return {"path": out_path, "n": len(rows)}
+    def produce() -> dict[str, Any]:
+        rows = generate.generate_continuations(
+            Path(checkpoint), Path(pairs_path), n_prompts=cfg.n_generate, prompt_s=cfg.prompt_s,
+            temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+            repetition_penalty=cfg.repetition_penalty, seed=seed, device=device)
+        generate.write_generations(rows, Path(out_path))
+        return {"rows": len(rows), "tokens": sum(len(r["generated_units"]) for r in rows)}
+
+    rec = produce_or_reuse(catalog_at(data_root), stage="eval", dataset="generations", split="heldout",
+                           out_path=out_path, fingerprint=fingerprint, produce=produce)
+    return {"path": out_path, "n": rec["rows"]}
 
 
 @task(name="write-report", **CACHED)
@@ -52,6 +58,7 @@ def write_report(run: str, out_html: str, metrics_csv: str | None, generations_p
     gens = json.loads(Path(generations_path).read_text()) if generations_path else None
     path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
                                paper_reference=report.PAPER_TABLE2["Slam"])
+    catalog_at(data_root).record_artifact(Artifact("reports", run, "all", str(path), fingerprint, rows=len(rows)))
     table = [{k: r[k] for k in ("checkpoint", "metric", "value", "n", "ci_low", "ci_high")} for r in rows]
     create_table_artifact(key=f"{_slug(run)}-metrics", table=table, description=f"Evaluation of run {run}")
     create_markdown_artifact(key=f"{_slug(run)}-summary", markdown=report.markdown_summary(rows))

@@ -94,3 +94,15 @@ def test_summary_hours_and_tokens(tmp_path):
         cat.record_artifact(Artifact("units", "stories", "train", str(p), "fp", rows=3, tokens=100, audio_seconds=1800))
     (row,) = cat.summary()["data"]
     assert (row["shards"], row["tokens"], row["hours"]) == (2, 200, 1.0)
+
+
+def test_has_fingerprint_requires_the_file_or_an_eval_row(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    f = tmp_path / "shard.parquet"
+    f.write_text("x")
+    cat.record_artifact(Artifact("units", "d", "train", str(f), "fp-a"))
+    assert cat.has_fingerprint("fp-a") and not cat.has_fingerprint("fp-b")
+    f.unlink()  # a deleted output no longer counts as done (no stale cache hit)
+    assert not cat.has_fingerprint("fp-a")
+    cat.record_eval("run", "ckpt", "tsc_like", 0.6, 10, details={"fingerprint": "fp-e"})
+    assert cat.has_fingerprint("fp-e")

@@ -7,6 +7,7 @@ can quarantine the file, count it in the catalog and go on.
 from __future__ import annotations
 
 import io
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,17 @@ def to_mono_16k(wave: np.ndarray, sample_rate_hz: int, source: str = "<array>") 
     return wave
 
 
+def probe_audio(path: str | Path) -> Any:
+    """Header of an audio file (no decoding); BadAudioError('unreadable' | 'empty') when it is unusable."""
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # libsndfile raises several types for garbage input
+        raise BadAudioError(path, "unreadable", str(err).splitlines()[0][:200]) from None
+    if info.frames <= 0:
+        raise BadAudioError(path, "empty", "zero frames")
+    return info
+
+
 def read_audio(
     path: str | Path,
     start_s: float | None = None,
@@ -49,12 +61,7 @@ def read_audio(
 ) -> np.ndarray:
     """Read `path` (or a [start_s, end_s) slice of it) as 16 kHz mono float32."""
     path = Path(path)
-    try:
-        info = sf.info(str(path))
-    except Exception as err:  # libsndfile raises several types for garbage input
-        raise BadAudioError(path, "unreadable", str(err).splitlines()[0][:200]) from None
-    if info.frames <= 0:
-        raise BadAudioError(path, "empty", "zero frames")
+    info = probe_audio(path)
     if max_duration_s is not None and info.duration > max_duration_s:
         raise BadAudioError(path, "too_long", f"{info.duration:.0f} s > {max_duration_s:.0f} s")
     start = int(round((start_s or 0.0) * info.samplerate))

@@ -101,8 +101,10 @@ _MIDDLE = (
 )
 _OPENINGS = ("One morning, {hero} went to {place} with {obj_a}.", "Once upon a time, {hero} found {obj_a} near {place}.",
              "On a sunny day, {hero} brought {obj_a} to {place}.")
-_ENDINGS = ("In the end, {hero} kept the {obj} safe at {place}.", "That night, {hero} smiled at the {obj} and slept.",
-            "Finally, {hero} took the {obj} home to {place}.")
+# Endings carry three topic items (hero, object, place or sight) so a same-topic ending is audible.
+_ENDINGS = ("In the end, {hero} kept the {obj} safe at {place} near {sight}.",
+            "That night, {hero} dreamed of {sight} and the {obj} at {place}.",
+            "Finally, {hero} took the {obj} home to {place} and saw {sight}.")
 _MAX_TRIES = 50
 
 
@@ -134,7 +136,8 @@ def _story_sentences(topic: Topic, n_sentences: int, rng: random.Random) -> list
             action=rng.choice(topic.actions), obj=obj, obj_a=_with_article(obj), feeling=rng.choice(_FEELINGS),
         )))
     # The ending names the hero and the object from the opening: the cue the tSC-like eval relies on.
-    sentences.append(rng.choice(_ENDINGS).format(hero=name, obj=story_objects[0], place=place))
+    sentences.append(rng.choice(_ENDINGS).format(hero=name, obj=story_objects[0], place=place,
+                                                 sight=rng.choice(topic.sights)))
     return sentences
 
 

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from slam_core.audio.io import BadAudioError
-from slam_core.corpora.archive import extract_archive
-from slam_core.corpora.download import download_file
+from slam_core.corpora.fetch import fetch_extracted
 from slam_core.corpora.local import probe_duration_s, shard, write_segments
 from slam_core.corpora.sources import SOURCES
 
@@ -29,16 +28,7 @@ DEFAULT_TARGET_LEN_S = 30.0
 def download_librilight(raw_dir: str | Path, subset: str, mirror: str | None = None, retries: int = 5) -> Path:
     """Download `<subset>.tar` (unverified: no published checksum), extract to raw_dir/<subset>/, return the
     subset root. Nothing is fetched when the subset is already there."""
-    raw_dir = Path(raw_dir)
-    try:
-        return find_subset_dir(raw_dir, subset)
-    except FileNotFoundError:
-        pass
-    meta = SOURCES["librilight"].part(subset)
-    archive = download_file(SOURCES["librilight"].url(subset, mirror), raw_dir / "archives" / meta.filename,
-                            sha256=meta.sha256, md5=meta.md5, retries=retries)
-    extract_archive(archive, raw_dir / subset)
-    return find_subset_dir(raw_dir, subset)
+    return fetch_extracted("librilight", subset, raw_dir, find_subset_dir, mirror, retries)
 
 
 def find_subset_dir(root: str | Path, subset: str) -> Path:

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from slam_core.audio.io import BadAudioError
-from slam_core.corpora.archive import extract_archive
-from slam_core.corpora.download import download_file
+from slam_core.corpora.fetch import fetch_extracted
 from slam_core.corpora.local import probe_duration_s, shard, write_segments
 from slam_core.corpora.sources import SOURCES
 
@@ -24,16 +23,7 @@ def download_librispeech(raw_dir: str | Path, part: str, mirror: str | None = No
 
     Nothing is fetched when raw_dir/<part> already holds the extracted part (from here or a local copy).
     """
-    raw_dir = Path(raw_dir)
-    try:
-        return find_part_dir(raw_dir, part)
-    except FileNotFoundError:
-        pass
-    meta = SOURCES["librispeech"].part(part)
-    archive = download_file(SOURCES["librispeech"].url(part, mirror), raw_dir / "archives" / meta.filename,
-                            sha256=meta.sha256, md5=meta.md5, retries=retries)
-    extract_archive(archive, raw_dir / part)
-    return find_part_dir(raw_dir, part)
+    return fetch_extracted("librispeech", part, raw_dir, find_part_dir, mirror, retries)
 
 
 def find_part_dir(root: str | Path, part: str) -> Path:

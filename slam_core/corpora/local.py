@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soundfile as sf
 
 from slam_core.atomic import atomic_path
-from slam_core.audio.io import BadAudioError, list_audio_files
+from slam_core.audio.io import list_audio_files, probe_audio
 from slam_core.audio.vad import segment_audio_files
 from slam_core.config import VadConfig
 from slam_core.schemas import SEGMENTS
@@ -26,12 +25,7 @@ log = logging.getLogger(__name__)
 
 def probe_duration_s(path: str | Path) -> float:
     """Duration from the file header (no decoding); BadAudioError('unreadable'|'empty') when unusable."""
-    try:
-        info = sf.info(str(path))
-    except Exception as err:  # libsndfile raises several types for garbage input
-        raise BadAudioError(path, "unreadable", str(err).splitlines()[0][:200]) from None
-    if info.frames <= 0:
-        raise BadAudioError(path, "empty", "zero frames")
+    info = probe_audio(path)
     return info.frames / info.samplerate
 
 
