@@ -65,8 +65,8 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
 
     # 4. Report: loss curves, metrics beside the paper, samples.
     metrics_csv = metrics_csv or str(newest_metrics_csv(stage_dir(cfg.data_root, "checkpoints", run)) or "") or None
-    report_fp = fp("report", cfg, ("eval",), *(r["metric"] + r["checkpoint"] for r in computed), str(generations),
-                   str(metrics_csv), n_results=len(catalog.eval_results(run=run)))
+    report_fp = fp("report", cfg, ("eval",), *sorted(f"{r['checkpoint']}|{r['metric']}|{r['accuracy']}" for r in results),
+                   str(generations), str(metrics_csv))
     out_html = str(stage_dir(cfg.data_root, "reports", run) / "index.html")
     rep = ev.write_report(run, out_html, metrics_csv, generations, cfg.resolve(), report_fp, root)
     return {"results": results, "computed": len(computed), "generations": generations, "report": rep["report"]}

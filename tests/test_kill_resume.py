@@ -22,7 +22,7 @@ TINY = {
 
 def _run_prepare(root, env):
     code = ("import json, sys; from flows.prepare_data import prepare_data; "
-            f"print(json.dumps(prepare_data(preset='smoke', overrides={TINY!r}, data_root={str(root)!r})))")
+            f"print('RESULT ' + json.dumps(prepare_data(preset='smoke', overrides={TINY!r}, data_root={str(root)!r})))")
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 
@@ -55,7 +55,7 @@ def test_kill_during_preparation_then_resume(tmp_path):
     second = _run_prepare(root, env)
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 0, out[-3000:]
-    result = json.loads(out.strip().splitlines()[-1])
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
     assert result["tokens"] > 0 and set(result["pairs"]) == {"tsc_like", "ssc_like", "preferences"}
     after = {r["path"]: r["created_at"] for r in Catalog(db).artifacts("segments")}
     assert len(after) == 6  # 48 stories / 4 per recording / 2 recordings per shard

@@ -44,6 +44,8 @@ def to_mono_16k(wave: np.ndarray, sample_rate_hz: int, source: str = "<array>") 
 
 def probe_audio(path: str | Path) -> Any:
     """Header of an audio file (no decoding); BadAudioError('unreadable' | 'empty') when it is unusable."""
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise BadAudioError(path, "empty", "zero-length file")
     try:
         info = sf.info(str(path))
     except Exception as err:  # libsndfile raises several types for garbage input
