@@ -6,6 +6,7 @@ settings on one thread, which is what a script without our segmentation config w
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from slam_core.audio.io import read_audio
 from slam_core.audio.vad import load_vad_model, speech_spans_s
 from slam_core.config import VadConfig
 
-REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-speech"
+REAL_SPEECH = Path(os.environ.get("SLAM_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared")) / "data" / "real-speech"
 
 
 def _long_recording(minutes: float) -> np.ndarray:

@@ -31,7 +31,7 @@ def smoke() -> SlamConfig:
                           batch_size=16, shard_segments=128),
         # 96 wide x 3 layers trains ~2x the tokens/s of 128 x 4 on 2 cores, which mattered more (measured).
         model=ModelConfig(base="tiny-qwen2", context_len=512, dtype="float32", tiny_hidden_size=96, tiny_layers=3),
-        train=TrainConfig(budget_s=150.0, lr=5e-3, min_lr=1.5e-4, warmup_frac=0.05, micro_batch_size=8, grad_accum=1,
+        train=TrainConfig(budget_s=120.0, lr=5e-3, min_lr=1.5e-4, warmup_frac=0.05, micro_batch_size=8, grad_accum=1,
                           checkpoint_every_s=30.0, log_every_steps=5, calibration_steps=3),
         # The paper's 5e-5 barely moves a 0.4M-parameter model in a 20 s budget; beta stays 0.1.
         dpo=DpoConfig(budget_s=20.0, lr=5e-4, micro_batch_size=4, grad_accum=2, warmup_steps=2),

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from shared_data import REAL_SPEECH
 
-REAL_SPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-speech"
 
 
 @pytest.mark.skipif(not REAL_SPEECH.is_dir(), reason="shared/data/real-speech not present")

@@ -24,8 +24,9 @@ from slam_core.corpora.download import ChecksumMismatchError
 from slam_core.corpora.eval_sets import check_eval_set
 from slam_core.corpora.local import prepare_local
 from slam_core.schemas import SEGMENTS
+from shared_data import REAL_SPEECH as SHARED_REAL_SPEECH
 
-REAL_SPEECH = "/work/shared/data/real-speech"
+REAL_SPEECH = str(SHARED_REAL_SPEECH)
 
 
 def _with_checksum(monkeypatch, source: str, part: str, data: bytes) -> None:

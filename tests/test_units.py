@@ -26,8 +26,8 @@ from slam_core.units import (  # noqa: E402
     fit_kmeans_from_segments, load_centroids, load_encoder, resolve_encoder, save_centroids,
 )
 from slam_core.units.encoder import frames_for_samples  # noqa: E402
+from shared_data import REAL_SPEECH
 
-REAL_SPEECH = Path("/work/shared/data/real-speech")
 WORDS = "apple banana window river mountain yellow garden doctor music paper table orange summer pencil rocket silver".split()
 
 

@@ -22,8 +22,8 @@ from slam_core.config import UnitsConfig  # noqa: E402
 from slam_core.units import (  # noqa: E402
     TINY_ENCODER_LAYER, UnitExtractor, build_tiny_encoder, fit_kmeans, load_centroids, load_encoder,
 )
+from shared_data import REAL_SPEECH  # noqa: E402
 
-REAL_SPEECH = Path("/work/shared/data/real-speech")
 REFERENCE = REAL_SPEECH / "reference_units_mhubert25hz_km500.jsonl"
 
 

@@ -14,8 +14,8 @@ from slam_core.config import SynthConfig, VadConfig
 from slam_core.schemas import SEGMENTS
 from slam_core.synth import get_backend
 from slam_core.synth.dataset import RECORDING_EDGE_SILENCE_S, synthesize_recording_shard
+from shared_data import REAL_SPEECH
 
-REAL_SPEECH = Path("/work/shared/data/real-speech")
 STORIES = [
     ["One morning, Nemo the fish went to the coral reef with a shell.", "Nemo polished the shell.",
      "At the old harbor, Nemo saw big waves.", "In the end, Nemo kept the shell safe at the coral reef."],
