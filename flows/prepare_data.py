@@ -71,7 +71,8 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     pair_unit_dir = stage_dir(cfg.data_root, "pairs")
     pair_units = {k: units.extract_pair_units.submit(
         f.result()["path"], centroids, cfg.units, dev, str(pair_unit_dir / f"{k}.parquet"), k,
-        fp("pair-units", cfg, ("units",), pair_fps[k], km_fp), root) for k, f in spoken_pairs.items()}
+        "train" if k == "preferences" else "heldout", fp("pair-units", cfg, ("units",), pair_fps[k], km_fp), root)
+        for k, f in spoken_pairs.items()}
 
     unit_results = [u.result() for u in unit_futures]
     return {

@@ -43,11 +43,11 @@ def extract_units(segments_path: str, centroids_path: str, cfg: UnitsConfig, dev
 
 @task(name="extract-pair-units", retries=1, tags=["gpu"], **CACHED)
 def extract_pair_units(audio_path: str, centroids_path: str, cfg: UnitsConfig, device: str, out_path: str,
-                       dataset: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+                       dataset: str, split: str, fingerprint: str, data_root: str) -> dict[str, Any]:
     """Tokenise spoken pairs or preference triples."""
     def produce() -> dict[str, Any]:
         extractor = extract.build_extractor(cfg, Path(data_root), centroids=Path(centroids_path), device=device)
         return extract.extract_pair_units(Path(audio_path), Path(out_path), extractor, cfg.batch_size)
 
-    return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset=dataset, split="heldout",
+    return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset=dataset, split=split,
                             out_path=out_path, fingerprint=fingerprint, produce=produce)
