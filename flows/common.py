@@ -63,3 +63,20 @@ def fp(stage: str, cfg: SlamConfig, sections: tuple[str, ...], *upstream: str, *
     and the version of the code it runs."""
     config = {"sections": json.loads(cfg.section_json(*sections)), "seed": cfg.run.seed, **extra}
     return fingerprint(stage, config, upstream, code=code_version(STAGE_CODE[stage]))
+
+
+def run_from_command_line(flow_fn: Any, doc: str | None) -> None:
+    """`python -m flows.<name> --preset P [--data-root DIR] [--set k=v ...]` for any slam flow."""
+    import argparse
+
+    from slam_core.config import parse_override
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="smoke", help="named preset (smoke, slam, slam_scaled, slam_large)")
+    parser.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT or ./slam-data)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. train.budget_s=60 (repeatable)")
+    args = parser.parse_args()
+    overrides = dict(parse_override(o) for o in args.overrides) or None
+    print(json.dumps(flow_fn(preset=args.preset, overrides=overrides, data_root=args.data_root), indent=2,
+                     default=str))

@@ -73,11 +73,6 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
 
 
 if __name__ == "__main__":
-    import argparse
+    from flows.common import run_from_command_line
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="smoke", help="named preset (smoke, slam, slam_scaled, slam_large)")
-    parser.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT or ./slam-data)")
-    parser.add_argument("--checkpoint", action="append", default=None, help="checkpoint dir (repeatable); default: all new")
-    args = parser.parse_args()
-    print(evaluate(preset=args.preset, data_root=args.data_root, checkpoints=args.checkpoint))
+    run_from_command_line(evaluate, __doc__)

@@ -86,10 +86,6 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
 
 
 if __name__ == "__main__":
-    import argparse
+    from flows.common import run_from_command_line
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--preset", default="smoke", help="named preset (smoke, slam, slam_scaled, slam_large)")
-    parser.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT or ./slam-data)")
-    args = parser.parse_args()
-    print(prepare_data(preset=args.preset, data_root=args.data_root))
+    run_from_command_line(prepare_data, __doc__)

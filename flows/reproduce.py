@@ -46,15 +46,6 @@ def reproduce(preset: str = "smoke", overrides: dict[str, Any] | None = None,
 
 
 if __name__ == "__main__":
-    import argparse
+    from flows.common import run_from_command_line
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="smoke", help="named preset (smoke, slam, slam_scaled, slam_large)")
-    parser.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT or ./slam-data)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. train.budget_s=60 (repeatable)")
-    args = parser.parse_args()
-    from slam_core.config import parse_override
-
-    print(reproduce(preset=args.preset, data_root=args.data_root,
-                    overrides=dict(parse_override(o) for o in args.overrides) or None))
+    run_from_command_line(reproduce, __doc__)
