@@ -140,3 +140,20 @@ def test_pretrain_learns_and_checkpoints(corpus, tmp_path):
     assert names == ["latest", "step-000029", "step-000030"]  # saved every step, the newest 2 kept
     model = AutoModelForCausalLM.from_pretrained(out["final_checkpoint"])
     assert model.config.vocab_size == 502
+
+
+def test_budget_schedule_refits_when_steps_get_faster_and_stays_continuous():
+    """Calibration on a busy machine (2 s steps), then 0.5 s steps: the total is re-fitted, the budget is used,
+    the cosine has no jump and still ends exactly at min_lr."""
+    sched = BudgetSchedule(budget_s=60.0, peak_lr=1e-3, min_lr=5e-5, warmup_frac=0.05, calibration_steps=3)
+    clock, step, lrs = 0.0, 0, []
+    while not sched.done(step, clock):
+        lrs.append(sched.lr(step))
+        clock += 2.0 if step < 5 else 0.5
+        sched.end_step(step, clock)
+        step += 1
+    assert clock > 55.0  # a once-fitted total (from the 2 s steps) would have stopped near 10 s of 60
+    assert lrs[-1] == 5e-5 and step == sched.total_steps
+    warm = int(round(0.05 * sched.total_steps))
+    drops = [a - b for a, b in zip(lrs[warm + 1:], lrs[warm + 2:])]
+    assert all(d >= -1e-12 for d in drops) and max(drops) < 5e-5  # monotone, no jump at the re-fit

@@ -5,9 +5,11 @@ Pre-training: linear warm-up over `warmup_frac * total` steps, then cosine from 
 step (compilation, allocator) and is not timed; the next `calibration_steps` are timed, and the total is
 fitted to the remaining budget (`fit_total_steps`); a resumed run re-fits the same way.
 
-The total is fitted once per process (not re-fitted mid-run: a changed total makes the cosine jump), so
-time spent on checkpoints after calibration is not in the fit; the loop also stops when the next step would
-overrun the budget, so the budget is never exceeded by more than one step.
+After calibration the total is re-fitted every `calibration_steps` steps from the median of the recent step
+times, when it moves by more than `refit_tolerance` (a noisy neighbour during calibration, checkpoint
+saves, a slower phase). The cosine stays continuous: from the re-fit step on, its progress continues from
+where it was and reaches 1 (min_lr) on the new last step. Re-fits wait for the end of the warm-up. The loop
+also stops when the next step would overrun the budget, so the budget is never exceeded by more than a step.
 
 DPO: linear warm-up then inverse-sqrt decay (as HF's `get_inverse_sqrt_schedule`).
 """
@@ -71,6 +73,9 @@ class BudgetSchedule:
     _calib_times: list[float] | None = None  # budget-clock time at the end of each calibration step
     calibrated: bool = False
     step_time_s: float | None = None
+    refit_tolerance: float = 0.1
+    _anchor: tuple[int, float] | None = None  # (step, cosine progress) of the last re-fit
+    _recent: list[float] | None = None  # budget-clock end times of the latest steps, for re-fits
 
     def __post_init__(self) -> None:
         if self.total_steps is None:
@@ -82,12 +87,44 @@ class BudgetSchedule:
             self.total_steps = min(self.total_steps, self.max_steps)
 
     def lr(self, step: int) -> float:
-        return cosine_lr(step, self.total_steps, self.peak_lr, self.min_lr, self.warmup_frac)
+        if self._anchor is None:
+            return cosine_lr(step, self.total_steps, self.peak_lr, self.min_lr, self.warmup_frac)
+        progress = self._cosine_progress(step)
+        return self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def _cosine_progress(self, step: int) -> float:
+        """Position on the cosine (0 at the end of warm-up, 1 at the last step) under the current total."""
+        if self._anchor is None:
+            warmup = warmup_steps_for(self.total_steps, self.warmup_frac)
+            return min(1.0, max(0.0, (step - warmup) / max(1, self.total_steps - 1 - warmup)))
+        anchor_step, anchor_progress = self._anchor
+        span = max(1, self.total_steps - 1 - anchor_step)
+        return min(1.0, anchor_progress + (1.0 - anchor_progress) * (step - anchor_step) / span)
+
+    def _maybe_refit(self, steps_done: int, elapsed_s: float) -> None:
+        window = max(2, self.calibration_steps)
+        self._recent = (self._recent or [])[-window:] + [elapsed_s]
+        if len(self._recent) <= window or (steps_done - self.start_step) % window:
+            return
+        if steps_done < warmup_steps_for(self.total_steps, self.warmup_frac):
+            return
+        step_time_s = max(float(np.median(np.diff(self._recent))), 1e-9)
+        total = fit_total_steps(self.budget_s, elapsed_s, step_time_s, steps_done)
+        if self.max_steps is not None:
+            total = min(total, self.max_steps)
+        self.step_time_s = step_time_s
+        if abs(total - self.total_steps) <= self.refit_tolerance * self.total_steps or total <= steps_done:
+            return
+        self._anchor = (steps_done, self._cosine_progress(steps_done))
+        self.total_steps = total
 
     def end_step(self, step: int, elapsed_s: float) -> None:
         """Record that optimiser step `step` finished at `elapsed_s` (budget clock, across resumes)."""
         steps_done = step + 1
-        if self.calibrated or steps_done <= self.start_step:
+        if self.calibrated:
+            self._maybe_refit(steps_done, elapsed_s)
+            return
+        if steps_done <= self.start_step:
             return
         if self._calib_times is None:  # the warm-up step ends: timing starts here
             self._calib_times = [elapsed_s]
