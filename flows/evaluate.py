@@ -51,8 +51,7 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
                                   metric=m), root) for c, m in todo]
     wanted = {(c, m) for c in targets for m in cfg.eval.metrics if m in PAIR_METRICS}
     results = [{k: r[k] for k in ("checkpoint", "metric", "accuracy", "n", "ci_low", "ci_high")}
-               for r in (row | {"accuracy": row["value"]} for row in catalog.eval_results(run=run))
-               if (r["checkpoint"], r["metric"]) in wanted]
+               for r in ev.accuracy_rows(catalog, run) if (r["checkpoint"], r["metric"]) in wanted]
 
     # 3. Sampled continuations of the newest checkpoint.
     generations = None

@@ -9,10 +9,16 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from data_catalog import Artifact, Catalog, produce_or_reuse
 from slam_core.config import EvalConfig
 from slam_core.eval import generate, pairs, report
-from data_catalog import Artifact, produce_or_reuse
 from tasks.common import CACHED, catalog_at
+
+
+def accuracy_rows(catalog: Catalog, run: str) -> list[dict[str, Any]]:
+    """The run's eval_results, pair metrics (those with an interval) also under `accuracy`, as reports expect."""
+    return [row | {"accuracy": row["value"]} if row["ci_low"] is not None else row
+            for row in catalog.eval_results(run=run)]
 
 
 @task(name="score-pairs", retries=1, tags=["gpu"], **CACHED)
@@ -51,10 +57,7 @@ def generate_continuations(checkpoint: str, pairs_path: str, cfg: EvalConfig, se
 def write_report(run: str, out_html: str, metrics_csv: str | None, generations_path: str | None, config: dict,
                  fingerprint: str, data_root: str) -> dict[str, Any]:
     """HTML report (loss curve, metrics beside the paper, samples), also published as Prefect artifacts."""
-    rows = catalog_at(data_root).eval_results(run=run)
-    for row in rows:  # pair metrics are accuracies (shown in % like the paper)
-        if row["ci_low"] is not None:
-            row["accuracy"] = row["value"]
+    rows = accuracy_rows(catalog_at(data_root), run)
     gens = json.loads(Path(generations_path).read_text()) if generations_path else None
     path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
                                paper_reference=report.PAPER_TABLE2["Slam"])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import pytest
 
 from data_catalog import Catalog
@@ -30,7 +31,7 @@ def _run_prepare(root, env):
 def _rows(db, stage):
     try:
         return Catalog(db, lock_timeout_s=5).artifacts(stage)
-    except Exception:  # the running flow holds the file lock for a moment
+    except duckdb.Error:  # the running flow holds the file lock for a moment
         return None
 
 
