@@ -6,6 +6,7 @@ Registered in flows/cli.py with `add_data_parser(sub)`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 
@@ -44,10 +45,13 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
         from slam_core.corpora.sources import get_source
 
         root = SlamConfig(run=RunConfig(data_root=args.data_root)).data_root
-        print(format_plan(plan_source(get_source(args.source), args.subsets, args.mirror, args.local_dir, root)))
+        src = get_source(args.source)
+        if args.revision:
+            src = dataclasses.replace(src, revision=args.revision)
+        print(format_plan(plan_source(src, args.subsets, args.mirror, args.local_dir, root)))
         return 0
     result = prepare_source(source=args.source, subsets=args.subsets or None, mirror=args.mirror,
-                            local_dir=args.local_dir, dry_run=False, data_root=args.data_root)
+                            local_dir=args.local_dir, dry_run=False, data_root=args.data_root, revision=args.revision)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -67,6 +71,9 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     prep.add_argument("--local-dir", default=None, metavar="DIR",
                       help="directory already holding the source (nothing is downloaded)")
     prep.add_argument("--dry-run", action="store_true", help="list what would be fetched, with sizes, and stop")
+    prep.add_argument("--revision", default=None, metavar="REV",
+                      help="hub sources: commit hash, branch or tag (default: the commit recorded by the first fetch, "
+                           "else main, resolved and recorded)")
     prep.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT, else ./slam-data)")
     prep.set_defaults(func=cmd_data_prepare)
     return prep

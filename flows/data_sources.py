@@ -10,6 +10,8 @@ Every shard is recorded in the catalog; a rerun skips what is recorded.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +49,9 @@ def plan_source(src: Source, subsets: list[str] | None, mirror: str | None, loca
             entry["checksum"] = "sha256" if part.sha256 else ("md5" if part.md5 else "none published")
             entry["already_extracted"] = (root / "raw" / src.name / part.name).is_dir()
         elif src.kind == "hub":
-            entry["from"] = f"hf://datasets/{src.hub_id}@{src.revision or 'main (unpinned)'}"
+            lock = hub_lib.read_lock(root / "raw" / src.name / "hub") or {}
+            pinned = src.revision or lock.get("commit") or "main (resolved to a commit and recorded on first fetch)"
+            entry["from"] = f"hf://datasets/{src.hub_id}@{pinned}"
         plan.append(entry)
     return plan
 
@@ -106,7 +110,8 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 @flow(name="prepare-source", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 def prepare_source(source: str, subsets: list[str] | None = None, mirror: str | None = None,
-                   local_dir: str | None = None, dry_run: bool = False, data_root: str | None = None) -> dict[str, Any]:
+                   local_dir: str | None = None, dry_run: bool = False, data_root: str | None = None,
+                   revision: str | None = None) -> dict[str, Any]:
     """Fetch (or find locally) `source`, extract it under raw/<source>/ and write segments/<source>/<split>/."""
     src = get_source(source)
     root = SlamConfig(run=RunConfig(data_root=data_root)).data_root
@@ -116,7 +121,7 @@ def prepare_source(source: str, subsets: list[str] | None = None, mirror: str | 
     if src.kind == "http":
         return _prepare_http(src, subsets, mirror, local_dir, root, root_str)
     if src.kind == "hub":
-        return _prepare_hub(src, subsets, local_dir, root, root_str)
+        return _prepare_hub(replace(src, revision=revision) if revision else src, subsets, local_dir, root, root_str)
     if src.kind == "local":
         return _prepare_local(local_dir, root, root_str)
     if not local_dir:

@@ -6,11 +6,37 @@ A reader (or the catalog) never sees a half-written file: either the old state o
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# Out of space, over quota, or over the process's file-size limit: retrying cannot help.
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFullError(OSError):
+    """A write failed for lack of space; the message names the file, the free space and what to do."""
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes for an unprivileged user on the file system holding `path` (or its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def raise_if_disk_full(err: BaseException, path: str | os.PathLike) -> None:
+    """Re-raise a no-space OSError as DiskFullError naming `path`; any other error is left to the caller."""
+    if isinstance(err, OSError) and not isinstance(err, DiskFullError) and err.errno in _DISK_FULL_ERRNOS:
+        raise DiskFullError(
+            err.errno, f"{path}: {os.strerror(err.errno)} while writing ({free_bytes(path) / 1e9:.2f} GB free "
+            f"there). Nothing was recorded; free space or point run.data_root at a larger disk, then rerun "
+            f"(finished work is kept)."
+        ) from err
 
 
 def _fsync_dir(path: Path) -> None:
@@ -25,7 +51,8 @@ def _fsync_dir(path: Path) -> None:
 def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; on success fsync it and rename it over `final`.
 
-    On an exception the temporary file is removed and `final` is untouched.
+    On an exception the temporary file is removed and `final` is untouched; running out of space raises
+    DiskFullError naming `final`.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +65,9 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+    except OSError as err:
+        raise_if_disk_full(err, final)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,7 +89,11 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as err:
+            raise_if_disk_full(err, final)
+            raise
         for f in tmp.rglob("*"):
             if f.is_file():
                 with open(f, "rb+") as fh:

@@ -89,7 +89,11 @@ class UnitsConfig(_Section):
     )
     kmeans_sample_frames: int = Field(200_000, ge=100, description="Frames sampled to fit k-means.")
     kmeans_iters: int = Field(20, ge=1, description="faiss k-means iterations.")
-    batch_size: int = Field(16, ge=1, description="Segments per encoder batch (batched by length; batch-invariant).")
+    batch_size: int = Field(16, ge=1, description="Segments per encoder batch.")
+    batching: Literal["exact", "padded"] = Field(
+        "exact", description="exact: only segments with the same 25 Hz frame count share a batch (units equal "
+        "one-at-a-time extraction bit for bit on CPU); padded: full length-sorted masked batches (more GPU "
+        "occupancy, units may differ at rare argmin near-ties).")
     shard_segments: int = Field(256, ge=1, description="Segments per unit shard (one Prefect task each).")
     dedup: bool = Field(True, description="Collapse repeated units, keeping run lengths as durations.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Encoder dtype; auto: fp16 on GPU, fp32 on CPU.")

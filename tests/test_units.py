@@ -401,3 +401,44 @@ def test_build_extractor_from_config(tmp_path, extractor):
     assert built.layer == TINY_ENCODER_LAYER and built.batch_size == 3 and built.n_units == 32 and not built.dedup
     with pytest.raises(ValueError, match="units.layer=11 but the encoder has 2 layers"):
         build_extractor(UnitsConfig(encoder="tiny", layer=11), tmp_path, device="cpu")
+
+
+def test_exact_batching_groups_by_frame_count_and_stays_bitwise(extractor, real_waves):
+    a, b = real_waves
+    # Different sample counts, the same 62 frames: these share one batch with no padding.
+    waves = [a[:40_000], b[100:40_100 + 300], a[7:40_007 + 200], b[:39_700], a[:64_000]]
+    counts = [extractor.n_frames(len(w)) for w in waves]
+    assert counts[:4] == [62, 62, 62, 62] and len({len(w) for w in waves}) == 5
+    plan = extractor.batch_plan(counts, batch_size=8)
+    assert sorted(map(sorted, plan)) == [[0, 1, 2, 3], [4]]
+    single = [extractor.frames([w])[0] for w in waves]
+    assert all(np.array_equal(s, t) for s, t in zip(single, extractor.frames(waves, batch_size=8)))
+    feats = extractor.features(waves, batch_size=8)
+    assert all(np.array_equal(extractor.features([w])[0], f) for w, f in zip(waves, feats))
+
+
+def test_padded_batching_matches_masked_hubert_forward_and_mostly_single_units(extractor, real_waves):
+    padded = UnitExtractor(extractor.encoder, extractor.centroids, TINY_ENCODER_LAYER, batch_size=4, batching="padded")
+    a, b = real_waves
+    waves = [a, b[:40_000], a[1000:41_000 + 999], b, a[5:20_000], b[7:47_007]]
+    plan = padded.batch_plan([padded.n_frames(len(w)) for w in waves])
+    assert [len(p) for p in plan] == [4, 2]  # full batches, longest first
+    # Independent reference: HubertModel.forward on the zero-padded batch with an attention mask (the tiny
+    # encoder's per-frame conv norm makes its conv output independent of padding).
+    batch = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(w) for w in waves], batch_first=True)
+    lengths = torch.tensor([len(w) for w in waves])
+    sample_mask = (torch.arange(batch.shape[1])[None] < lengths[:, None]).long()
+    with torch.no_grad():
+        ref = extractor.encoder(torch.nn.functional.pad(batch, (40, 40)), torch.nn.functional.pad(sample_mask, (40, 40), value=1),
+                                output_hidden_states=True).hidden_states[TINY_ENCODER_LAYER]
+    for i, feat in enumerate(padded.features(waves)):
+        assert feat.shape[0] == len(waves[i]) // 640
+        assert np.allclose(feat, ref[i, : feat.shape[0]].numpy(), atol=1e-4), i
+    single = np.concatenate([extractor.frames([w])[0] for w in waves])
+    agreement = float((np.concatenate(padded.frames(waves)) == single).mean())
+    assert agreement >= 0.99, agreement
+
+
+def test_unknown_batching_mode_is_rejected(encoder):
+    with pytest.raises(ValueError, match="units.batching='sorted'"):
+        UnitExtractor(encoder, None, TINY_ENCODER_LAYER, batching="sorted")

@@ -18,6 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from slam_core.atomic import raise_if_disk_full
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
@@ -119,6 +121,9 @@ def _fetch_with_retries(url: str, part: Path, retries: int, backoff_s: float, ti
             last = f"HTTP {err.code} {err.reason}"
         except (_IncompleteBody, *TRANSIENT_ERRORS) as err:
             last = f"{type(err).__name__}: {err}"
+        except OSError as err:  # a full disk is not transient: stop, keeping the bytes so far for a resume
+            raise_if_disk_full(err, part)
+            raise
         if attempt < retries:
             delay_s = backoff_s * (2 ** attempt)
             log.warning("%s: %s; resuming from byte %d in %.1f s (attempt %d/%d)", url, last,

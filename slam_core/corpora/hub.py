@@ -1,5 +1,8 @@
-"""Hugging Face Hub datasets (sTinyStories, SpokenSwag, SALMon): a snapshot at a pinned revision, or a local
+"""Hugging Face Hub datasets (sTinyStories, SpokenSwag, SALMon): a snapshot at a pinned commit, or a local
 directory already in hub layout; then audio Parquet shards -> FLAC files + SEGMENTS rows.
+
+Pinning works like a lock file: a commit hash is used as given; a branch or tag is resolved to its commit by
+the first fetch and recorded beside the files, and every later fetch into that directory reads that commit.
 
 Offline (or a missing repo/revision) gives one HubUnavailableError naming the repo, the revision and the
 `--local-dir` option, never huggingface_hub's traceback.
@@ -7,13 +10,15 @@ Offline (or a missing repo/revision) gives one HubUnavailableError naming the re
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from slam_core.atomic import write_bytes_atomic
+from slam_core.atomic import write_bytes_atomic, write_text_atomic
 from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, decode_audio_bytes, encode_flac
 from slam_core.corpora.local import write_segments
 
@@ -33,10 +38,44 @@ def list_parquet_files(root: str | Path, subsets: Sequence[str] | None = None) -
     return files
 
 
+LOCK_FILENAME = "slam-hub-lock.json"
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _unavailable(repo_id: str, revision: str | None, err: BaseException) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"cannot fetch dataset '{repo_id}' (revision {revision or 'main'}) from the Hugging Face Hub "
+        f"({type(err).__name__}). Download it where the Hub is reachable (`hf download {repo_id} "
+        f"--repo-type dataset --local-dir DIR`) and pass --local-dir DIR.")
+
+
+def read_lock(dest_dir: str | Path) -> dict | None:
+    path = Path(dest_dir) / LOCK_FILENAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def locked_revision(repo_id: str, revision: str | None, dest_dir: str | Path) -> str:
+    """The commit to fetch, lock-file style: a full commit hash is used as given; otherwise the commit that
+    the first fetch of (repo_id, revision) recorded in `dest_dir`; otherwise the branch/tag is resolved now
+    (one API call) and the caller records it, so every later run reads the very same files."""
+    if revision is not None and _COMMIT_RE.match(revision):
+        return revision
+    lock = read_lock(dest_dir)
+    if lock and lock.get("repo_id") == repo_id and lock.get("requested") == revision:
+        return lock["commit"]
+    from huggingface_hub import HfApi
+
+    commit = HfApi().dataset_info(repo_id, revision=revision).sha
+    log.warning("%s: revision %s is not a commit; pinned to %s in %s (pass a commit hash to choose one)",
+                repo_id, revision or "main", commit, Path(dest_dir) / LOCK_FILENAME)
+    return commit
+
+
 def fetch_hub_dataset(repo_id: str, dest_dir: str | Path, revision: str | None = None,
                       local_dir: str | Path | None = None, allow_patterns: list[str] | None = None) -> Path:
     """A directory holding the dataset's files: `local_dir` if given (checked, nothing downloaded), else a
-    `snapshot_download` of `repo_id`@`revision` into `dest_dir` (re-uses files already there)."""
+    `snapshot_download` of `repo_id` at a pinned commit (see `locked_revision`) into `dest_dir`, which re-uses
+    the files already there. The commit is recorded in `dest_dir/slam-hub-lock.json` after a complete fetch."""
     if local_dir is not None:
         local = Path(local_dir)
         if not local.is_dir() or not list_parquet_files(local):
@@ -45,16 +84,14 @@ def fetch_hub_dataset(repo_id: str, dest_dir: str | Path, revision: str | None =
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    if revision is None:
-        log.warning("%s: no pinned revision, using the default branch (results may change upstream)", repo_id)
     try:
-        path = snapshot_download(repo_id, repo_type="dataset", revision=revision, local_dir=str(dest_dir),
+        commit = locked_revision(repo_id, revision, dest_dir)
+        path = snapshot_download(repo_id, repo_type="dataset", revision=commit, local_dir=str(dest_dir),
                                  allow_patterns=allow_patterns)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as err:
-        raise HubUnavailableError(
-            f"cannot fetch dataset '{repo_id}' (revision {revision or 'main'}) from the Hugging Face Hub "
-            f"({type(err).__name__}). Download it where the Hub is reachable (`hf download {repo_id} "
-            f"--repo-type dataset --local-dir DIR`) and pass --local-dir DIR.") from None
+        raise _unavailable(repo_id, revision, err) from None
+    write_text_atomic(Path(dest_dir) / LOCK_FILENAME, json.dumps(
+        {"repo_id": repo_id, "requested": revision, "commit": commit}, indent=1) + "\n")
     return Path(path)
 
 

@@ -1,9 +1,12 @@
 """Speech -> deduplicated units: HuBERT layer features, nearest centroid, run-length dedup, Parquet shards.
 
 Batch invariance: the HuBERT-base feature encoder normalises each channel over the whole (padded)
-utterance (GroupNorm) and its positional conv sees the padding, so padded batches change the
-features of the shorter items. Batches here therefore only ever hold waves of exactly the same
-length (no padding at all), which makes batched extraction give the units of one-at-a-time extraction.
+utterance (GroupNorm), and SlamKit's mask-less padded batches let the padding leak into the features of
+shorter items. Here the conv encoder runs per item on exactly its own samples, and batching starts at
+the 25 Hz frame level: by default ("exact") only items with the same number of frames share a batch,
+with no padding at all, so units equal one-at-a-time extraction bit for bit whatever the batch. Items
+whose sample counts differ share a frame count (640 samples per frame), so real VAD segments do batch.
+"padded" batching (full sorted batches, masked) trades that guarantee for GPU occupancy.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from transformers import HubertModel
+from transformers.masking_utils import create_bidirectional_mask
 
 from slam_core.atomic import atomic_path
 from slam_core.audio.io import (
@@ -63,8 +67,8 @@ def _split_run(total: int) -> list[int]:
 class UnitExtractor:
     """Waves (16 kHz mono float32) -> layer features -> per-frame units -> deduplicated units.
 
-    `centroids` may be None to only extract features (for fitting k-means). Batches group waves of
-    identical length, so results do not depend on batch size or on the other waves in a call.
+    `centroids` may be None to only extract features (for fitting k-means). With batching="exact" results
+    do not depend on batch size or on the other waves in a call (see the module docstring).
     """
 
     def __init__(
@@ -76,7 +80,10 @@ class UnitExtractor:
         dtype: torch.dtype = torch.float32,
         dedup: bool = True,
         batch_size: int = 16,
+        batching: str = "exact",
     ) -> None:
+        if batching not in ("exact", "padded"):
+            raise ValueError(f"units.batching={batching!r}: expected 'exact' or 'padded'")
         n_layers = encoder.config.num_hidden_layers
         if not 0 <= layer <= n_layers:
             raise ValueError(f"units.layer={layer} but the encoder has {n_layers} layers (0..{n_layers} allowed)")
@@ -90,7 +97,7 @@ class UnitExtractor:
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device, dtype).eval()
         self.centroids = centroids
-        self.layer, self.dtype, self.dedup, self.batch_size = layer, dtype, dedup, batch_size
+        self.layer, self.dtype, self.dedup, self.batch_size, self.batching = layer, dtype, dedup, batch_size, batching
 
     @property
     def n_units(self) -> int:
@@ -100,54 +107,77 @@ class UnitExtractor:
         """Frames (25 Hz for the real strides: floor(n_samples / 640)) the encoder keeps for a wave."""
         return max(0, frames_for_samples(self.encoder, n_samples)) if n_samples > 0 else 0
 
-    @torch.no_grad()
-    def _features_batches(self, waves: Sequence[np.ndarray], batch_size: int | None) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """Yield (indices, (B, T, D) features on device) for equal-length groups of `waves`."""
-        by_length: dict[int, list[int]] = defaultdict(list)
-        for i, w in enumerate(waves):
-            by_length[len(w)].append(i)
+    def batch_plan(self, frame_counts: Sequence[int], batch_size: int | None = None) -> list[list[int]]:
+        """Indices of each batch. "exact": only items with the same frame count share a batch (no padding
+        anywhere, so results equal one-at-a-time extraction bit for bit). "padded": items sorted by frame
+        count share batches of `batch_size`, padded and masked (full batches; units agree with one-at-a-time
+        extraction except at rare near-ties of the argmin)."""
         bs = batch_size or self.batch_size
-        for length in sorted(by_length, reverse=True):
-            idx = by_length[length]
-            n_frames = self.n_frames(length)
-            for lo in range(0, len(idx), bs):
-                chunk = idx[lo : lo + bs]
-                if n_frames <= 0:  # shorter than one frame: nothing to encode
-                    yield chunk, torch.zeros(len(chunk), 0, self.encoder.config.hidden_size)
-                    continue
-                batch = torch.from_numpy(np.stack([np.asarray(waves[i], np.float32) for i in chunk]))
-                batch = F.pad(batch, (PAD_SAMPLES, PAD_SAMPLES)).to(self.device, self.dtype)
-                hidden = self._encode_equal_length(batch)
-                if hidden.shape[1] != n_frames:
-                    raise RuntimeError(f"encoder gave {hidden.shape[1]} frames for {length} samples, expected {n_frames}")
-                yield chunk, hidden
+        order = sorted((i for i, n in enumerate(frame_counts) if n > 0), key=lambda i: (-frame_counts[i], i))
+        if self.batching == "padded":
+            return [order[lo : lo + bs] for lo in range(0, len(order), bs)]
+        by_frames: dict[int, list[int]] = defaultdict(list)
+        for i in order:
+            by_frames[frame_counts[i]].append(i)
+        return [idx[lo : lo + bs] for idx in by_frames.values() for lo in range(0, len(idx), bs)]
 
-    def _encode_equal_length(self, batch: torch.Tensor) -> torch.Tensor:
-        """`hidden_states[layer]` of HubertModel.forward (eval, no mask, no padding), stopping at `layer`.
+    @torch.no_grad()
+    def _features_batches(self, waves: Sequence[np.ndarray], batch_size: int | None) -> Iterator[tuple[list[int], torch.Tensor, list[int]]]:
+        """Yield (indices, (B, T_max, D) features on device, frame count per item) for `waves`.
 
-        The conv feature encoder runs one item at a time: small-channel CPU convolutions pick
-        batch-size-dependent kernels (~5e-7 differences) that could flip near-tie units; projection
-        and transformer layers compute each row independently. Equality with HubertModel.forward is
-        tested for both layer-norm layouts.
+        The conv feature encoder runs one item at a time on the whole wave: HuBERT-base's GroupNorm
+        normalises over all of an item's frames and small-channel CPU convolutions pick batch-size-dependent
+        kernels, so neither padding nor batching is exact there. Its output is cheap to hold, and batching
+        starts at the frame level (projection + transformer), grouped by `batch_plan`.
+        """
+        counts = [self.n_frames(len(w)) for w in waves]
+        conv: dict[int, torch.Tensor] = {}
+        for i, n in enumerate(counts):
+            if n > 0:
+                wave = torch.from_numpy(np.asarray(waves[i], np.float32))[None]
+                wave = F.pad(wave, (PAD_SAMPLES, PAD_SAMPLES)).to(self.device, self.dtype)
+                conv[i] = self.encoder.feature_extractor(wave)[0].transpose(0, 1)  # (T, C)
+                if conv[i].shape[0] != n:
+                    raise RuntimeError(f"encoder gave {conv[i].shape[0]} frames for {len(waves[i])} samples, expected {n}")
+        empty = [i for i, n in enumerate(counts) if n <= 0]
+        if empty:  # shorter than one frame: nothing to encode
+            yield empty, torch.zeros(len(empty), 0, self.encoder.config.hidden_size), [0] * len(empty)
+        for idx in self.batch_plan(counts, batch_size):
+            lengths = [counts[i] for i in idx]
+            batch = torch.nn.utils.rnn.pad_sequence([conv.pop(i) for i in idx], batch_first=True)
+            yield idx, self._encode_frames(batch, lengths), lengths
+
+    def _encode_frames(self, conv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """`hidden_states[layer]` of HubertModel.forward from conv features (B, T, C), stopping at `layer`.
+
+        Equal lengths run with no mask at all (each row is computed independently, so batching is exact);
+        unequal lengths zero the padded frames before the positional conv and mask them as keys, as
+        HubertModel does with an attention mask. Equality with HubertModel.forward is tested for both
+        layer-norm layouts.
         """
         model = self.encoder
-        conv = torch.cat([model.feature_extractor(batch[i : i + 1]) for i in range(batch.shape[0])])
-        hidden = model.feature_projection(conv.transpose(1, 2))
+        hidden = model.feature_projection(conv)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        mask = None
+        if min(lengths) != max(lengths):
+            valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < torch.tensor(lengths, device=hidden.device)[:, None]
+            hidden = hidden * valid[..., None].to(hidden.dtype)
+            mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=valid)
         encoder = model.encoder
         hidden = hidden + encoder.pos_conv_embed(hidden)
         if not model.config.do_stable_layer_norm:  # post-LN (HuBERT base) normalises before the layers
             hidden = encoder.layer_norm(hidden)
         for layer in encoder.layers[: self.layer]:
-            hidden = layer(hidden, attention_mask=None)
+            hidden = layer(hidden, attention_mask=mask)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         return hidden
 
     def features(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Layer features per wave, float32 (n_frames, hidden_size)."""
-        out: list[np.ndarray] = [np.zeros(0)] * len(waves)
-        for idx, hidden in self._features_batches(waves, batch_size):
-            for j, i in enumerate(idx):
-                out[i] = hidden[j].float().cpu().numpy()
+        out: list[np.ndarray] = [np.zeros((0, self.encoder.config.hidden_size), np.float32)] * len(waves)
+        for idx, hidden, lengths in self._features_batches(waves, batch_size):
+            for j, (i, n) in enumerate(zip(idx, lengths)):
+                out[i] = hidden[j, :n].float().cpu().numpy()
         return out
 
     def frames(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
@@ -155,12 +185,13 @@ class UnitExtractor:
         if self.centroids is None:
             raise ValueError("this UnitExtractor has no centroids (fit or load k-means first)")
         out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(waves)
-        for idx, hidden in self._features_batches(waves, batch_size):
+        for idx, hidden, lengths in self._features_batches(waves, batch_size):
             if hidden.shape[1] == 0:
                 continue
-            flat = assign_units(hidden.reshape(-1, hidden.shape[-1]), self.centroids)
-            for j, units in zip(idx, flat.reshape(len(idx), -1)):
-                out[j] = units
+            # Per item, valid frames only: faiss switches from direct to BLAS distances at 20 queries, so
+            # one call over the whole batch could resolve an item's near-ties differently than alone.
+            for j, (i, n) in enumerate(zip(idx, lengths)):
+                out[i] = assign_units(hidden[j, :n], self.centroids)
         return out
 
     def units(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -181,7 +212,7 @@ def build_extractor(
     torch_device = pick_device(device)
     encoder = load_encoder(resolve_encoder(cfg, Path(data_root)), torch_device, pick_dtype(cfg.dtype, torch_device))
     c = load_centroids(Path(centroids)) if centroids is not None else None
-    return UnitExtractor(encoder, c, cfg.layer, torch_device, encoder.dtype, cfg.dedup, cfg.batch_size)
+    return UnitExtractor(encoder, c, cfg.layer, torch_device, encoder.dtype, cfg.dedup, cfg.batch_size, cfg.batching)
 
 
 # ---- decoding overlapped with compute -------------------------------------------------------------
@@ -217,8 +248,8 @@ def extract_items(
     """Decode and tokenise items; returns ({id: (units, durations, n_frames, audio_s)}, bad items)."""
     results: dict[str, tuple[np.ndarray, np.ndarray, int, float]] = {}
     bad: list[BadItem] = []
-    # A window of several batches lets equal-length waves meet (only those share a batch).
-    for window in decoded_windows(items, window=max(batch_size * 4, 1)):
+    # A window of many batches lets waves with equal frame counts meet (only those share an exact batch).
+    for window in decoded_windows(items, window=max(batch_size * 16, 256)):
         good = []
         for item_id, value in window:
             if isinstance(value, tuple):
