@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench deploy-loop clean-data help
+.PHONY: setup demo test test-fast bench deploy-loop drill clean-data help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,10 @@ bench: $(STAMP)  ## benchmarks (CPU here; GPU parts run where a GPU is visible)
 
 deploy-loop: $(STAMP)  ## prove the Prefect server/pool/deploy/worker/run loop on 127.0.0.1
 	bash scripts/deploy_loop.sh
+
+drill: $(STAMP)  ## kill drill (KILLS=5 SIGKILLs over every stage, byte-identical resume) + bad-input suite
+	$(PY) scripts/kill_drill.py --kills $(or $(KILLS),5) --seed $(or $(SEED),0) --preset smoke
+	$(PY) scripts/bad_input_suite.py --long-hours $(or $(LONG_HOURS),3)
 
 clean-data:  ## delete the smoke artifacts and Prefect's local state
 	rm -rf slam-data .prefect

@@ -3,7 +3,8 @@
 A row in `artifacts` is the commit of a shard: stages write the file atomically first and record it
 second, so a crash between the two leaves a file without a row (redone on resume), never a row
 without a complete file. Writers from several threads or processes are serialised: a process-wide
-lock plus retries while another process holds DuckDB's file lock.
+lock plus retries while another process holds DuckDB's file lock (DuckDB admits one writing process at a
+time); an artifact and its quarantine rows are committed in one transaction (`record_output`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,16 @@ class Artifact:
     upstream: tuple[str, ...] = ()
 
 
+def _with_size(art: Artifact) -> Artifact:
+    """The artifact with its size on disk filled in when the caller left it 0 (the catalog records sizes so a
+    drill or an audit can tell a complete file from a truncated one)."""
+    if art.bytes:
+        return art
+    path = Path(art.path)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+    return replace(art, bytes=size)
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -118,12 +129,35 @@ class Catalog:
         """Record a complete file. The file must already be in its final place."""
         if not Path(art.path).exists():
             raise FileNotFoundError(f"refusing to record missing artifact {art.path}")
+        art = _with_size(art)
         with self.connect() as con:
             con.execute(
                 "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [art.stage, art.dataset, art.split, str(art.path), art.fingerprint, art.rows, art.tokens,
                  art.audio_seconds, art.bytes, json.dumps(list(art.upstream)), _now()],
             )
+
+    def record_output(self, art: Artifact, quarantine: list[tuple[str, str, str, str, str, str]] = ()) -> None:
+        """Record a complete file and the inputs quarantined while producing it, in one transaction: a crash
+        leaves both or neither. quarantine rows: (stage, dataset, path, reason, detail, fingerprint)."""
+        if not Path(art.path).exists():
+            raise FileNotFoundError(f"refusing to record missing artifact {art.path}")
+        art, now = _with_size(art), _now()
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for stage, dataset, path, reason, detail, fingerprint in quarantine:
+                    con.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?,?,?)",
+                                [stage, dataset, str(path), reason, detail, fingerprint, now])
+                con.execute(
+                    "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [art.stage, art.dataset, art.split, str(art.path), art.fingerprint, art.rows, art.tokens,
+                     art.audio_seconds, art.bytes, json.dumps(list(art.upstream)), now],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
 
     def find_artifact(self, path: str | Path, fingerprint: str) -> dict[str, Any] | None:
         """The recorded row for (path, fingerprint) if its file still exists, else None."""

@@ -2,6 +2,10 @@
 
 `produce()` must write its output atomically (temp, fsync, rename); only then is the row inserted, so a crash
 at any point leaves either nothing recorded or a complete, recorded file.
+
+Production runs under the output's file lock (`data_catalog.locks`): when two runs on one data root reach the
+same output, the second waits, then finds the first's row and reuses the output instead of writing it again.
+With the lock held, temporaries left beside the output by a killed writer are removed before producing.
 """
 
 from __future__ import annotations
@@ -11,6 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from data_catalog.catalog import Artifact, Catalog
+from data_catalog.locks import output_lock, remove_stale_temporaries
+
+
+def _reused(out_path: Path, fingerprint: str, row: dict[str, Any], waited_s: float = 0.0) -> dict[str, Any]:
+    return {"path": str(out_path), "fingerprint": fingerprint, "rows": row["rows"], "tokens": row["tokens"],
+            "audio_seconds": row["audio_seconds"], "reused": True, "bad": [], "waited_s": round(waited_s, 3)}
 
 
 def produce_or_reuse(
@@ -23,25 +33,33 @@ def produce_or_reuse(
     fingerprint: str,
     produce: Callable[[], dict[str, Any]],
     upstream: Sequence[str] = (),
+    lock_timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """Return the recorded output for (out_path, fingerprint), producing and recording it first if absent.
 
     `produce` returns counts (`rows`, `tokens`, `audio_seconds`) and optionally `bad`: a list of
-    (item, reason, detail) that is quarantined in the catalog under this stage.
+    (item, reason, detail) that is quarantined in the catalog under this stage. The artifact row and its
+    quarantine rows are committed in one transaction. `lock_timeout_s` None waits for another producer of
+    the same output as long as it takes (a training stage can hold it for hours).
     """
     out_path = Path(out_path)
     row = catalog.find_artifact(out_path, fingerprint)
     if row is not None:
-        return {"path": str(out_path), "fingerprint": fingerprint, "rows": row["rows"], "tokens": row["tokens"],
-                "audio_seconds": row["audio_seconds"], "reused": True, "bad": []}
-    result = produce()
-    bad = [tuple(b) for b in result.get("bad", [])]
-    for item, reason, detail in bad:
-        catalog.record_quarantine(stage, dataset, str(item), reason, detail, fingerprint)
-    size = sum(f.stat().st_size for f in out_path.rglob("*") if f.is_file()) if out_path.is_dir() else out_path.stat().st_size
-    art = Artifact(stage=stage, dataset=dataset, split=split, path=str(out_path), fingerprint=fingerprint,
-                   rows=int(result.get("rows", 0)), tokens=int(result.get("tokens", 0)),
-                   audio_seconds=float(result.get("audio_seconds", 0.0)), bytes=size, upstream=tuple(upstream))
-    catalog.record_artifact(art)
+        return _reused(out_path, fingerprint, row)
+    with output_lock(catalog.path.parent, out_path, lock_timeout_s) as waited_s:
+        row = catalog.find_artifact(out_path, fingerprint)  # produced by the run we waited for
+        if row is not None:
+            return _reused(out_path, fingerprint, row, waited_s)
+        remove_stale_temporaries(out_path)
+        result = produce()
+        bad = [tuple(b) for b in result.get("bad", [])]
+        size = (sum(f.stat().st_size for f in out_path.rglob("*") if f.is_file()) if out_path.is_dir()
+                else out_path.stat().st_size)
+        art = Artifact(stage=stage, dataset=dataset, split=split, path=str(out_path), fingerprint=fingerprint,
+                       rows=int(result.get("rows", 0)), tokens=int(result.get("tokens", 0)),
+                       audio_seconds=float(result.get("audio_seconds", 0.0)), bytes=size, upstream=tuple(upstream))
+        catalog.record_output(art, [(stage, dataset, str(item), reason, detail, fingerprint)
+                                    for item, reason, detail in bad])
     return {"path": str(out_path), "fingerprint": fingerprint, "rows": art.rows, "tokens": art.tokens,
-            "audio_seconds": art.audio_seconds, "reused": False, "bad": [list(b) for b in bad]}
+            "audio_seconds": art.audio_seconds, "reused": False, "bad": [list(b) for b in bad],
+            "waited_s": round(waited_s, 3)}

@@ -3,10 +3,13 @@
     slam run reproduce --preset smoke [--set train.budget_s=60 ...] [--data-root DIR]
     slam catalog summary [--data-root DIR]
     slam units extract --audio DIR --out DIR [--centroids FILE] [--preset smoke] [--batch-size N]
+    slam units convert-kmeans --pickle FILE --out FILE.npy --allow-unpickle
     slam model init --base <hub id|dir> --out DIR [--preset slam]
-    slam eval --checkpoint DIR [--metrics tsc_like,ssc_like] [--preset smoke]
+    slam eval --checkpoint DIR [--metrics tsc_like,sblimp,swuggy,ssc,tsc,salmon,genppl,judge] [--preset smoke]
     slam data prepare <source> [--subsets …] [--mirror URL] [--local-dir DIR] [--dry-run]
     slam vocode --units FILE --out WAV [--vocoder DIR_OR_NAME]
+    slam synth <stinystories|spokenswag> --input <file|dir> --out DIR [--backend kokoro|espeak] [--voices …]
+               [--seed N] [--workers N]
 """
 
 from __future__ import annotations
@@ -108,6 +111,15 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_units_convert_kmeans(args: argparse.Namespace) -> int:
+    from slam_core.units.quantizer import convert_kmeans_pickle, load_centroids
+
+    out = convert_kmeans_pickle(Path(args.pickle), Path(args.out), allow_unpickle=args.allow_unpickle)
+    print(f"{out}: {load_centroids(out).shape[0]} centroids of dim {load_centroids(out).shape[1]} "
+          f"(use --set units.kmeans_path={out})")
+    return 0
+
+
 def cmd_model_init(args: argparse.Namespace) -> int:
     from flows.common import load_config
     from slam_core.lm import model
@@ -126,7 +138,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args.overrides) or {}
     if args.metrics:
-        overrides["eval.metrics"] = json.dumps(args.metrics.split(","))
+        overrides["eval.metrics"] = json.dumps([m.strip() for m in args.metrics.split(",") if m.strip()])
+    for key, value in (("eval.reference_path", args.reference_path), ("eval.vocoder", args.vocoder)):
+        if value:
+            overrides[key] = str(Path(value).expanduser().resolve())
     result = evaluate(preset=args.preset, overrides=overrides or None, data_root=args.data_root,
                       checkpoints=[str(Path(c).resolve()) for c in args.checkpoint])
     print(json.dumps(result, indent=2, default=str))
@@ -166,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--batch-size", type=int, default=None, help="segments per encoder batch")
     common(ext)
     ext.set_defaults(func=cmd_units_extract)
+    conv = units_sub.add_parser("convert-kmeans",
+                                help="convert a (trusted) joblib/sklearn k-means pickle once into plain centroids")
+    conv.add_argument("--pickle", required=True, help="the k-means pickle, e.g. the published textlesslib "
+                      "mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin (its sha256 is checked)")
+    conv.add_argument("--out", required=True, help="output centroids (.npy or .safetensors)")
+    conv.add_argument("--allow-unpickle", action="store_true",
+                      help="required: unpickling runs code from the file, so only do it for a file you trust")
+    conv.set_defaults(func=cmd_units_convert_kmeans)
 
     mdl = sub.add_parser("model", help="speech LM models")
     mdl_sub = mdl.add_subparsers(dest="model_command", required=True)
@@ -177,15 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate checkpoints and record the results in the catalog")
     ev.add_argument("--checkpoint", action="append", required=True, help="checkpoint dir (repeatable)")
-    ev.add_argument("--metrics", default=None, help="comma-separated metrics (default: the preset's)")
+    ev.add_argument("--metrics", default=None,
+                    help="comma-separated metrics (default: the preset's): tsc_like, ssc_like, sblimp, swuggy, "
+                         "swuggy_inter, swuggy_oov, ssc, tsc, salmon, generate, genppl, judge")
+    ev.add_argument("--reference-path", default=None,
+                    help="root of the published eval sets (sblimp/, swuggy_inter/, swuggy_oov/, sSC/, tSC/, salmon/) "
+                         "= --set eval.reference_path=DIR")
+    ev.add_argument("--vocoder", default=None,
+                    help="unit vocoder dir (textlesslib checkpoint + config JSON) for genppl/judge = --set eval.vocoder=DIR")
     common(ev)
     ev.set_defaults(func=cmd_eval)
 
     from flows.cli_data import add_data_parser
     from flows.cli_eval_extra import add_vocode_parser
+    from flows.cli_synth import add_synth_parser
 
     add_data_parser(sub)
     add_vocode_parser(sub)
+    add_synth_parser(sub)
     return parser
 
 
@@ -195,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         if isinstance(err, _user_facing_errors()):
             print(f"slam: error: {err}", file=sys.stderr)
             return 2
@@ -211,10 +243,15 @@ def _user_facing_errors() -> tuple[type[Exception], ...]:
     from slam_core.eval.pairs import CheckpointNotFoundError
     from slam_core.eval.vocoder import VocoderNotFoundError
     from slam_core.lm.model import BaseModelUnavailable
+    from slam_core.atomic import DiskFullError
     from slam_core.units.encoder import EncoderNotAvailableError
+    from slam_core.preflight import PreflightError
+    from slam_core.synth.base import TTSSetupError
+    from slam_core.units.quantizer import KmeansError
 
     return (ConfigError, FileNotFoundError, ArchiveError, ChecksumMismatchError, DownloadError, HubUnavailableError,
-            CheckpointNotFoundError, VocoderNotFoundError, BaseModelUnavailable, EncoderNotAvailableError)
+            CheckpointNotFoundError, VocoderNotFoundError, BaseModelUnavailable, EncoderNotAvailableError,
+            KmeansError, DiskFullError, PreflightError, TTSSetupError)
 
 
 if __name__ == "__main__":

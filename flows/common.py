@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from slam_core.atomic import write_text_atomic
-from slam_core.config import SlamConfig, apply_overrides
+from slam_core.config import ParallelConfig, SlamConfig, apply_overrides
 from slam_core.device import pick_device
 from slam_core.fingerprint import code_version, fingerprint
 from slam_core.presets import get_preset
@@ -32,6 +32,52 @@ def save_resolved(cfg: SlamConfig, name: str) -> Path:
     resolved = cfg.resolve() | {"code_version": code_version()}
     write_text_atomic(out, json.dumps(resolved, indent=2, sort_keys=True))
     return out
+
+
+def check_resources(cfg: SlamConfig) -> None:
+    """Preflight: refuse early (PreflightError naming the resource, need, availability and override) when
+    disk, memory or GPUs cannot hold the run; print what was estimated."""
+    from slam_core.preflight import preflight
+
+    for need in preflight(cfg):
+        unit = 1 if need.resource == "gpu" else 1024 ** 3
+        have = "unknown" if need.available is None else f"{need.available / unit:.1f}"
+        print(f"preflight {need.resource}: need {need.needed / unit:.2f}, available {have}"
+              f"{'' if need.resource == 'gpu' else ' GB'}")
+
+
+def task_runner_for(parallel: ParallelConfig) -> Any:
+    """The Prefect task runner of the shard-parallel stages: a thread pool, or Dask (prefect-dask) on the
+    scheduler at `parallel.dask_address` or on a local cluster whose dashboard and workers stay on 127.0.0.1."""
+    if parallel.task_runner == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise RuntimeError("parallel.task_runner=dask needs prefect-dask: pip install -e '.[dask]'") from None
+        if parallel.dask_address:
+            return DaskTaskRunner(address=parallel.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": parallel.max_workers, "threads_per_worker": 1,
+                                              "processes": True, "host": "127.0.0.1",
+                                              "dashboard_address": "127.0.0.1:0"})
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=parallel.max_workers)
+
+
+def rerun_with_configured_runner(flow_obj: Any, parallel: ParallelConfig) -> Any | None:
+    """None when the running flow already uses the configured task runner; else `flow_obj` with it (the caller
+    returns `that(...)`: a subflow run on the right runner). So every entry point honours
+    `parallel.task_runner`: the CLI, `reproduce`, and deployments whose decorator default is the thread pool."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    current = type(ctx.task_runner).__name__ if ctx and ctx.task_runner else None
+    wanted = "DaskTaskRunner" if parallel.task_runner == "dask" else "ThreadPoolTaskRunner"
+    if current is None or current == wanted:
+        return None
+    print(f"{flow_obj.name}: re-entering on the {parallel.task_runner} task runner"
+          f"{f' at {parallel.dask_address}' if parallel.dask_address else ''}")
+    return flow_obj.with_options(task_runner=task_runner_for(parallel))
 
 
 def device_name(cfg: SlamConfig) -> str:

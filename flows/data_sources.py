@@ -18,13 +18,17 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from slam_core.config import RunConfig, SlamConfig
+from flows.common import rerun_with_configured_runner
+from slam_core.config import ParallelConfig, RunConfig, SlamConfig
+from slam_core.corpora.archive import ArchiveError
+from slam_core.corpora.download import ChecksumMismatchError, DownloadError
 from slam_core.corpora import hub as hub_lib
 from slam_core.corpora.local import list_local_audio, shard
 from slam_core.corpora.sources import Source, get_source, select_parts
 from slam_core.fingerprint import code_version, fingerprint
 from slam_core.paths import stage_dir
 from tasks import corpora
+from tasks.common import catalog_at, progress_reporter
 
 # Files per segment shard (one task each): LibriSpeech utterances are short; Libri-Light files are long.
 SHARD_FILES = {"librispeech": 2000, "librilight": 200, "local": 64}
@@ -56,22 +60,55 @@ def plan_source(src: Source, subsets: list[str] | None, mirror: str | None, loca
     return plan
 
 
+def archive_failure_reason(err: BaseException) -> str | None:
+    """The quarantine reason of a part that cannot be used, or None for an error that is not about the input."""
+    if isinstance(err, ChecksumMismatchError):
+        return "checksum_mismatch"
+    if isinstance(err, ArchiveError):
+        return "unsafe_archive_member" if err.member else "corrupt_archive"
+    if isinstance(err, DownloadError):
+        return "download_failed"
+    return None
+
+
+def quarantine_part_failure(data_root: str, source: str, part: str, where: str, err: BaseException,
+                            fingerprint: str) -> str | None:
+    """Record a part whose download or archive is bad (stage 'raw') and return its reason; None (nothing
+    recorded) when the error is not a bad-input one and should propagate."""
+    reason = archive_failure_reason(err)
+    if reason is not None:
+        catalog_at(data_root).record_quarantine("raw", source, part, reason, f"{where}: {err}"[:2000], fingerprint)
+    return reason
+
+
 def _prepare_http(src: Source, subsets, mirror, local_dir, root: Path, data_root: str) -> dict[str, Any]:
     raw_dir = stage_dir(root, "raw", src.name)
     parts = select_parts(src, subsets)
-    fetched = {p.name: corpora.fetch_archive.submit(
-        src.name, p.name, str(raw_dir), mirror, local_dir,
-        _fp("raw", source=src.name, part=p.name, local_dir=local_dir), data_root) for p in parts}
-    shards = []
+    part_fps = {p.name: _fp("raw", source=src.name, part=p.name, local_dir=local_dir) for p in parts}
+    fetched = {p.name: corpora.fetch_archive.submit(src.name, p.name, str(raw_dir), mirror, local_dir,
+                                                    part_fps[p.name], data_root) for p in parts}
+    shards, failed = [], []
     for part, future in fetched.items():
-        part_dir = Path(future.result()["part_dir"])
+        try:
+            part_dir = Path(future.result()["part_dir"])
+        except Exception as err:  # a bad archive is quarantined; the other parts go on
+            reason = quarantine_part_failure(data_root, src.name, part, src.url(part, mirror), err, part_fps[part])
+            if reason is None:
+                raise
+            print(f"{src.name}/{part}: quarantined ({reason}): {err}")
+            failed.append([part, reason, str(err)])
+            continue
         files = [str(f) for f in corpora.FILE_LISTERS[src.name](part_dir)]
         seg_dir = stage_dir(root, "segments", src.name, part)
         for k, chunk in enumerate(shard(files, SHARD_FILES[src.name])):
             shard_fp = _fp("segments", source=src.name, part=part, files=chunk)
             shards.append(corpora.segment_shard.submit(src.name, chunk, str(seg_dir / f"segments-{k:05d}.parquet"),
                                                        part, {}, shard_fp, data_root))
-    return _summarise([s.result() for s in shards])
+    if failed and len(failed) == len(fetched):
+        raise RuntimeError(f"{src.name}: every part failed: {failed}")
+    summary = _summarise(_gather(shards, f"{src.name} segments"))
+    summary["quarantined"] += failed
+    return summary
 
 
 def _prepare_hub(src: Source, subsets, local_dir, root: Path, data_root: str) -> dict[str, Any]:
@@ -88,7 +125,7 @@ def _prepare_hub(src: Source, subsets, local_dir, root: Path, data_root: str) ->
         futures.append(corpora.hub_audio_shard.submit(
             src.name, str(pq_file), str(raw_dir / "audio" / pq_file.stem), str(seg_dir / f"{pq_file.stem}.parquet"),
             split, dict(src.extra), shard_fp, data_root))
-    return _summarise([f.result() for f in futures])
+    return _summarise(_gather(futures, f"{src.name} audio shards"))
 
 
 def _prepare_local(local_dir: str | None, root: Path, data_root: str) -> dict[str, Any]:
@@ -99,7 +136,18 @@ def _prepare_local(local_dir: str | None, root: Path, data_root: str) -> dict[st
     futures = [corpora.segment_shard.submit("local", chunk, str(seg_dir / f"segments-{k:05d}.parquet"), "train", {},
                                             _fp("segments", source="local", files=chunk), data_root)
                for k, chunk in enumerate(shard(files, SHARD_FILES["local"]))]
-    return _summarise([f.result() for f in futures])
+    return _summarise(_gather(futures, "local segments"))
+
+
+def _gather(futures: list[Any], what: str) -> list[dict[str, Any]]:
+    """Results of shard futures in order, reporting shards done (with an ETA) to the log and a Prefect
+    progress artifact."""
+    report = progress_reporter(what)
+    results = []
+    for i, future in enumerate(futures, 1):
+        results.append(future.result())
+        report(i / max(1, len(futures)), f"{i}/{len(futures)} shards")
+    return results
 
 
 def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -111,8 +159,17 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 @flow(name="prepare-source", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 def prepare_source(source: str, subsets: list[str] | None = None, mirror: str | None = None,
                    local_dir: str | None = None, dry_run: bool = False, data_root: str | None = None,
-                   revision: str | None = None) -> dict[str, Any]:
-    """Fetch (or find locally) `source`, extract it under raw/<source>/ and write segments/<source>/<split>/."""
+                   revision: str | None = None, task_runner: str = "threads", dask_address: str | None = None,
+                   max_workers: int = 2) -> dict[str, Any]:
+    """Fetch (or find locally) `source`, extract it under raw/<source>/ and write segments/<source>/<split>/.
+
+    task_runner 'dask' runs the archive and shard tasks on the Dask scheduler at `dask_address` (or on a local
+    cluster of `max_workers` processes); 'threads' on a pool of `max_workers` threads.
+    """
+    parallel = ParallelConfig(task_runner=task_runner, dask_address=dask_address, max_workers=max_workers)
+    if (on_runner := rerun_with_configured_runner(prepare_source, parallel)) is not None:
+        return on_runner(source, subsets, mirror, local_dir, dry_run, data_root, revision, task_runner,
+                         dask_address, max_workers)
     src = get_source(source)
     root = SlamConfig(run=RunConfig(data_root=data_root)).data_root
     if dry_run:

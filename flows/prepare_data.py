@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import device_name, fp, load_config, save_resolved
+from flows.common import check_resources, device_name, fp, load_config, rerun_with_configured_runner, save_resolved
 from slam_core.device import set_cpu_threads
 from slam_core.paths import stage_dir
 from tasks import data, units
@@ -26,6 +26,9 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
                  data_root: str | None = None) -> dict[str, Any]:
     """Build every dataset the smoke/paper run needs; returns the unit shard and pair paths."""
     cfg = load_config(preset, overrides, data_root)
+    if (on_runner := rerun_with_configured_runner(prepare_data, cfg.parallel)) is not None:
+        return on_runner(preset, overrides, data_root)  # parallel.task_runner=dask: shards go to the cluster
+    check_resources(cfg)
     save_resolved(cfg, "prepare-data")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
     if dev == "cpu":
@@ -79,6 +82,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         "unit_shards": [u["path"] for u in unit_results],
         "unit_fingerprints": [u["fingerprint"] for u in unit_results],
         "pairs": {k: f.result()["path"] for k, f in pair_units.items()},
+        "centroids": centroids,
         "pair_fingerprints": {k: f.result()["fingerprint"] for k, f in pair_units.items()},
         "tokens": sum(u["tokens"] for u in unit_results),
         "audio_hours": sum(u["audio_seconds"] for u in unit_results) / 3600,

@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import load_config, save_resolved
+from flows.common import check_resources, load_config, save_resolved
 from flows.evaluate import evaluate
 from flows.prepare_data import prepare_data
 from flows.train_lm import train_lm
@@ -26,6 +26,7 @@ def reproduce(preset: str = "smoke", overrides: dict[str, Any] | None = None,
               data_root: str | None = None) -> dict[str, Any]:
     """Run every stage of the recipe; returns the report path and the evaluation results."""
     cfg = load_config(preset, overrides, data_root)
+    check_resources(cfg)  # refuse before any work when disk, memory or GPU cannot hold the run
     root = str(cfg.data_root)
     catalog_at(root).record_run(cfg.run.name, cfg.resolve())
     save_resolved(cfg, "reproduce")

@@ -36,7 +36,8 @@ def train_lm(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     # 2. Pre-training, the schedule fitted to the wall-clock budget (called directly: main thread).
     pre_fp = fp("pretrain", cfg, ("model", "train"), init_fp, *prepared["unit_fingerprints"])
     run_dir = str(stage_dir(cfg.data_root, "checkpoints", cfg.run.name) / f"pretrain-{pre_fp}")
-    pre = train.pretrain(init_dir, prepared["unit_shards"], cfg.model, cfg.train, run_dir, seed, dev, pre_fp, root)
+    pre = train.pretrain(init_dir, prepared["unit_shards"], cfg.model, cfg.train, run_dir, seed, dev, pre_fp, root,
+                         cfg.parallel)
     result = {"init": init_dir, "pretrain": pre, "final_checkpoint": pre["checkpoint"], "final_fingerprint": pre_fp}
 
     # 3. DPO on the spoken preference triples, reference log-probs precomputed.

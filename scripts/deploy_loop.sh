@@ -36,6 +36,10 @@ step "work pool + deploy --all"
 prefect work-pool create local-pool --type process --overwrite >/dev/null
 prefect --no-prompt deploy --all >"$WORK/deploy.log" 2>&1 || { cat "$WORK/deploy.log"; exit 1; }
 
+step "tag concurrency limit: at most one 'gpu' task at a time (units, k-means, training, evaluation)"
+prefect concurrency-limit create gpu 1 >/dev/null
+prefect concurrency-limit inspect gpu | grep -Eq "gpu\W+1\W" || { prefect concurrency-limit inspect gpu; exit 1; }
+
 step "worker"
 prefect worker start --pool local-pool --type process --limit 1 --install-policy never >"$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
@@ -48,7 +52,28 @@ prefect deployment run 'reproduce/full-reproduction' --param preset=smoke --para
 step "deployment run evaluate/nightly-eval (nothing new: must do no work)"
 prefect deployment run 'evaluate/nightly-eval' --param preset=smoke --param "overrides=$SMOKE_SET" \
   --watch --watch-interval 2 --watch-timeout 600 || { tail -80 "$WORK/worker.log"; exit 1; }
-grep -q "0 pair metric(s) to compute" "$WORK/worker.log" || { echo "nightly-eval recomputed results"; tail -40 "$WORK/worker.log"; exit 1; }
+grep -Eq "0 (built-in )?pair metric\(s\) to compute" "$WORK/worker.log" || { echo "nightly-eval recomputed results"; tail -40 "$WORK/worker.log"; exit 1; }
+
+step "gpu-tagged task runs never overlapped"
+python - <<'PY'
+import asyncio
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+
+async def main() -> None:
+    async with get_client() as client:
+        runs = await client.read_task_runs(task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["gpu"])),
+                                           limit=200)
+    spans = sorted((r.start_time, r.end_time, r.name) for r in runs if r.start_time and r.end_time)
+    overlaps = [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
+    print(f"{len(spans)} gpu-tagged task runs, {len(overlaps)} overlapping")
+    assert spans and not overlaps, overlaps
+
+
+asyncio.run(main())
+PY
 
 step "schedules registered"
 prefect deployment inspect 'evaluate/nightly-eval' | grep -q "0 3 \* \* \*"

@@ -31,6 +31,8 @@ class RunConfig(_Section):
         None, description="Artifact root. None: $SLAM_DATA_ROOT, else ./slam-data."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Compute device; auto picks cuda when available.")
+    skip_preflight: bool = Field(
+        False, description="Skip the disk/memory/GPU preflight check that refuses a run the machine cannot hold.")
 
 
 class CorpusConfig(_Section):
@@ -45,6 +47,18 @@ class CorpusConfig(_Section):
     n_swag_heldout: int = Field(64, ge=0, description="SWAG-like triples held out as sSC-like evaluation pairs.")
     tinystories_hub_id: str = Field("roneneldan/TinyStories", description="Hub dataset id of TinyStories text.")
     swag_hub_id: str = Field("allenai/swag", description="Hub dataset id of SWAG (the 'regular' config, gold rows).")
+    tinystories_revision: str | None = Field(
+        None, description="Pinned hub revision (commit) of TinyStories; None: default branch, logged as unpinned.")
+    swag_revision: str | None = Field(
+        None, description="Pinned hub revision (commit) of SWAG; None: default branch, logged as unpinned.")
+    tinystories_local_dir: str | None = Field(
+        None, description="Local copy of TinyStories in hub layout (*.parquet with 'text', or *.txt); nothing downloaded.")
+    swag_local_dir: str | None = Field(
+        None, description="Local copy of SWAG in hub layout (regular/*.parquet or *.csv); nothing downloaded.")
+    max_hub_rows: int | None = Field(
+        None, ge=1, description="Cap on TinyStories stories and SWAG rows read per split (None: all of them).")
+    swag_max_auto_bleu: float = Field(
+        0.3, gt=0, le=1, description="SWAG triples with bigram auto-BLEU of prompt + chosen at or above this are dropped.")
 
     @model_validator(mode="after")
     def _check_sentences(self) -> "CorpusConfig":
@@ -66,6 +80,13 @@ class SynthConfig(_Section):
     kokoro_model: str = Field("hexgrad/Kokoro-82M", description="Kokoro hub id or local dir (config.json + kokoro-v1_0.pth + voices/).")
     kokoro_speed: float = Field(1.0, gt=0, description="Kokoro speaking speed.")
     sample_rate_hz: int = Field(16000, description="Rate at which synthetic audio is stored (units stage reads 16 kHz).")
+    spokenswag_voices: list[str] | None = Field(
+        None, description="SpokenSwag voices; None: af_heart, am_fenrir, bf_emma, bm_george on kokoro, `voices` on espeak.")
+    max_utterance_chars: int = Field(
+        400, ge=20, description="sTinyStories: stories longer than this are split at sentence (then clause, word) ends.")
+    shard_rows: int = Field(256, ge=1, description="Utterances or SWAG pairs per synthesis shard (one task each).")
+    workers: int = Field(1, ge=1, description="Synthesis worker processes (each loads its own TTS model).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Kokoro device; auto picks cuda when available.")
 
 
 class VadConfig(_Section):
@@ -119,7 +140,10 @@ class TrainConfig(_Section):
     min_lr: float = Field(5e-5, ge=0, description="Final learning rate of the cosine decay.")
     warmup_frac: float = Field(0.01, ge=0, lt=1, description="Fraction of the (fitted) total steps spent warming up.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
-    grad_accum: int = Field(16, ge=1, description="Micro-batches per optimiser step.")
+    grad_accum: int = Field(16, ge=1, description="Micro-batches per optimiser step, summed over all GPUs (each of W "
+                                                  "GPUs runs grad_accum / W; must divide evenly), so the effective "
+                                                  "batch micro_batch_size x grad_accum x context_len is the same on "
+                                                  "any number of GPUs.")
     grad_clip: float = Field(0.5, gt=0, description="Gradient-norm clip.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
@@ -127,7 +151,7 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="Most recent step-N checkpoints kept on disk (older ones deleted).")
     log_every_steps: int = Field(10, ge=1, description="Log metrics every N optimiser steps.")
     calibration_steps: int = Field(5, ge=1, description="Steps timed after warm-up to fit total steps to the budget.")
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: bool = Field(False, description="torch.compile the model (CUDA: faster steps after a compile warm-up).")
     val_fraction: float = Field(0.02, ge=0, lt=0.5, description="Fraction of training documents held out for validation loss.")
 
 
@@ -147,7 +171,12 @@ class DpoConfig(_Section):
 
 
 class EvalConfig(_Section):
-    metrics: list[str] = Field(["tsc_like", "ssc_like", "generate"], description="Metrics to compute for each checkpoint.")
+    metrics: list[str] = Field(
+        ["tsc_like", "ssc_like", "generate"],
+        description="Metrics per checkpoint: tsc_like, ssc_like (built-in spoken pairs); sblimp, swuggy (= swuggy_inter "
+        "+ swuggy_oov), ssc, tsc, salmon (every part + their mean) from eval.reference_path; generate (sampled "
+        "continuations for the report); genppl (vocoder -> Whisper -> text-LM perplexity, plus auto_bleu); judge "
+        "(1-5 LLM rating).")
     batch_size: int = Field(16, ge=1, description="Pairs per scoring batch.")
     n_generate: int = Field(4, ge=0, description="Prompts used for sampled continuations.")
     prompt_s: float = Field(3.0, gt=0, description="Prompt length in seconds of audio.")
@@ -155,12 +184,42 @@ class EvalConfig(_Section):
     top_k: int = Field(25, ge=1, description="Top-k sampling.")
     max_new_tokens: int = Field(150, ge=1, description="Tokens generated per continuation.")
     repetition_penalty: float = Field(1.0, ge=1.0, description="HF repetition penalty (the paper uses 1.1 after DPO).")
-    reference_path: str | None = Field(None, description="Directory with the published eval sets (sBLIMP, sSC, ...).")
+    reference_path: str | None = Field(
+        None, description="Root of the published eval sets, laid out as SlamKit's $SLAM_REFERENCE_PATH: sblimp/, "
+        "swuggy_inter/, swuggy_oov/, sSC/, tSC/ (WAV files), salmon/<part>/ (sample_<i>_<j>.wav, or the hub's "
+        "*.parquet with positive_audio/negative_audio). None: those metrics are recorded as skipped.")
+    max_pairs: int | None = Field(None, ge=1, description="Score only the first N pairs of each published set "
+                                  "(quick looks); None: all pairs, as the paper.")
+    prompt_audio: str | None = Field(
+        None, description="Directory of prompt audio for generate/genppl/judge (recursive, sorted, first n_generate "
+        "files); a <file>.json beside a file with word alignments cuts the prompt at the word end closest to "
+        "prompt_s. None: the positive utterances of the built-in tsc_like pairs.")
+    use_alignment: bool = Field(True, description="Cut prompts at a word boundary when an alignment JSON exists.")
+    vocoder: str | None = Field(
+        None, description="Unit vocoder for genppl/judge: a directory with the textlesslib checkpoint "
+        "(hifigan_lj_mhubert_base_25hz.pt) and its config JSON, the .pt file itself (config beside it), or "
+        "'mhubert-base-25hz-kmeans-500-hifigan' (looked up in $TEXTLESS_CHECKPOINT_ROOT). None: genppl and judge "
+        "are recorded as skipped.")
+    asr_model: str = Field("large-v3-turbo", description="Whisper model for genppl/judge: an openai-whisper name "
+                           "(from ~/.cache/whisper) or a local checkpoint file.")
+    asr_max_tokens: int | None = Field(None, ge=1, description="Cap on Whisper tokens decoded per transcript "
+                                       "(None: whisper's default, n_text_ctx // 2).")
+    ppl_lm: str = Field("meta-llama/Llama-3.2-1B", description="Text LM (hub id or local save_pretrained dir with "
+                        "tokenizer) whose perplexity of the transcripts is GenPPL.")
+    judge_model: str | None = Field(None, description="Judge: a local HF causal LM (hub id or dir), or, with "
+                                    "judge_endpoint, the model name sent to the endpoint. None and no endpoint: "
+                                    "judge is recorded as skipped.")
+    judge_endpoint: str | None = Field(None, description="OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1) "
+                                       "for the judge; nothing remote is contacted unless set.")
+    judge_api_key_env: str | None = Field(None, description="Name of the environment variable holding the judge "
+                                          "endpoint's API key (the key itself is never stored in the config).")
 
 
 class ParallelConfig(_Section):
-    n_gpus: int = Field(1, ge=0, description="GPUs used for training (>1 launches torchrun DDP).")
-    fsdp: bool = Field(False, description="Shard parameters with FSDP (for larger bases).")
+    n_gpus: int = Field(1, ge=0, description="Training processes: 0 = every visible GPU (1 on CPU); >1 launches "
+                                             "torchrun with DDP (gloo processes on CPU).")
+    fsdp: bool = Field(False, description="With >1 process: shard parameters, gradients and optimiser state with "
+                                          "FSDP2 instead of DDP (for larger bases).")
     task_runner: Literal["threads", "dask"] = Field("threads", description="Prefect task runner for shard stages.")
     max_workers: int = Field(2, ge=1, description="Concurrent shard tasks.")
     dask_address: str | None = Field(None, description="Existing Dask scheduler address; None starts a local cluster.")
@@ -191,7 +250,7 @@ class SlamConfig(_Section):
 
     @property
     def tokens_per_step(self) -> int:
-        return self.train.micro_batch_size * self.train.grad_accum * self.model.context_len * max(1, self.parallel.n_gpus)
+        return self.train.micro_batch_size * self.train.grad_accum * self.model.context_len  # global: any n_gpus
 
     def resolve(self) -> dict[str, Any]:
         """Validate cross-field constraints and return the config plus derived values as plain JSON."""

@@ -64,7 +64,7 @@ def slam_scaled() -> SlamConfig:
     cfg.run.name = "slam_scaled"
     cfg.parallel.n_gpus = 2
     cfg.train.budget_s = 47.5 * 3600
-    cfg.train.grad_accum = 8  # 2 GPUs × 8 × 8 keeps the effective batch at 128 × 1024
+    cfg.train.grad_accum = 16  # global: each of the 2 GPUs runs 8 micro-batches of 8, 128 × 1024 per step
     return cfg
 
 
@@ -75,7 +75,7 @@ def slam_large() -> SlamConfig:
     cfg.model.base = "Qwen/Qwen2.5-1.5B"
     cfg.parallel.fsdp = True
     cfg.train.micro_batch_size = 4
-    cfg.train.grad_accum = 16
+    cfg.train.grad_accum = 32  # global: 4 × 32 = 128 sequences per step on any number of GPUs
     return cfg
 
 

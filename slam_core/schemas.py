@@ -49,6 +49,14 @@ PREFERENCE_AUDIO = pa.schema([
     ("prompt_audio", pa.binary()), ("chosen_audio", pa.binary()), ("rejected_audio", pa.binary()),
 ])
 
+# synth/stinystories/<split>/data-NNNNN.parquet — the published slprl/sTinyStories layout (HF `Audio` cells:
+# 16 kHz FLAC bytes + a file name), so the published set and our synthesis share hub.write_hub_audio_shard
+ALIGNED_WORD = pa.struct([("word", pa.string()), ("start_time", pa.float64()), ("end_time", pa.float64())])
+STINYSTORIES_AUDIO = pa.schema([
+    ("audio", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("text", pa.string()),
+    ("aligned_text", pa.list_(ALIGNED_WORD)), ("split_sentence", pa.bool_()),
+])
+
 # pairs/<set>/pairs.parquet — evaluation pairs as units
 EVAL_PAIRS_UNITS = pa.schema([
     ("pair_id", pa.string()), ("set", pa.string()),

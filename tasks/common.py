@@ -43,6 +43,14 @@ def catalog_at(data_root: str | Path) -> Catalog:
     return Catalog(catalog_path(Path(data_root)))
 
 
+def eta_text(seconds: float) -> str:
+    """'ETA 1h02m', 'ETA 3m20s' or 'ETA 12s'."""
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"ETA {seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"ETA {seconds}s"
+
+
 def progress_reporter(description: str, min_interval_s: float = 2.0) -> Callable[[float, str], None]:
     """A callback `(fraction, message)` that updates one Prefect progress artifact, at most every few seconds."""
     try:
@@ -51,12 +59,18 @@ def progress_reporter(description: str, min_interval_s: float = 2.0) -> Callable
         log.debug("no progress artifact: %s", err)
         artifact_id = None
     last = [0.0]
+    started = [None]  # (time, fraction) of the first report: the ETA extrapolates from there
 
     def report(fraction: float, message: str = "") -> None:
         now = time.monotonic()
+        if started[0] is None:
+            started[0] = (now, fraction)
         if fraction < 1.0 and now - last[0] < min_interval_s:
             return
         last[0] = now
+        t0, f0 = started[0]
+        eta = eta_text((now - t0) * (1.0 - fraction) / (fraction - f0)) if 0 < fraction - f0 and fraction < 1 else ""
+        message = f"{message} {eta}".strip()
         log.info("%s: %.0f%% %s", description, 100 * fraction, message)
         if artifact_id is not None:
             try:

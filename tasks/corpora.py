@@ -9,11 +9,32 @@ from typing import Any
 from prefect import task
 
 from data_catalog import produce_or_reuse
+from slam_core.atomic import DiskFullError
 from slam_core.config import VadConfig
+from slam_core.corpora.archive import ArchiveError
+from slam_core.corpora.download import ChecksumMismatchError
+from slam_core.corpora.hub import HubUnavailableError
 from slam_core.corpora import eval_sets, hub, librilight, librispeech, local
 from tasks.common import CACHED, catalog_at
 
-NETWORK = {"retries": 3, "retry_delay_seconds": [10, 60, 300], "tags": ["network"]}
+# Not worth a retry: a wrong checksum (download_file already fetched it afresh once), a corrupt or unsafe
+# archive, a full disk, an unreachable hub in offline mode or a missing local copy fail the same way again.
+PERMANENT_ERRORS = (ChecksumMismatchError, ArchiveError, DiskFullError, HubUnavailableError, FileNotFoundError)
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry network trouble, not the permanent errors above."""
+    try:
+        state.result()
+    except PERMANENT_ERRORS:
+        return False
+    except Exception:  # noqa: BLE001 - anything else (timeouts, dropped connections) may pass on a retry
+        return True
+    return True
+
+
+NETWORK = {"retries": 3, "retry_delay_seconds": [10, 60, 300], "tags": ["network"],
+           "retry_condition_fn": retry_if_transient}
 DOWNLOADERS = {"librispeech": librispeech.download_librispeech, "librilight": librilight.download_librilight}
 PART_FINDERS = {"librispeech": librispeech.find_part_dir, "librilight": librilight.find_subset_dir}
 FILE_LISTERS = {"librispeech": librispeech.list_utterances, "librilight": librilight.list_recordings}

@@ -10,22 +10,26 @@ from prefect import task
 from data_catalog import produce_or_reuse
 from slam_core.audio import vad
 from slam_core.config import CorpusConfig, SynthConfig, VadConfig
-from slam_core.corpora import builtin
+from slam_core.corpora import builtin, text_hub
 from slam_core.synth import dataset as synth_dataset
 from tasks.common import CACHED, catalog_at
 
 
 @task(name="prepare-corpus", retries=1, **CACHED)
 def prepare_corpus(cfg: CorpusConfig, seed: int, out_dir: str, fingerprint: str, data_root: str) -> dict[str, Any]:
-    """Write the text corpus (stories + preference triples) and record it."""
+    """Write the text corpus (stories + preference triples: built-in, or TinyStories + SWAG) and record it."""
     out = Path(out_dir)
     result: dict[str, Any] = {}
 
     def produce() -> dict[str, Any]:
-        result.update(builtin.prepare_builtin_corpus(cfg, seed, out))
+        if cfg.source == "tinystories":
+            result.update(text_hub.prepare_text_corpus(cfg, seed, out, Path(data_root) / "raw" / "hub-text"))
+        else:
+            result.update(builtin.prepare_builtin_corpus(cfg, seed, out))
         return {"rows": result["n_stories"] + result["n_triples"]}
 
-    rec = produce_or_reuse(catalog_at(data_root), stage="raw", dataset="builtin", split="all",
+    dataset = "tinystories" if cfg.source == "tinystories" else "builtin"
+    rec = produce_or_reuse(catalog_at(data_root), stage="raw", dataset=dataset, split="all",
                            out_path=out / "stories.parquet", fingerprint=fingerprint, produce=produce)
     return {**rec, "stories": str(out / "stories.parquet"), "triples": str(out / "triples.parquet")}
 

@@ -1,4 +1,9 @@
-"""Evaluation tasks: pair metrics and sampled continuations per checkpoint, and the HTML report."""
+"""Evaluation tasks: published-set tokenisation, pair metrics, sampled continuations, GenPPL/auto-BLEU, the LLM
+judge per checkpoint, and the HTML report.
+
+A metric that cannot run (no vocoder, no eval sets, missing weights) is recorded in `eval_results` with value
+NULL and `details.skipped` = the reason, naming what to provide; it never fails the flow.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,87 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from data_catalog import Artifact, Catalog, produce_or_reuse
-from slam_core.config import EvalConfig
-from slam_core.eval import generate, pairs, report
+from slam_core.atomic import write_text_atomic
+from slam_core.config import EvalConfig, UnitsConfig
+from slam_core.eval import generate, pairs, published, report
 from tasks.common import CACHED, catalog_at
+
+GENPPL_ROWS = ("genppl", "auto_bleu")
 
 
 def accuracy_rows(catalog: Catalog, run: str) -> list[dict[str, Any]]:
     """The run's eval_results, pair metrics (those with an interval) also under `accuracy`, as reports expect."""
     return [row | {"accuracy": row["value"]} if row["ci_low"] is not None else row
             for row in catalog.eval_results(run=run)]
+
+
+def skip_details(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The `details` of a skipped eval_results row, else None."""
+    details = json.loads(row.get("details") or "{}")
+    return details if "skipped" in details else None
+
+
+def record_skip(data_root: str, run: str, checkpoint: str, metrics: tuple[str, ...] | list[str], reason: str,
+                skip_fingerprint: str, retry: bool = False) -> dict[str, Any]:
+    """Record metrics as skipped (value NULL) with the reason. `retry`: a missing artifact that may appear
+    without a config change, so the scheduled evaluation tries again; otherwise the skip stands until the
+    eval config (hence `skip_fingerprint`) changes."""
+    catalog = catalog_at(data_root)
+    for metric in metrics:
+        catalog.record_eval(run, checkpoint, metric, None, 0, None, None,
+                            details={"skipped": reason, "skip_fingerprint": skip_fingerprint, "retry": retry})
+    print(f"skipped {', '.join(metrics)} for {checkpoint}: {reason}")
+    return {"skipped": reason, "metrics": list(metrics), "checkpoint": checkpoint}
+
+
+@task(name="tokenise-eval-set", retries=1, tags=["gpu"], **CACHED)
+def tokenise_eval_set(reference_path: str, metric: str, set_name: str, centroids: str, units_cfg: UnitsConfig,
+                      max_pairs: int | None, device: str, out_path: str, fingerprint: str,
+                      data_root: str) -> dict[str, Any]:
+    """One published set (or SALMon part) -> EVAL_PAIRS_UNITS through the units stage; cached by fingerprint,
+    so every later checkpoint reuses the units."""
+    def produce() -> dict[str, Any]:
+        from slam_core.units import extract
+
+        sources = published.published_sets(reference_path, metric)[set_name][:max_pairs]
+        extractor = extract.build_extractor(units_cfg, Path(data_root), centroids=Path(centroids), device=device)
+        return published.tokenise_pairs(sources, set_name, extractor, units_cfg.batch_size, out_path)
+
+    return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset=set_name, split="eval", out_path=out_path,
+                            fingerprint=fingerprint, produce=produce)
+
+
+@task(name="tokenise-prompt-audio", retries=1, tags=["gpu"], **CACHED)
+def tokenise_prompt_audio(audio_dir: str, n_files: int, centroids: str, units_cfg: UnitsConfig, device: str,
+                          out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Units of the first `n_files` prompt audio files (sorted, recursive) for generation."""
+    def produce() -> dict[str, Any]:
+        from slam_core.audio.io import list_audio_files
+        from slam_core.units import extract
+
+        files = list_audio_files(audio_dir)[:n_files]
+        if not files:
+            raise FileNotFoundError(f"eval.prompt_audio {audio_dir}: no audio files")
+        extractor = extract.build_extractor(units_cfg, Path(data_root), centroids=Path(centroids), device=device)
+        return published.tokenise_files(files, Path(audio_dir), extractor, units_cfg.batch_size, out_path)
+
+    return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset="prompt_audio", split="eval",
+                            out_path=out_path, fingerprint=fingerprint, produce=produce)
+
+
+@task(name="record-salmon-mean", **CACHED)
+def record_salmon_mean(run: str, checkpoint: str, parts: list[str], fingerprint: str, data_root: str) -> dict[str, Any]:
+    """SALMon's summary row: the mean of its part accuracies (each part is also a row)."""
+    catalog = catalog_at(data_root)
+    rows = {r["metric"]: r for r in catalog.eval_results(run=run, checkpoint=checkpoint)}
+    scored = [{"accuracy": rows[p]["value"], "n": rows[p]["n"]} for p in parts
+              if p in rows and rows[p]["value"] is not None]
+    if not scored:
+        return record_skip(data_root, run, checkpoint, ["salmon"], "no SALMon part could be scored", fingerprint)
+    res = published.salmon_mean(scored)
+    catalog.record_eval(run, checkpoint, "salmon", res["accuracy"], res["n"], res["ci_low"], res["ci_high"],
+                        details={"fingerprint": fingerprint, "parts": parts, "summary": "mean of part accuracies"})
+    return res | {"metric": "salmon", "checkpoint": checkpoint}
 
 
 @task(name="score-pairs", retries=1, tags=["gpu"], **CACHED)
@@ -37,14 +114,25 @@ def score_pairs(run: str, checkpoint: str, metric: str, pairs_path: str, cfg: Ev
 
 
 @task(name="generate-continuations", retries=1, tags=["gpu"], **CACHED)
-def generate_continuations(checkpoint: str, pairs_path: str, cfg: EvalConfig, seed: int, device: str, out_path: str,
-                           fingerprint: str, data_root: str) -> dict[str, Any]:
-    """Sample continuations of 3 s prompts (T 0.8, top-k 25) and save them as JSON."""
+def generate_continuations(checkpoint: str, prompts: dict[str, str], cfg: EvalConfig, seed: int, device: str,
+                           out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Sample continuations (T, top-k, repetition penalty, max new tokens from `cfg`; stop at EOS) of prompts cut
+    at `cfg.prompt_s`: `prompts` = {"pairs": EVAL_PAIRS_UNITS path} (positive utterances) or {"units": prompt
+    units Parquet, "audio_dir": its audio root} (word-boundary cut where an alignment JSON exists)."""
     def produce() -> dict[str, Any]:
-        rows = generate.generate_continuations(
-            Path(checkpoint), Path(pairs_path), n_prompts=cfg.n_generate, prompt_s=cfg.prompt_s,
-            temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-            repetition_penalty=cfg.repetition_penalty, seed=seed, device=device)
+        sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
+                        repetition_penalty=cfg.repetition_penalty, seed=seed, device=device)
+        if "pairs" in prompts:
+            rows = generate.generate_continuations(Path(checkpoint), Path(prompts["pairs"]), n_prompts=cfg.n_generate,
+                                                   prompt_s=cfg.prompt_s, **sampling)
+        else:
+            import pyarrow.parquet as pq
+
+            units = pq.read_table(prompts["units"]).to_pylist()[: cfg.n_generate]
+            aligned = {r["segment_id"]: generate.read_alignment(Path(prompts["audio_dir"], r["segment_id"]))
+                       if cfg.use_alignment else None for r in units}
+            rows = generate.generate_from_prompts(
+                Path(checkpoint), generate.prompts_from_units(units, cfg.prompt_s, aligned), **sampling)
         generate.write_generations(rows, Path(out_path))
         return {"rows": len(rows), "tokens": sum(len(r["generated_units"]) for r in rows)}
 
@@ -53,16 +141,91 @@ def generate_continuations(checkpoint: str, pairs_path: str, cfg: EvalConfig, se
     return {"path": out_path, "n": rec["rows"]}
 
 
+def _load_vocoder_and_asr(cfg: EvalConfig, device: str) -> tuple[Any, Any]:
+    from slam_core.eval.asr import load_asr
+    from slam_core.eval.vocoder import load_vocoder, resolve_vocoder_files
+
+    vocoder = load_vocoder(*resolve_vocoder_files(str(cfg.vocoder)), device=device)
+    return vocoder, load_asr(cfg.asr_model, device=device)
+
+
+def _missing_weights() -> tuple[type[Exception], ...]:
+    from slam_core.eval.asr import AsrModelNotFoundError
+    from slam_core.eval.vocoder import VocoderNotFoundError
+
+    return (VocoderNotFoundError, AsrModelNotFoundError, pairs.CheckpointNotFoundError)
+
+
+@task(name="genppl", tags=["gpu"], **CACHED)
+def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConfig, device: str, out_dir: str,
+                  fingerprint: str, data_root: str) -> dict[str, Any]:
+    """GenPPL and auto-BLEU: vocode prompt + continuation, Whisper transcripts, perplexity under `cfg.ppl_lm`.
+    Rows `genppl` (n = scored transcripts) and `auto_bleu` (a fraction); empty transcripts counted in details."""
+    from slam_core.eval import genppl as gp
+    from slam_core.eval.text_metrics import load_ppl_lm
+
+    try:
+        vocoder, asr = _load_vocoder_and_asr(cfg, device)
+        lm, tokenizer = load_ppl_lm(cfg.ppl_lm, device)
+    except _missing_weights() as err:
+        return record_skip(data_root, run, checkpoint, GENPPL_ROWS, str(err), fingerprint, retry=True)
+    gens = json.loads(Path(generations_path).read_text())
+    res = gp.evaluate_generation(gens, vocoder, asr, lm, tokenizer, out_dir, batch_size=cfg.batch_size,
+                                 asr_max_tokens=cfg.asr_max_tokens)
+    details = {"fingerprint": fingerprint, "n_samples": res["n_samples"], "n_empty": res["n_empty"],
+               "note": res["note"], "result": str(Path(out_dir) / gp.RESULT_FILE), "asr_model": cfg.asr_model,
+               "ppl_lm": cfg.ppl_lm}
+    catalog = catalog_at(data_root)
+    catalog.record_eval(run, checkpoint, "genppl", res["genppl"], res["n"], details=details)
+    catalog.record_eval(run, checkpoint, "auto_bleu", res["auto_bleu"], res["n_samples"] - res["n_empty"],
+                        details=details)
+    return {k: res[k] for k in ("genppl", "auto_bleu", "n", "n_empty", "n_samples")} | {
+        "checkpoint": checkpoint, "result": details["result"]}
+
+
+def build_judge(cfg: EvalConfig, device: str) -> Any:
+    """The configured judge: an OpenAI-compatible endpoint (key from the named env var) or a local HF LM."""
+    from slam_core.eval import judge
+
+    if cfg.judge_endpoint:
+        return judge.EndpointJudge(cfg.judge_endpoint, cfg.judge_model or "", api_key_env=cfg.judge_api_key_env)
+    return judge.load_local_judge(str(cfg.judge_model), device=device)
+
+
+@task(name="judge", tags=["gpu"], **CACHED)
+def judge_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConfig, device: str, out_dir: str,
+                 fingerprint: str, data_root: str) -> dict[str, Any]:
+    """LLM-as-judge 1-5 rating of prompt/continuation transcripts; unparsable and failed answers counted."""
+    from slam_core.eval import judge
+
+    try:
+        vocoder, asr = _load_vocoder_and_asr(cfg, device)
+        rater = build_judge(cfg, device)
+    except (*_missing_weights(), ValueError) as err:  # ValueError: endpoint/API-key settings
+        return record_skip(data_root, run, checkpoint, ["judge"], str(err), fingerprint, retry=True)
+    gens = json.loads(Path(generations_path).read_text())
+    res = judge.judge_generations(gens, vocoder, asr, rater, out_dir, asr_max_tokens=cfg.asr_max_tokens)
+    write_text_atomic(Path(out_dir) / "judge.json", json.dumps(res, indent=1) + "\n")
+    catalog_at(data_root).record_eval(
+        run, checkpoint, "judge", res["mean_score"], res["n_parsed"],
+        details={"fingerprint": fingerprint, "n": res["n"], "n_unparsable": res["n_unparsable"],
+                 "n_failed": res["n_failed"], "judge": cfg.judge_endpoint or cfg.judge_model})
+    return {k: res[k] for k in ("mean_score", "n", "n_parsed", "n_unparsable", "n_failed")} | {"checkpoint": checkpoint}
+
+
 @task(name="write-report", **CACHED)
 def write_report(run: str, out_html: str, metrics_csv: str | None, generations_path: str | None, config: dict,
-                 fingerprint: str, data_root: str) -> dict[str, Any]:
-    """HTML report (loss curve, metrics beside the paper, samples), also published as Prefect artifacts."""
+                 fingerprint: str, data_root: str, audio_note: str | None = None) -> dict[str, Any]:
+    """HTML report (loss curve, metrics beside the paper, samples with audio players when vocoded), also
+    published as Prefect artifacts. `generations_path`: a generations JSON, or a genppl.json (rows with WAVs)."""
     rows = accuracy_rows(catalog_at(data_root), run)
     gens = json.loads(Path(generations_path).read_text()) if generations_path else None
+    gens = gens["rows"] if isinstance(gens, dict) else gens
     path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
-                               paper_reference=report.PAPER_TABLE2["Slam"])
+                               paper_reference=report.PAPER_TABLE2["Slam"], audio_note=audio_note)
     catalog_at(data_root).record_artifact(Artifact("reports", run, "all", str(path), fingerprint, rows=len(rows)))
-    table = [{k: r[k] for k in ("checkpoint", "metric", "value", "n", "ci_low", "ci_high")} for r in rows]
+    table = [{k: r[k] for k in ("checkpoint", "metric", "value", "n", "ci_low", "ci_high")}
+             | {"note": (skip_details(r) or {}).get("skipped", "")} for r in rows]
     create_table_artifact(key=f"{_slug(run)}-metrics", table=table, description=f"Evaluation of run {run}")
     create_markdown_artifact(key=f"{_slug(run)}-summary", markdown=report.markdown_summary(rows))
     create_link_artifact(key=f"{_slug(run)}-report", link=Path(path).resolve().as_uri(), link_text="HTML report")

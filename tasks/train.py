@@ -12,8 +12,8 @@ from typing import Any
 from prefect import task
 
 from data_catalog import produce_or_reuse
-from slam_core.config import DpoConfig, ModelConfig, TrainConfig
-from slam_core.lm import dpo, model, train
+from slam_core.config import DpoConfig, ModelConfig, ParallelConfig, TrainConfig
+from slam_core.lm import distributed, dpo, launch, model, train
 from slam_core.lm.checkpoint import latest_checkpoint
 from tasks.common import CACHED, catalog_at, progress_reporter
 
@@ -36,13 +36,25 @@ def init_speech_lm(cfg: ModelConfig, n_units: int, seed: int, out_dir: str, fing
 
 @task(name="pretrain", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
 def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: str,
-             seed: int, device: str, fingerprint: str, data_root: str) -> dict[str, Any]:
-    """Pre-train against the wall-clock budget; resumes from the last checkpoint in `run_dir`."""
+             seed: int, device: str, fingerprint: str, data_root: str,
+             parallel_cfg: ParallelConfig | None = None) -> dict[str, Any]:
+    """Pre-train against the wall-clock budget; resumes from the last checkpoint in `run_dir`.
+
+    With more than one training process (parallel.n_gpus > 1, or 0 with several visible GPUs) it runs
+    torchrun (DDP, or FSDP2 with parallel.fsdp) as a subprocess; a retry relaunches it and it resumes too.
+    """
     summary: dict[str, Any] = {}
+    parallel_cfg = parallel_cfg or ParallelConfig()
+    world_size = distributed.resolve_world_size(parallel_cfg.n_gpus, device)
 
     def produce() -> dict[str, Any]:
-        summary.update(train.pretrain(Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg,
-                                      Path(run_dir), seed, device=device, progress=progress_reporter("pre-training")))
+        progress = progress_reporter("pre-training")
+        args = (Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg, Path(run_dir), seed)
+        if world_size > 1:
+            summary.update(launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
+                                                  progress=progress))
+        else:
+            summary.update(train.pretrain(*args, device=device, progress=progress))
         return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 
     rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="train",

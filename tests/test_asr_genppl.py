@@ -52,10 +52,9 @@ def tiny_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def the_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Whisper whose decoder always predicts the text token ' the' (final LayerNorm output is a constant
-    vector that only that token's embedding aligns with), so transcripts are real words, deterministically."""
+def save_the_whisper(path: Path) -> Path:
+    """Save a tiny Whisper whose decoder always predicts the text token ' the' (final LayerNorm output is a
+    constant vector that only that token's embedding aligns with), so transcripts are real words, deterministically."""
     import whisper
     from whisper.model import ModelDimensions, Whisper
 
@@ -70,9 +69,13 @@ def the_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model.decoder.ln.bias[0] = 1.0
         model.decoder.token_embedding.weight[:, 0] = 0.0
         model.decoder.token_embedding.weight[the_id, 0] = 50.0
-    path = tmp_path_factory.mktemp("whisper_the") / "the.pt"
     torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def the_whisper_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_the_whisper(tmp_path_factory.mktemp("whisper_the") / "the.pt")
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +175,7 @@ def test_evaluate_generation_end_to_end(tmp_path: Path, the_whisper_path: Path, 
     from slam_core.eval.report import write_report
 
     page = write_report(tmp_path / "r.html", "t", None, [{"metric": "genppl", "value": out["genppl"]}], rows, {})
-    assert page.read_text().count("<audio controls src=\"data:audio/wav;base64,") == 2
+    assert page.read_text().count("<audio controls preload=none src=\"audio/gen_") == 2
     assert "transcript: the the the" in page.read_text()
     saved = json.loads((tmp_path / "gen" / "genppl.json").read_text())
     assert saved["genppl"] == out["genppl"] and len(saved["rows"]) == 2

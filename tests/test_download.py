@@ -85,3 +85,17 @@ def test_unreachable_server_gives_clear_error_after_retries(tmp_path):
         url = f"{srv.base}/files/a.tar"
     with pytest.raises(DownloadError, match="failed after 3 attempts"):
         download_file(url, tmp_path / "a.tar", retries=2, backoff_s=0.01, timeout_s=2)
+
+
+@pytest.mark.parametrize("error, retried", [
+    (ChecksumMismatchError("x.tar", "sha256", "aa", "bb"), False),
+    (FileNotFoundError("no such local copy"), False),
+    (DownloadError("http://x: failed after 6 attempts (timed out)"), True),
+    (TimeoutError("read timed out"), True),
+])
+def test_archive_tasks_retry_network_trouble_not_bad_files(error, retried):
+    from prefect.states import Failed
+
+    from tasks.corpora import NETWORK
+
+    assert NETWORK["retry_condition_fn"](None, None, Failed(data=error)) is retried

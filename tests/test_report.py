@@ -1,4 +1,4 @@
-"""HTML report: inline plots/audio, metrics table with paper numbers, tolerant metrics.csv reading."""
+"""HTML report: inline plots, audio players for WAVs copied next to it, metrics beside the paper, skips."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _png_images(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
 
 
-def test_report_is_self_contained_with_plots_table_generations_and_config(tmp_path: Path) -> None:
+def test_report_with_plots_table_audio_generations_and_config(tmp_path: Path) -> None:
     csv_path = _metrics_csv(tmp_path / "metrics.csv", "step,loss,lr,grad_norm,tokens_per_s,elapsed_s",
                             [f"{s},{6.0 - s * 0.1},{1e-3 * min(1, s / 3)},1.0,1000,{s}" for s in range(1, 21)])
     wav = tmp_path / "gen0.wav"
@@ -48,12 +48,26 @@ def test_report_is_self_contained_with_plots_table_generations_and_config(tmp_pa
     # accuracy in %, interval in %, paper value beside (≈ for the synthetic stand-in)
     assert "75.00 %" in page and "[59.81, 85.81]" in page and "≈ 82.04 (tsc)" in page
     assert "<td>58.86</td>" in page and "123.46" in page and "<td>62.80</td>" in page
-    audio = re.findall(r'<audio controls src="data:audio/wav;base64,([^"]+)"', page)
-    assert len(audio) == 1 and base64.b64decode(audio[0]) == wav.read_bytes()
+    audio = re.findall(r'<audio controls preload=none src="([^"]+)"', page)
+    assert audio == ["audio/gen0.wav"] and (out.parent / audio[0]).read_bytes() == wav.read_bytes()
     assert "<code>1 2 3</code>" in page and "<code>4 5</code>" in page
     assert "s1&lt;x&gt;" in page and "&lt;b&gt;" in page             # escaped, not markup
     assert "<details>" in page and "&quot;name&quot;: &quot;demo&quot;" in page
-    assert [p.name for p in out.parent.iterdir()] == ["index.html"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["audio", "index.html"]
+    # Table 2 beside this run: paper rows and the evaluated metrics in the paper's columns
+    assert "paper: Slam (-DPO)" in page and "<td>88.30</td>" in page and "this run" in page
+
+
+def test_report_names_skips_and_unvocoded_samples(tmp_path: Path) -> None:
+    rows = [{"checkpoint": "/r/dpo-1/checkpoints/step-9", "metric": "genppl", "value": None, "n": 0,
+             "details": '{"skipped": "no vocoder configured (eval.vocoder)"}'},
+            {"checkpoint": "/r/dpo-1/checkpoints/step-9", "metric": "auto_bleu", "value": 0.0388, "n": 10,
+             "details": '{"n_empty": 2, "n_samples": 12}'}]
+    gens = [{"pair_id": "a", "prompt_units": [1, 2], "generated_units": [3]}]
+    page = write_report(tmp_path / "index.html", "r", None, rows, gens, {},
+                        audio_note="no vocoder configured (eval.vocoder): unit sequences only, no audio").read_text()
+    assert "skipped: no vocoder configured (eval.vocoder)" in page and "2 of 12 transcripts empty" in page
+    assert "3.88 %" in page and "<audio" not in page and "unit sequences only, no audio" in page
 
 
 def test_report_is_deterministic(tmp_path: Path) -> None:

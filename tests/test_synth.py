@@ -191,8 +191,9 @@ def test_triple_pairs_and_preferences(tmp_path, corpus):
 # ---------------------------------------------------------------- Kokoro: random weights, real loader
 
 
-def _tiny_kokoro_dir(root: Path) -> Path:
-    """config.json with the smallest dims that run, an empty state dict (random init) and one voice."""
+def _tiny_kokoro_dir(root: Path, voices: tuple[str, ...] = ("af_test",), context_length: int = 512) -> Path:
+    """config.json with the smallest dims that run, an empty state dict (random init) and local voice tensors
+    (`context_length` = the phoneme limit, BOS/EOS included)."""
     import torch
     from misaki.espeak import EspeakG2P
 
@@ -203,7 +204,7 @@ def _tiny_kokoro_dir(root: Path) -> Path:
         "style_dim": 128, "n_layer": 1, "max_dur": 50, "n_mels": 80, "dim_in": 64, "max_conv_dim": 512,
         "text_encoder_kernel_size": 5, "dropout": 0.2,
         "plbert": {"hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
-                   "max_position_embeddings": 512, "num_hidden_layers": 1, "dropout": 0.1},
+                   "max_position_embeddings": context_length, "num_hidden_layers": 1, "dropout": 0.1},
         "istftnet": {"upsample_rates": [10, 6], "upsample_kernel_sizes": [20, 12], "upsample_initial_channel": 512,
                      "resblock_kernel_sizes": [3], "resblock_dilation_sizes": [[1, 3, 5]],
                      "gen_istft_n_fft": 20, "gen_istft_hop_size": 5},
@@ -211,7 +212,9 @@ def _tiny_kokoro_dir(root: Path) -> Path:
     (root / "voices").mkdir(parents=True)
     (root / "config.json").write_text(json.dumps(config))
     torch.save({}, root / "kokoro-v1_0.pth")
-    torch.save(0.1 * torch.randn(510, 1, 256, generator=torch.Generator().manual_seed(0)), root / "voices" / "af_test.pt")
+    for k, voice in enumerate(voices):
+        torch.save(0.1 * torch.randn(510, 1, 256, generator=torch.Generator().manual_seed(k)),
+                   root / "voices" / f"{voice}.pt")
     return root
 
 

@@ -229,6 +229,19 @@ def test_convert_kmeans_pickle_extracts_centroids(tmp_path):
     assert got.dtype == np.float32 and np.allclose(got, centers, atol=1e-6)
 
 
+def test_convert_kmeans_command_needs_the_opt_in(tmp_path, capsys):
+    from flows.cli import main
+
+    centers = np.random.default_rng(4).standard_normal((5, 4))
+    path = tmp_path / "km.bin"
+    path.write_bytes(pickle.dumps(FakeKMeans(centers)))
+    out = tmp_path / "km.npy"
+    assert main(["units", "convert-kmeans", "--pickle", str(path), "--out", str(out)]) == 2
+    assert "refusing to unpickle" in capsys.readouterr().err and not out.exists()
+    assert main(["units", "convert-kmeans", "--pickle", str(path), "--out", str(out), "--allow-unpickle"]) == 0
+    assert np.allclose(load_centroids(out), centers, atol=1e-6) and "5 centroids of dim 4" in capsys.readouterr().out
+
+
 def test_convert_published_name_checks_sha256(tmp_path):
     path = tmp_path / "mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin"
     path.write_bytes(pickle.dumps(FakeKMeans(np.ones((3, 4)))))

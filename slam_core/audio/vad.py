@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from slam_core.atomic import atomic_path
-from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, read_audio
+from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, probe_audio, read_audio
 from slam_core.config import VadConfig
 from slam_core.schemas import SEGMENTS
 
@@ -57,15 +57,34 @@ def _split_long(start_s: float, end_s: float, max_segment_s: float) -> list[tupl
     return [(start_s + k * step, start_s + (k + 1) * step) for k in range(n_parts)]
 
 
+# Files longer than this are read and segmented window by window, so memory stays bounded (a 3-hour file is
+# 0.7 GB as float32); a speech region that crosses a window edge is cut there.
+LONG_FILE_WINDOW_S = 600.0
+
+
+def _speech_spans_of_file(path: str, cfg: VadConfig, model) -> tuple[list[tuple[float, float]], float]:
+    """(speech spans, seconds of audio) of one file, windowed when it is longer than LONG_FILE_WINDOW_S."""
+    duration_s = probe_audio(path).duration
+    if duration_s <= LONG_FILE_WINDOW_S:
+        wave = read_audio(path)
+        return speech_spans_s(wave, cfg, model), len(wave) / TARGET_SAMPLE_RATE_HZ
+    spans: list[tuple[float, float]] = []
+    seconds = 0.0
+    for start_s in np.arange(0.0, duration_s, LONG_FILE_WINDOW_S):
+        wave = read_audio(path, float(start_s), float(min(start_s + LONG_FILE_WINDOW_S, duration_s)))
+        spans += [(float(start_s + a), float(start_s + b)) for a, b in speech_spans_s(wave, cfg, model)]
+        seconds += len(wave) / TARGET_SAMPLE_RATE_HZ
+    return spans, seconds
+
+
 def _segment_one(recording_id: str, path: str, speaker: str, cfg: VadConfig, dataset: str, split: str,
                  model) -> tuple[list[dict], float]:
-    wave = read_audio(path)
-    spans = speech_spans_s(wave, cfg, model)
+    spans, seconds = _speech_spans_of_file(path, cfg, model)
     rows = [{
         "segment_id": f"{recording_id}-{k:04d}", "dataset": dataset, "split": split, "source_path": str(path),
         "start_s": round(start_s, 4), "end_s": round(end_s, 4), "speaker": speaker, "text": None,
     } for k, (start_s, end_s) in enumerate(spans)]
-    return rows, len(wave) / TARGET_SAMPLE_RATE_HZ
+    return rows, seconds
 
 
 def _segment_sources(sources: list[tuple[str, str, str]], cfg: VadConfig, out_path: Path, dataset: str,

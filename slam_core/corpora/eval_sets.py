@@ -22,13 +22,18 @@ EVAL_DIRS = {"sblimp": "sblimp", "swuggy_inter": "swuggy_inter", "swuggy_oov": "
 EXPECTED_SAMPLE_RATE_HZ = 16_000
 
 
-def _find_dir(reference_dir: Path, metric: str) -> Path:
+def find_set_dir(reference_dir: Path, metric: str) -> Path:
+    """The directory of one set under the reference root (SlamKit's name, the metric name, or lower case)."""
+    reference_dir = Path(reference_dir)
+    if not reference_dir.is_dir():
+        raise FileNotFoundError(f"{reference_dir}: eval.reference_path is not a directory")
     for name in (EVAL_DIRS[metric], metric, EVAL_DIRS[metric].lower()):
         if (reference_dir / name).is_dir():
             return reference_dir / name
     if reference_dir.name.lower() in (metric, EVAL_DIRS[metric].lower()):
         return reference_dir  # the user pointed at the set's own directory
-    raise FileNotFoundError(f"{reference_dir}: no '{EVAL_DIRS[metric]}/' directory for {metric}")
+    raise FileNotFoundError(f"{reference_dir}: no '{EVAL_DIRS[metric]}/' directory for {metric} (expected "
+                            f"{reference_dir}/{EVAL_DIRS[metric]}/ in SlamKit's published layout)")
 
 
 def _check_rates(pairs: list[tuple[Path, Path]], where: Path, sample: int = 8) -> None:
@@ -43,13 +48,15 @@ def check_eval_set(reference_dir: str | Path, metric: str, suffix: str = ".wav")
     """Validate one set; returns {"metric", "path", "pairs"} (SALMon: pairs per part under "parts")."""
     if metric not in EVAL_DIRS:
         raise ValueError(f"unknown eval set '{metric}' (known: {', '.join(EVAL_DIRS)})")
-    root = _find_dir(Path(reference_dir), metric)
+    root = find_set_dir(Path(reference_dir), metric)
     if metric == "salmon":
-        parts = {p.name: load_published_pairs(p, "salmon", suffix) for p in sorted(root.iterdir()) if p.is_dir()}
-        if not parts:
-            raise FileNotFoundError(f"{root}: no SALMon part directories (e.g. {root}/speaker_consistency/)")
+        from slam_core.eval.published import salmon_sets  # wav parts and hub Parquet parts
+
+        sets = salmon_sets(root)
+        parts = {name.split("/", 1)[1]: pairs for name, pairs in sets.items()}
         for part, pairs in parts.items():
-            _check_rates(pairs, root / part)
+            wavs = [(Path(p.positive.path), Path(p.negative.path)) for p in pairs if p.positive.row is None]
+            _check_rates(wavs, root / part)
         return {"metric": metric, "path": str(root), "pairs": sum(map(len, parts.values())),
                 "parts": {k: len(v) for k, v in parts.items()}}
     pairs = load_published_pairs(root, metric, suffix)

@@ -75,16 +75,76 @@ def generate_continuations(
     Prompt i is sampled with seed `seed + i`, so a row does not depend on how many prompts are asked for.
     Returns [{"pair_id", "prompt_units", "generated_units"}].
     """
+    rows, _ = read_eval_pairs(pairs_path)
+    prompts = [{"pair_id": row["pair_id"],
+                "prompt_units": prompt_units(row["positive_units"], row["positive_durations"], prompt_s)}
+               for row in rows[:n_prompts]]
+    return generate_from_prompts(checkpoint_dir, prompts, temperature, top_k, max_new_tokens, repetition_penalty,
+                                 seed, device)
+
+
+def generate_from_prompts(
+    checkpoint_dir: str | Path, prompts: Sequence[dict[str, Any]], temperature: float = 0.8, top_k: int = 25,
+    max_new_tokens: int = 150, repetition_penalty: float = 1.0, seed: int = 0, device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Sample one continuation per prompt row ({"pair_id", "prompt_units", ...}); prompt i uses seed `seed + i`."""
     dev = pick_device(device)
     model = load_causal_lm(checkpoint_dir, dev)
-    rows, _ = read_eval_pairs(pairs_path)
     results = []
-    for i, row in enumerate(rows[:n_prompts]):
-        prompt = prompt_units(row["positive_units"], row["positive_durations"], prompt_s)
-        cont = sample_continuation(model, prompt, seed + i, temperature, top_k, max_new_tokens, repetition_penalty)
-        results.append({"pair_id": row["pair_id"], "prompt_units": prompt, "generated_units": cont})
+    for i, row in enumerate(prompts):
+        cont = sample_continuation(model, row["prompt_units"], seed + i, temperature, top_k, max_new_tokens,
+                                   repetition_penalty)
+        results.append({**row, "prompt_units": [int(u) for u in row["prompt_units"]], "generated_units": cont})
     log.info("generated %d continuations (%s new units)", len(results), [len(r["generated_units"]) for r in results])
     return results
+
+
+# ---- prompts from an audio directory (SlamKit: first prompt_length s, or the word end closest to it) ----------
+
+
+def read_alignment(audio_path: str | Path) -> list[tuple[str, float, float]] | None:
+    """Word alignment beside an audio file (`<file>.json` or `<file stem>.json`), or None.
+
+    Accepted: a list, or a dict with "aligned_text", of [word, start_s, end_s] or {"word", "start_time",
+    "end_time"} (SlamKit's meta JSON and sTinyStories' column). A malformed file raises ValueError naming it.
+    """
+    audio_path = Path(audio_path)
+    for candidate in (audio_path.with_suffix(audio_path.suffix + ".json"), audio_path.with_suffix(".json")):
+        if candidate.is_file():
+            break
+    else:
+        return None
+    try:
+        data = json.loads(candidate.read_text())
+        items = data["aligned_text"] if isinstance(data, dict) else data
+        words = [(str(w["word"]), float(w["start_time"]), float(w["end_time"])) if isinstance(w, dict)
+                 else (str(w[0]), float(w[1]), float(w[2])) for w in items]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as err:
+        raise ValueError(f"{candidate}: not a word alignment ({type(err).__name__}: {err}); expected "
+                         "[[word, start_s, end_s], ...] or {'aligned_text': [...]}") from None
+    return words
+
+
+def word_boundary_cut_s(words: Sequence[tuple[str, float, float]], prompt_s: float) -> float:
+    """The end time of the word whose end lies closest to `prompt_s` (the earlier one on a tie)."""
+    if not words:
+        return prompt_s
+    return min((end for _, _, end in words), key=lambda end: (abs(end - prompt_s), end))
+
+
+def prompts_from_units(
+    rows: Sequence[dict[str, Any]], prompt_s: float, alignments: dict[str, list[tuple[str, float, float]] | None],
+) -> list[dict[str, Any]]:
+    """Prompt rows from UNITS rows ({"segment_id", "units", "durations"}): cut at `prompt_s`, or at the word end
+    closest to it when `alignments[segment_id]` is given. Each row records its cut ("cut_s", "cut")."""
+    prompts = []
+    for row in rows:
+        words = alignments.get(row["segment_id"])
+        cut_s = word_boundary_cut_s(words, prompt_s) if words else prompt_s
+        prompts.append({"pair_id": row["segment_id"], "cut_s": round(cut_s, 3),
+                        "cut": "word_boundary" if words else "fixed",
+                        "prompt_units": prompt_units(row["units"], row["durations"], cut_s)})
+    return prompts
 
 
 def write_generations(rows: list[dict[str, Any]], out_path: str | Path) -> Path:

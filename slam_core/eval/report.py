@@ -1,4 +1,4 @@
-"""Self-contained HTML run report (inline PNG plots and audio) and a markdown summary for Prefect artifacts."""
+"""HTML run report (inline PNG plots, generated audio next to it) and a markdown summary for Prefect artifacts."""
 
 from __future__ import annotations
 
@@ -13,17 +13,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from slam_core.atomic import write_text_atomic
+from slam_core.atomic import write_bytes_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-# Paper Table 2 (docs/SLAM.md): accuracies in %, GenPPL and auto-BLEU as printed.
+# Paper Table 2 (1×A5000 rows) and Table 3 (scaled): accuracies in %, GenPPL, auto-BLEU (in %) as printed.
 PAPER_TABLE2: dict[str, dict[str, float]] = {
     "Slam": {"sblimp": 58.86, "ssc": 58.04, "tsc": 82.04, "genppl": 62.8, "auto_bleu": 3.88},
-    "Slam scaled": {"sblimp": 61.11, "ssc": 61.30, "tsc": 84.18, "genppl": 46.6, "auto_bleu": 3.75},
-    "Slam (-DPO)": {"sblimp": 58.53, "ssc": 58.15, "tsc": 80.71, "genppl": 67.3, "auto_bleu": 3.25},
+    "Slam (-DPO)": {"sblimp": 56.45, "ssc": 55.59, "tsc": 78.01, "genppl": 88.3, "auto_bleu": 3.47},
+    "Slam scaled (Table 3)": {"sblimp": 61.11, "ssc": 61.30, "tsc": 84.18, "genppl": 46.6, "auto_bleu": 3.75},
+    "TWIST-1.3B": {"sblimp": 57.00, "ssc": 52.4, "tsc": 70.6, "genppl": 131.8, "auto_bleu": 3.20},
 }
-MAX_INLINE_AUDIO_BYTES = 4_000_000  # bigger wavs are linked, not embedded, to keep the page loadable
+PAPER_COLUMNS = (("sblimp", "sBLIMP ↑"), ("ssc", "sSC ↑"), ("tsc", "tSC ↑"), ("genppl", "GenPPL ↓"),
+                 ("auto_bleu", "Auto-BLEU ↓"))
+PERCENT_METRICS = {"auto_bleu"}  # stored as a fraction, printed in % as the paper does
+AUDIO_DIR = "audio"  # generated WAVs are copied here, next to index.html
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -84,11 +88,30 @@ def loss_plot(metrics_csv: Path) -> str | None:
 
 
 def _row_value(row: dict[str, Any]) -> tuple[float | None, bool]:
-    """(value, is_accuracy): accuracies are reported in % like the paper."""
+    """(value, in_percent): accuracies and auto-BLEU are reported in % like the paper."""
     if row.get("accuracy") is not None:
         return 100.0 * float(row["accuracy"]), True
     value = row.get("value")
+    if value is not None and row.get("metric") in PERCENT_METRICS:
+        return 100.0 * float(value), True
     return (None if value is None else float(value)), False
+
+
+def _note(row: dict[str, Any]) -> str:
+    """Why a row has no value (skipped metrics), or what a generative row left out (empty transcripts)."""
+    try:
+        details = json.loads(row.get("details") or "{}") if isinstance(row.get("details"), str) else (row.get("details") or {})
+    except json.JSONDecodeError:
+        return ""
+    if "skipped" in details:
+        return f"skipped: {details['skipped']}"
+    parts = []
+    if details.get("n_empty"):
+        parts.append(f"{details['n_empty']} of {details.get('n_samples', '?')} transcripts empty (excluded)")
+    if details.get("n_unparsable") or details.get("n_failed"):
+        parts.append(f"{details.get('n_unparsable', 0)} unparsable, {details.get('n_failed', 0)} failed of "
+                     f"{details.get('n', '?')} judge answers")
+    return "; ".join(parts)
 
 
 def _paper_value(metric: str, paper: dict[str, float] | None) -> str:
@@ -116,7 +139,8 @@ def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dic
     with_ckpt = any(row.get("checkpoint") for row in eval_rows)
     head = "<tr>" + ("<th class=l>checkpoint</th>" if with_ckpt else "")
     head += "<th class=l>metric</th><th>value</th><th>n</th><th>95 % interval</th>"
-    head += "<th>paper</th></tr>" if paper_reference else "</tr>"
+    head += "<th>paper (Slam)</th>" if paper_reference else ""
+    head += "<th class=l>note</th></tr>"
     body = []
     for row in eval_rows:
         value, is_acc = _row_value(row)
@@ -129,26 +153,29 @@ def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dic
                  f"<td>{html.escape(str(row.get('n', '')))}</td>", f"<td>{ci}</td>"]
         if paper_reference:
             cells.append(f"<td>{html.escape(_paper_value(str(row.get('metric')), paper_reference))}</td>")
+        cells.append(f"<td class=l>{html.escape(_note(row))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _audio_html(wav_path: str) -> str:
+def _audio_html(wav_path: str, out_dir: Path) -> str:
+    """An <audio> player for a copy of the WAV placed next to the report (audio/<name>, relative link)."""
     path = Path(wav_path)
     if not path.is_file():
         return f"<span class=note>missing audio {html.escape(str(path))}</span>"
-    if path.stat().st_size > MAX_INLINE_AUDIO_BYTES:
-        return f'<audio controls src="{html.escape(path.as_uri())}"></audio>'
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<audio controls src="data:audio/wav;base64,{data}"></audio>'
+    target = out_dir / AUDIO_DIR / path.name
+    data = path.read_bytes()
+    if not target.is_file() or target.read_bytes() != data:
+        write_bytes_atomic(target, data)
+    return f'<audio controls preload=none src="{html.escape(AUDIO_DIR + "/" + path.name)}"></audio>'
 
 
-def generations_html(generations: Sequence[dict[str, Any]]) -> str:
-    parts = []
+def generations_html(generations: Sequence[dict[str, Any]], out_dir: Path, audio_note: str | None = None) -> str:
+    parts = [f"<p class=note>{html.escape(audio_note)}</p>"] if audio_note else []
     for row in generations:
         prompt = " ".join(str(u) for u in row.get("prompt_units", []))
         cont = " ".join(str(u) for u in row.get("generated_units", []))
-        audio = _audio_html(row["wav_path"]) if row.get("wav_path") else ""
+        audio = _audio_html(row["wav_path"], out_dir) if row.get("wav_path") else ""
         transcript = f"<p>transcript: {html.escape(row['transcript'])}</p>" if row.get("transcript") else ""
         parts.append(
             f"<h3>{html.escape(str(row.get('pair_id', '?')))}</h3>{audio}{transcript}"
@@ -157,16 +184,34 @@ def generations_html(generations: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def paper_table_html(eval_rows: Sequence[dict[str, Any]]) -> str:
+    """The paper's Table 2 columns for its rows and for every evaluated checkpoint of this run."""
+    head = "<tr><th class=l>model</th>" + "".join(f"<th>{html.escape(t)}</th>" for _, t in PAPER_COLUMNS) + "</tr>"
+    body = ["<tr><td class=l>paper: " + html.escape(name) + "</td>"
+            + "".join(f"<td>{_fmt(vals.get(k))}</td>" for k, _ in PAPER_COLUMNS) + "</tr>"
+            for name, vals in PAPER_TABLE2.items()]
+    by_ckpt: dict[str, dict[str, float | None]] = {}
+    for row in eval_rows:
+        if row.get("metric") in dict(PAPER_COLUMNS):
+            by_ckpt.setdefault(str(row.get("checkpoint", "")), {})[str(row["metric"])] = _row_value(row)[0]
+    body += ["<tr><td class=l>this run: " + html.escape(checkpoint_label(c)) + "</td>"
+             + "".join(f"<td>{_fmt(vals.get(k))}</td>" for k, _ in PAPER_COLUMNS) + "</tr>"
+             for c, vals in by_ckpt.items()]
+    return f"<table>{head}{''.join(body)}</table>"
+
+
 def write_report(
     out_html: Path, run_name: str, metrics_csv: Path | None, eval_rows: list[dict[str, Any]],
     generations: list[dict[str, Any]] | None, config: dict[str, Any],
     paper_reference: dict[str, float] | None = None, extra_plots: dict[str, Path] | None = None,
+    audio_note: str | None = None,
 ) -> Path:
-    """Write one self-contained HTML report (plots and audio inlined as base64) atomically; return its path.
+    """Write one HTML report atomically (plots inlined as PNG; generated WAVs copied to `audio/` beside it and
+    played with <audio> tags); return its path.
 
     `eval_rows`: dicts with "metric" and either "accuracy" (0-1, shown in %) or "value", plus optional
     "n", "ci_low", "ci_high". `paper_reference`: metric -> published number (e.g. PAPER_TABLE2["Slam"]).
-    `extra_plots`: title -> PNG file to embed.
+    `extra_plots`: title -> PNG file to embed. `audio_note`: shown above the samples (e.g. no vocoder).
     """
     sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", "<h2>Training</h2>"]
     curve = loss_plot(Path(metrics_csv)) if metrics_csv and Path(metrics_csv).is_file() else None
@@ -176,9 +221,10 @@ def write_report(
         data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
         sections.append(f'<h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
                         f'src="data:image/png;base64,{data}">')
-    sections += ["<h2>Metrics</h2>", metrics_table_html(eval_rows, paper_reference)]
+    sections += ["<h2>Metrics</h2>", metrics_table_html(eval_rows, paper_reference),
+                 "<h3>Beside the paper (Table 2; accuracies and Auto-BLEU in %)</h3>", paper_table_html(eval_rows)]
     if generations:
-        sections += ["<h2>Generations</h2>", generations_html(generations)]
+        sections += ["<h2>Generations</h2>", generations_html(generations, Path(out_html).parent, audio_note)]
     config_json = html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))
     sections.append(f"<h2>Config</h2><details><summary>resolved config</summary><pre>{config_json}</pre></details>")
     page = (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>slam: {html.escape(run_name)}</title>"

@@ -7,11 +7,13 @@ transcripts (see its docstring); GenPPL is exp(mean over samples of the per-samp
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,6 +130,7 @@ def transcript_nll(
 
 
 PPL_LM_HUB_ID = "meta-llama/Llama-3.2-1B"
+GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
 
 
 def load_ppl_lm(
@@ -144,8 +147,14 @@ def load_ppl_lm(
     from slam_core.eval.pairs import CheckpointNotFoundError, load_causal_lm
 
     model = load_causal_lm(name_or_dir, pick_device(device), what=f"GenPPL LM (default {PPL_LM_HUB_ID})")
+    source = str(tokenizer_dir or name_or_dir)
+    loader: Any = AutoTokenizer
+    tok_cfg = Path(source).expanduser() / "tokenizer_config.json"
+    # A plain tokenizer.json dir: AutoTokenizer would pick the class from the model's config.json instead
+    if tok_cfg.is_file() and json.loads(tok_cfg.read_text()).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES:
+        from transformers import PreTrainedTokenizerFast as loader
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir or name_or_dir))
+        tokenizer = loader.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise CheckpointNotFoundError(
             f"GenPPL tokenizer: cannot load '{tokenizer_dir or name_or_dir}' ({type(err).__name__}); pass a local dir with tokenizer "

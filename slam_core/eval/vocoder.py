@@ -230,10 +230,17 @@ def load_vocoder(
 
 
 def resolve_vocoder_files(dir_or_name: str | Path = DEFAULT_VOCODER_NAME) -> tuple[Path, Path]:
-    """(checkpoint, config) for a directory holding them, or for the published vocoder's name, looked up in
-    $TEXTLESS_CHECKPOINT_ROOT (default ~/.textless). Nothing is downloaded."""
+    """(checkpoint, config) for a directory holding them, a checkpoint file with its config beside it, or the
+    published vocoder's name, looked up in $TEXTLESS_CHECKPOINT_ROOT (default ~/.textless). Nothing is downloaded."""
     if str(dir_or_name) == DEFAULT_VOCODER_NAME:
         folder = Path(os.environ.get("TEXTLESS_CHECKPOINT_ROOT", "~/.textless")).expanduser()
+    elif Path(dir_or_name).expanduser().is_file():  # the checkpoint itself: its config sits beside it
+        ckpt = Path(dir_or_name).expanduser()
+        for cfg in (ckpt.with_name(f"{ckpt.stem}_config.json"), ckpt.with_name("config.json")):
+            if cfg.is_file():
+                return ckpt, cfg
+        raise VocoderNotFoundError(_missing_vocoder_message(
+            f"no {ckpt.stem}_config.json or config.json beside {ckpt}"))
     else:
         folder = Path(dir_or_name).expanduser()
         if not folder.is_dir():

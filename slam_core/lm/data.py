@@ -187,9 +187,16 @@ class PackedLoader:
     """
 
     def __init__(self, sources: Sequence[DataSource], context_len: int, micro_batch_size: int, seed: int,
-                 split: str = "train", val_fraction: float = 0.0, vocab_size: int | None = None) -> None:
+                 split: str = "train", val_fraction: float = 0.0, vocab_size: int | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        # Data-parallel slicing: micro-batch i of the single-process stream goes to rank i % world_size. Every
+        # rank packs the whole stream and keeps its share, so the position (state_dict) is the same on all
+        # ranks and a checkpoint resumes under any world size.
+        self.rank, self.world_size = rank, world_size
         weights = np.array([s.weight for s in sources], dtype=np.float64)
         if len(sources) == 0 or (weights <= 0).any():
             raise ValueError("PackedLoader needs at least one source, all with weight > 0")
@@ -272,7 +279,15 @@ class PackedLoader:
         return ids, labels, pos
 
     def next_batch(self) -> dict[str, torch.Tensor] | None:
-        """The next micro-batch, or None when a finite (val) pass is over."""
+        """The next micro-batch of this rank, or None when a finite (val) pass is over."""
+        mine = None
+        for r in range(self.world_size):
+            batch = self._next_stream_batch()
+            if r == self.rank:
+                mine = batch
+        return mine
+
+    def _next_stream_batch(self) -> dict[str, torch.Tensor] | None:
         rows = []
         for _ in range(self.micro_batch_size):
             row = self._fill_row()

@@ -1,39 +1,41 @@
 """Budgeted pre-training of the speech LM on packed unit rows, with exact resume.
 
-The loop is single-process and parallelism-free (a DDP/FSDP launcher can wrap the model and loader later).
 Loss: next-token cross-entropy summed over all target tokens of an optimiser step and divided by their
 count, so gradient accumulation gives exactly the token-weighted mean of one big batch.
+
+Data parallelism lives in `slam_core.lm.distributed` (launched by `slam_core.lm.launch` under torchrun):
+with a DistEnv of world size W, each rank packs the same stream and keeps every W-th micro-batch, runs
+grad_accum / W micro-steps (gradient all-reduce on the last only), and rank 0 writes checkpoints and
+metrics. Loader position, schedule and stop decisions are identical on every rank, so resume works the
+same, under any world size.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from slam_core.atomic import write_text_atomic
 from slam_core.config import ModelConfig, TrainConfig
 from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
+from slam_core.lm import distributed
 from slam_core.lm.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from slam_core.lm.data import IGNORE_INDEX, PackedLoader, PrefetchingLoader, sources_from_paths
-from slam_core.lm.model import count_parameters, load_speech_lm
+from slam_core.lm.distributed import DistEnv
+from slam_core.lm.metrics import (  # noqa: F401  (re-exported: dpo and tests import them from here)
+    METRIC_FIELDS, MetricsLog, device_peak_flops, mfu, model_flops_per_token,
+)
+from slam_core.lm.model import load_speech_lm
 from slam_core.lm.schedule import BudgetSchedule
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "elapsed_s", "val_loss"]
 MAX_VAL_BATCHES = 64
-# Dense bf16 peaks (FLOP/s) by substring of the CUDA device name; unknown devices get MFU = null.
-_BF16_PEAK_FLOPS = {"H200": 989.4e12, "H100 PCIe": 756.5e12, "H100": 989.4e12, "A100": 312e12, "A5000": 111e12,
-                    "L40S": 362e12, "A6000": 155e12, "4090": 165e12}
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype):
@@ -63,22 +65,6 @@ def packed_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], flat
     return loss_sum, (targets != IGNORE_INDEX).sum()
 
 
-def flops_per_token(model: torch.nn.Module, context_len: int) -> float:
-    """6N + attention (12 * layers * hidden * T, non-causal count, as in perf-anchors §1.1)."""
-    cfg = model.config
-    n_layers = getattr(cfg, "num_hidden_layers", 0)
-    hidden = getattr(cfg, "hidden_size", 0)
-    return 6.0 * count_parameters(model) + 12.0 * n_layers * hidden * context_len
-
-
-def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Dense peak for the training dtype, or None when unknown (CPU, fp32, unlisted GPU)."""
-    if device.type != "cuda" or dtype != torch.bfloat16:
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in _BF16_PEAK_FLOPS.items() if key in name), None)
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, lr: float) -> torch.optim.AdamW:
     """AdamW: fused kernels on CUDA, foreach on CPU."""
     on_cuda = device.type == "cuda"
@@ -103,60 +89,49 @@ def evaluate_loss(model: torch.nn.Module, loader: PackedLoader, device: torch.de
     return total / count if count else None
 
 
-class MetricsLog:
-    """A metrics CSV; on resume, rows after the restored step are dropped (they will be redone)."""
-
-    def __init__(self, path: Path, resume_step: int, fields: list[str] = METRIC_FIELDS) -> None:
-        self.path, self.fields = path, fields
-        if path.exists():
-            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= resume_step]
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-            write_text_atomic(path, buf.getvalue())
-        else:
-            write_text_atomic(path, ",".join(fields) + "\n")
-
-    def append(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.fields).writerow({k: row.get(k) for k in self.fields})
-
-
 def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, train_cfg: TrainConfig,
              run_dir: Path, seed: int, device: str = "auto",
              progress: Callable[[float, str], None] | None = None, *,
              clock: Callable[[], float] = time.monotonic, stop_after_steps: int | None = None,
-             dataset_weights: dict[str, float] | None = None) -> dict:
+             dataset_weights: dict[str, float] | None = None, dist_env: DistEnv | None = None,
+             tensorboard: bool = True) -> dict:
     """Pre-train from `init_dir` (or resume from run_dir's latest checkpoint) within train_cfg.budget_s.
 
     Shards are grouped into one data source per dataset directory (units/<dataset>/<split>/); documents
     are mixed by `dataset_weights` (dataset name -> weight, default 1 each).
     `stop_after_steps` ends this call after that many steps with a checkpoint, as a pre-emption would
-    (drills/tests); a later call resumes. Returns {"final_checkpoint", "steps", "tokens_seen", "elapsed_s",
-    "final_loss", "val_loss", "skipped"}; skipped: (segment_id, reason, detail) of documents with no units.
+    (drills/tests); a later call resumes. `dist_env`: this rank of a torchrun job (default: one process).
+    Metrics go to run_dir/metrics.csv and, with `tensorboard`, run_dir/tensorboard/.
+    Returns {"final_checkpoint", "steps", "tokens_seen", "elapsed_s", "final_loss", "val_loss", "skipped",
+    "param_checksum"}; skipped: (segment_id, reason, detail) of documents with no units.
     """
+    env = dist_env or DistEnv()
     run_dir = Path(run_dir)
-    dev = pick_device(device)
+    accum = distributed.per_rank_grad_accum(train_cfg.grad_accum, env.world_size)
+    dev = distributed.setup(env, pick_device(device))
     dtype = pick_dtype(model_cfg.dtype, dev)
     attn = pick_attn_implementation(model_cfg.attn_implementation, dev)
     flatten = attn == "flash_attention_2"
     ckpt = latest_checkpoint(run_dir)
     model = load_speech_lm(ckpt or Path(init_dir), attn).to(dev)
     model.train()
-    forward_model = torch.compile(model) if train_cfg.compile else model
-    optimizer = make_optimizer(model, train_cfg, dev, train_cfg.lr)
+    flops_tok = model_flops_per_token(model, model_cfg.context_len)  # before sharding: full parameter count
+    wrapped = distributed.wrap_model(model, env, dev)
+    forward_model = torch.compile(wrapped) if train_cfg.compile else wrapped
+    optimizer = make_optimizer(model, train_cfg, dev, train_cfg.lr)  # after wrapping: FSDP2 params are DTensors
     sources = sources_from_paths(shard_paths, dataset_weights)
     loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "train",
-                          train_cfg.val_fraction, vocab_size=model.config.vocab_size)
-    step, tokens_seen, elapsed0, total0, loss = _restore(ckpt, optimizer, loader, seed)
+                          train_cfg.val_fraction, vocab_size=model.config.vocab_size, rank=env.rank,
+                          world_size=env.world_size)
+    step, tokens_seen, elapsed0, total0, loss = _restore(ckpt, model, optimizer, loader, seed, env)
     if dev.type == "cuda":  # pack on a CPU thread while the GPU computes
-        loader = PrefetchingLoader(loader, depth=2 * train_cfg.grad_accum, pin_memory=True)
+        loader = PrefetchingLoader(loader, depth=2 * accum, pin_memory=True)
     sched = BudgetSchedule(train_cfg.budget_s, train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_frac,
                            train_cfg.calibration_steps, train_cfg.max_steps, start_step=step, total_steps=total0)
-    metrics = MetricsLog(run_dir / "metrics.csv", step)
-    flops_tok, peak = flops_per_token(model, model_cfg.context_len), device_peak_flops(dev, dtype)
-    tokens_per_step = train_cfg.grad_accum * train_cfg.micro_batch_size * model_cfg.context_len
+    metrics = (MetricsLog(run_dir / "metrics.csv", step, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
+               if env.is_main else None)
+    peak = device_peak_flops(dev, dtype)
+    tokens_per_step = train_cfg.grad_accum * train_cfg.micro_batch_size * model_cfg.context_len  # global batch
     t_start = clock() - elapsed0
     elapsed = elapsed0
     last_ckpt_s, last_log = elapsed0, (step, elapsed0)
@@ -164,11 +139,17 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
 
     def save() -> Path:
         nonlocal saved_step
-        trainer_state = {"optimizer": optimizer.state_dict(), "loader": loader.state_dict(), "rng": rng_state(),
-                         "schedule": {"step": step, "total_steps": sched.total_steps}}
-        info = {"tokens_seen": tokens_seen, "elapsed_s": elapsed, "total_steps": sched.total_steps, "loss": loss}
+        model_state, optim_state = distributed.full_state(model, optimizer, env)  # collective under FSDP
         saved_step = step
-        return save_checkpoint(run_dir, step, model, trainer_state, info, train_cfg.keep_checkpoints)
+        if env.is_main:
+            trainer_state = {"optimizer": optim_state, "loader": loader.state_dict(), "rng": rng_state(),
+                             "schedule": {"step": step, "total_steps": sched.total_steps}}
+            info = {"tokens_seen": tokens_seen, "elapsed_s": elapsed, "total_steps": sched.total_steps, "loss": loss,
+                    "world_size": env.world_size}
+            saver = distributed.FullStateSaver(model, model_state) if model_state is not None else model
+            save_checkpoint(run_dir, step, saver, trainer_state, info, train_cfg.keep_checkpoints)
+        distributed.barrier(env)  # no rank runs ahead of (or reads) a half-written checkpoint
+        return latest_checkpoint(run_dir)
 
     try:
         while not sched.done(step, elapsed):
@@ -177,19 +158,21 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             lr = sched.lr(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm = _train_step(forward_model, model, optimizer, loader, train_cfg, dev, dtype, flatten)
+            loss, grad_norm = _train_step(forward_model, wrapped, model, optimizer, loader, accum, train_cfg.grad_clip,
+                                          dev, dtype, flatten, env)
             step, steps_this_call, tokens_seen = step + 1, steps_this_call + 1, tokens_seen + tokens_per_step
-            elapsed = clock() - t_start
+            # every rank uses the slowest rank's clock, so schedule/checkpoint/stop decisions agree
+            elapsed = distributed.max_across([clock() - t_start], env, dev)[0]
             sched.end_step(step - 1, elapsed)
-            if step % train_cfg.log_every_steps == 0 or step == sched.total_steps:
+            if metrics is not None and (step % train_cfg.log_every_steps == 0 or step == sched.total_steps):
                 tok_s = (step - last_log[0]) * tokens_per_step / max(elapsed - last_log[1], 1e-9)
-                mfu = round(tok_s * flops_tok / peak, 4) if peak else None
+                util = mfu(tok_s, flops_tok, peak)
                 metrics.append({"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
-                                "tokens_per_s": round(tok_s, 1), "mfu": mfu, "tokens_seen": tokens_seen,
-                                "elapsed_s": round(elapsed, 3)})
+                                "tokens_per_s": round(tok_s, 1), "mfu": round(util, 4) if util is not None else None,
+                                "tokens_seen": tokens_seen, "elapsed_s": round(elapsed, 3)})
                 last_log = (step, elapsed)
                 log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, sched.total_steps, loss, lr, tok_s)
-            if progress is not None:
+            if progress is not None and env.is_main:
                 progress(min(1.0, step / sched.total_steps), f"step {step}/{sched.total_steps} loss {loss:.4f}")
             if elapsed - last_ckpt_s >= train_cfg.checkpoint_every_s:
                 save()
@@ -200,51 +183,65 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             loader.close()
     finished = stop_after_steps is None or steps_this_call < stop_after_steps
     val_loss = _final_val_loss(model, sources, model_cfg, train_cfg, seed, dev, dtype, flatten) if finished else None
-    if val_loss is not None:
-        metrics.append({"step": step, "val_loss": round(val_loss, 6), "tokens_seen": tokens_seen,
-                        "elapsed_s": round(elapsed, 3)})
+    if metrics is not None:
+        if val_loss is not None:
+            metrics.append({"step": step, "val_loss": round(val_loss, 6), "tokens_seen": tokens_seen,
+                            "elapsed_s": round(elapsed, 3)})
+        metrics.close()
     return {"final_checkpoint": str(final), "steps": step, "tokens_seen": tokens_seen, "elapsed_s": elapsed,
-            "final_loss": loss, "val_loss": val_loss, "skipped": loader.skipped_items()}
+            "final_loss": loss, "val_loss": val_loss, "skipped": loader.skipped_items(),
+            "param_checksum": distributed.param_checksum(model)}
 
 
-def _restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, loader: PackedLoader, seed: int
-             ) -> tuple[int, int, float, int | None, float | None]:
+def _restore(ckpt: Path | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: PackedLoader,
+             seed: int, env: DistEnv) -> tuple[int, int, float, int | None, float | None]:
     """Load optimiser/loader/RNG state of a checkpoint (or seed a fresh run).
 
-    Returns (step, tokens_seen, elapsed_s, total_steps, loss).
+    Returns (step, tokens_seen, elapsed_s, total_steps, loss). Every rank restores the same (rank 0's) RNG
+    state; the loop draws no random numbers (dropout is off), so this only matters for bitwise resume.
     """
     if ckpt is None:
         torch.manual_seed(seed)
         return 0, 0, 0.0, None, None
     state, info = load_trainer_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    distributed.load_optimizer_state(model, optimizer, state["optimizer"], env)
     loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     log.info("resuming from %s (step %d, %.1f s of budget used)", ckpt, info["step"], info["elapsed_s"])
     return info["step"], info["tokens_seen"], info["elapsed_s"], info["total_steps"], info.get("loss")
 
 
-def _train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                loader: PackedLoader | PrefetchingLoader, cfg: TrainConfig, device: torch.device, dtype: torch.dtype,
-                flatten: bool) -> tuple[float, float]:
-    """One optimiser step over cfg.grad_accum micro-batches; returns (mean token loss, grad norm)."""
-    batches = [loader.next_batch() for _ in range(cfg.grad_accum)]
-    n_targets = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+def _train_step(forward_model: torch.nn.Module, wrapped: torch.nn.Module, model: torch.nn.Module,
+                optimizer: torch.optim.Optimizer, loader: PackedLoader | PrefetchingLoader, accum: int,
+                grad_clip: float, device: torch.device, dtype: torch.dtype, flatten: bool, env: DistEnv
+                ) -> tuple[float, float]:
+    """One optimiser step over `accum` micro-batches per rank; returns (mean token loss, grad norm).
+
+    Each rank scales its summed loss by world_size / (targets over all ranks): DDP/FSDP average gradients
+    over ranks, so the result is the token-weighted mean over the whole global batch.
+    """
+    batches = [loader.next_batch() for _ in range(accum)]
+    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    n_targets = max(int(distributed.sum_across([float(n_local)], env, device)[0]), 1)
     total = torch.zeros((), device=device)
-    for batch in batches:
+    for i, batch in enumerate(batches):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast_for(device, dtype):
-            loss_sum, _ = packed_loss_sum(forward_model, batch, flatten)
-        (loss_sum / max(n_targets, 1)).backward()
+        with distributed.grad_sync(wrapped, env, sync=i == accum - 1):  # all-reduce on the last micro-step only
+            with autocast_for(device, dtype):
+                loss_sum, _ = packed_loss_sum(forward_model, batch, flatten)
+            (loss_sum / n_targets * env.world_size).backward()
         total += loss_sum.detach()  # no host sync per micro-batch
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(total) / max(n_targets, 1), float(grad_norm)
+    loss_total = distributed.sum_across([float(total)], env, device)[0]
+    return loss_total / n_targets, distributed.as_local_float(grad_norm)
 
 
 def _final_val_loss(model: torch.nn.Module, sources: list, model_cfg: ModelConfig, train_cfg: TrainConfig,
                     seed: int, device: torch.device, dtype: torch.dtype, flatten: bool) -> float | None:
+    """Every rank scores the whole (small, capped) validation set: the same forwards on every rank keep FSDP's
+    collectives in step, and the result needs no reduction."""
     if train_cfg.val_fraction <= 0:
         return None
     val_loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "val",

@@ -36,6 +36,10 @@ class TTSBackend(Protocol):
         """Speak `text` with `voice`; raises TTSError for unspeakable text."""
         ...
 
+    def synthesize_aligned(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        """Speak `text` and time its words: (audio, [(word, start_s, end_s)]), times in seconds."""
+        ...
+
     def voices(self) -> list[str]:
         """Voices this backend can use."""
         ...
@@ -64,7 +68,9 @@ def get_backend(cfg: "SynthConfig") -> TTSBackend:
     elif cfg.backend == "kokoro":
         from slam_core.synth.kokoro_tts import KokoroBackend
 
-        backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed)
+        from slam_core.device import pick_device
+
+        backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed, device=pick_device(cfg.device).type)
     else:
         raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")
     for voice in cfg.voices:

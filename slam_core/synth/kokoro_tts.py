@@ -5,7 +5,7 @@ Local directory layout: `config.json`, one `*.pth` state dict (`kokoro-v1_0.pth`
 
 Kokoro's stock English G2P downloads a spaCy model at start-up, so text is phonemised with
 `misaki.espeak.EspeakG2P` (en-us, or en-gb for British 'b*' voices) and fed to `KModel` sentence by
-sentence (each must fit the model's phoneme context). The decoder draws noise, so each call seeds torch
+sentence (a sentence over the model's phoneme context is cut at a clause mark or word boundary). The decoder draws noise, so each call seeds torch
 from (voice, text) under a lock: the same text and voice give the same samples.
 """
 
@@ -67,7 +67,7 @@ class KokoroBackend:
     name = "kokoro"
     sample_rate_hz = KOKORO_SAMPLE_RATE_HZ
 
-    def __init__(self, model: str = KOKORO_HUB_ID, speed: float = 1.0) -> None:
+    def __init__(self, model: str = KOKORO_HUB_ID, speed: float = 1.0, device: str = "cpu") -> None:
         import torch
 
         self.model_source = model
@@ -81,6 +81,8 @@ class KokoroBackend:
         self._config = json.loads(config_path.read_text(encoding="utf-8"))
         try:
             self._model = KModel(repo_id=hub_id, config=str(config_path), model=str(weights_path)).eval()
+            self._device = torch.device("cuda" if device == "cuda" and torch.cuda.is_available() else "cpu")
+            self._model = self._model.to(self._device)
         except (RuntimeError, KeyError, AssertionError) as err:
             raise TTSSetupError(f"cannot load Kokoro weights {weights_path}: {err}") from None
         self._torch = torch
@@ -101,33 +103,84 @@ class KokoroBackend:
 
     def synthesize(self, text: str, voice: str) -> np.ndarray:
         """Speak `text` sentence by sentence with `voice`; float32 mono at 24 kHz."""
+        return self.synthesize_aligned(text, voice)[0]
+
+    def synthesize_aligned(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        """Speak `text` and time its words from the model's predicted phoneme durations:
+        (samples, [(word, start_s, end_s)]). A sentence over the phoneme limit is cut at a clause mark or
+        word boundary and spoken in parts; words without phonemes in Kokoro's vocabulary get no timing."""
         clean = check_text(text)
+        rate = self.sample_rate_hz
+        pause = np.zeros(int(_PAUSE_BETWEEN_SENTENCES_S * rate), dtype=np.float32)
+        pieces: list[np.ndarray] = []
+        words: list[tuple[str, float, float]] = []
+        offset = 0
         with self._lock:
             pack = self._load_voice(voice)
             g2p = self._get_g2p(voice)
-            pieces = []
-            pause = np.zeros(int(_PAUSE_BETWEEN_SENTENCES_S * self.sample_rate_hz), dtype=np.float32)
             for sentence in _SENTENCE_END.split(clean):
-                if pieces:
-                    pieces.append(pause)
-                pieces.append(self._speak_sentence(sentence, voice, pack, g2p))
+                for part in self._fit_context(self._phonemize_words(sentence, g2p)):
+                    if pieces:
+                        pieces.append(pause)
+                        offset += len(pause)
+                    audio, spans = self._speak_words(part, voice, pack)
+                    words += [(w, (offset + a) / rate, (offset + b) / rate) for w, a, b in spans]
+                    pieces.append(audio)
+                    offset += len(audio)
+        if not pieces:
+            raise TTSError(text, "unpronounceable", "no phonemes in Kokoro's vocabulary")
         wave = np.concatenate(pieces)
         if not np.isfinite(wave).all() or not np.any(wave):
             raise TTSError(text, "no_audio", f"Kokoro produced silent or non-finite audio with voice {voice}")
-        return wave
+        return wave, words
 
-    def _speak_sentence(self, sentence: str, voice: str, pack, g2p) -> np.ndarray:
-        phonemes, _ = g2p(sentence)
-        phonemes = "".join(p for p in phonemes if p in self._model.vocab)
-        if not phonemes.strip():
-            raise TTSError(sentence, "unpronounceable", "no phonemes in Kokoro's vocabulary")
-        if len(phonemes) + 2 > self._model.context_length:
-            raise TTSError(sentence, "too_long", f"{len(phonemes)} phonemes > {self._model.context_length - 2}")
-        seed = zlib.crc32(f"{Path(voice).stem}\n{sentence}".encode())  # voice id or its .pt path: same seed
+    def _phonemize_words(self, sentence: str, g2p) -> list[tuple[str, str]]:
+        """(word, phonemes) per written word. espeak sometimes merges words ("of the" -> one phoneme word)
+        or splits one ("42"); then each word is phonemised alone so its phonemes stay its own."""
+        written = sentence.split()
+        spoken = g2p(sentence)[0].split()
+        if len(spoken) != len(written):
+            spoken = [g2p(w)[0] for w in written]
+        vocab = self._model.vocab
+        return [(w, "".join(ch for ch in ps if ch in vocab).strip()) for w, ps in zip(written, spoken)]
+
+    def _fit_context(self, words: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+        """Split a sentence's words until each part's phonemes fit the model context (BOS + EOS included):
+        at the clause mark nearest the middle, else at the middle word."""
+        words = [(w, ps) for w, ps in words if ps]
+        if not words:
+            return []
+        if len(" ".join(ps for _, ps in words)) + 2 <= self._model.context_length:
+            return [words]
+        if len(words) == 1:  # one word longer than the whole context: cut its phonemes, keep the word once
+            w, ps = words[0]
+            step = self._model.context_length - 2
+            return [[(w if i == 0 else "", ps[i:i + step])] for i in range(0, len(ps), step)]
+        middle = len(words) / 2
+        clause_ends = [i + 1 for i, (w, _) in enumerate(words[:-1]) if w[-1:] in ",;:"]
+        cut = min(clause_ends, key=lambda i: abs(i - middle)) if clause_ends else len(words) // 2
+        return self._fit_context(words[:cut]) + self._fit_context(words[cut:])
+
+    def _speak_words(self, words: list[tuple[str, str]], voice: str, pack) -> tuple[np.ndarray, list]:
+        phonemes = " ".join(ps for _, ps in words)
+        text = " ".join(w for w, _ in words)
+        seed = zlib.crc32(f"{Path(voice).stem}\n{text}".encode())  # voice id or its .pt path: same seed
         with self._torch.random.fork_rng(devices=[]):
             self._torch.manual_seed(seed)
-            audio = self._model(phonemes, pack[len(phonemes) - 1], self.speed)
-        return audio.float().numpy().astype(np.float32)
+            ref = pack[len(phonemes) - 1].to(self._device)
+            out = self._model(phonemes, ref, self.speed, return_output=True)
+        audio = out.audio.float().cpu().numpy().astype(np.float32)
+        frames = np.concatenate([[0], np.cumsum(out.pred_dur.cpu().numpy().reshape(-1))])
+        samples_per_frame = len(audio) / max(1, frames[-1])
+        spans, char = [], 0
+        for word, ps in words:
+            start, end = char, char + len(ps)  # phoneme k is model input k + 1 (BOS first)
+            first = min(len(audio), int(round(frames[start + 1] * samples_per_frame)))
+            last = min(len(audio), int(round(frames[end + 1] * samples_per_frame)))
+            if word:
+                spans.append((word, first, last))
+            char = end + 1
+        return audio, spans
 
     def _get_g2p(self, voice: str):
         language = "en-gb" if Path(voice).name.startswith("b") else "en-us"

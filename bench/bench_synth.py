@@ -1,0 +1,135 @@
+"""Synthesis speed as × real time (audio seconds made per wall second; real-time factor = 1 / that).
+
+- espeak-ng: one process, then `workers` processes through the shard runner (aggregate).
+- Kokoro-82M: the real architecture (hexgrad/Kokoro-82M config.json shapes, 82M parameters) with random
+  weights, since the weights cannot be downloaded here. Random duration predictions would make every phoneme
+  ~0.6 s long, so `speed` is calibrated to real Kokoro's ~80 ms per phoneme: audio length, and with it the
+  decoder work per second of audio, then match the real model. On CUDA it also runs several worker
+  processes on the one GPU and reports the aggregate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from slam_core.config import SynthConfig
+from slam_core.synth import get_backend
+from slam_core.synth.jobs import spokenswag_jobs
+from slam_core.synth.shards import run_recorded_shards
+
+TEXTS = [
+    "Once upon a time, there was a little girl named Lily who loved to play in the park.",
+    "One day, she found a shiny red ball under a big tree, and she was very happy.",
+    "Her mom said that they should share the ball with the other kids at the park.",
+    "Lily smiled, gave the ball to a small boy, and they played together until the sun went down.",
+]
+# hexgrad/Kokoro-82M config.json (v1.0): the shapes that decide the compute.
+KOKORO_REAL_CONFIG = {
+    "n_token": 178, "hidden_dim": 512, "style_dim": 128, "n_layer": 3, "max_dur": 50, "n_mels": 80, "dim_in": 64,
+    "max_conv_dim": 512, "text_encoder_kernel_size": 5, "dropout": 0.2,
+    "plbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
+               "max_position_embeddings": 512, "num_hidden_layers": 12, "dropout": 0.1},
+    "istftnet": {"upsample_rates": [10, 6], "upsample_kernel_sizes": [20, 12], "upsample_initial_channel": 512,
+                 "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+                 "gen_istft_n_fft": 20, "gen_istft_hop_size": 5},
+}
+REAL_SECONDS_PER_PHONEME = 0.08
+
+
+def _kokoro_dir(root: Path) -> Path:
+    from misaki.espeak import EspeakG2P
+
+    symbols = set(" .,!?;:")
+    for language in ("en-us", "en-gb"):
+        g2p = EspeakG2P(language=language)
+        for text in TEXTS:
+            symbols |= set(g2p(text)[0])
+    config = {**KOKORO_REAL_CONFIG, "vocab": {s: i + 1 for i, s in enumerate(sorted(symbols))}}
+    (root / "voices").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps(config))
+    torch.save({}, root / "kokoro-v1_0.pth")
+    for k, voice in enumerate(("af_heart", "am_fenrir", "bf_emma", "bm_george")):
+        torch.save(0.1 * torch.randn(510, 1, 256, generator=torch.Generator().manual_seed(k)), root / "voices" / f"{voice}.pt")
+    return root
+
+
+def _single(cfg: SynthConfig, voice: str, texts: list[str]) -> dict:
+    backend = get_backend(cfg)
+    backend.synthesize(texts[0], voice)  # warm-up (library load, first-call allocations)
+    t0 = time.perf_counter()
+    audio_s = sum(len(backend.synthesize_aligned(t, voice)[0]) / backend.sample_rate_hz for t in texts)
+    wall = time.perf_counter() - t0
+    return {"audio_s": round(audio_s, 2), "wall_s": round(wall, 3), "x_realtime": round(audio_s / wall, 2),
+            "real_time_factor": round(wall / audio_s, 4)}
+
+
+def _aggregate(cfg: SynthConfig, voices: list[str], workers: int, n_pairs: int) -> dict:
+    """`n_pairs` SpokenSwag-style pairs through the shard runner in `workers` warm processes (catalog included)."""
+    triples = [{"pair_id": f"p{i}", "prompt_text": TEXTS[i % 4], "chosen_text": TEXTS[(i + 1) % 4],
+                "rejected_text": TEXTS[(i + 2) % 4]} for i in range(n_pairs)]
+    cfg = cfg.model_copy(update={"shard_rows": max(1, n_pairs // (2 * workers))})
+    with tempfile.TemporaryDirectory() as tmp:
+        # warm-up: start the worker processes and load the backend in each (one-off cost, not throughput)
+        warm = spokenswag_jobs(triples[:workers], cfg.model_copy(update={"shard_rows": 1}), voices, 1, tmp, "warm")
+        run_recorded_shards(warm, workers, Path(tmp) / "catalog.duckdb")
+        jobs = spokenswag_jobs(triples, cfg, voices, 0, tmp, "bench")
+        t0 = time.perf_counter()
+        records = run_recorded_shards(jobs, workers, Path(tmp) / "catalog.duckdb")
+        wall = time.perf_counter() - t0
+    audio_s = sum(r["audio_seconds"] for r in records)
+    return {"workers": workers, "pairs": n_pairs, "audio_s": round(audio_s, 1), "wall_s": round(wall, 2),
+            "x_realtime_aggregate": round(audio_s / wall, 1)}
+
+
+def _calibrated_speed(cfg: SynthConfig) -> float:
+    """Speed that makes the random model's audio as long per phoneme as the real model's."""
+    backend = get_backend(cfg.model_copy(update={"kokoro_speed": 1.0}))
+    text = "Lily smiled."  # short: the random model speaks ~0.6 s per phoneme at speed 1
+    wave = backend.synthesize(text, "af_heart")
+    n_phonemes = len(backend._get_g2p("af_heart")(text)[0])
+    return (len(wave) / backend.sample_rate_hz) / (n_phonemes * REAL_SECONDS_PER_PHONEME)
+
+
+def run(quick: bool = True) -> dict:
+    results: dict = {"note": __doc__.split("\n\n")[0]}
+    espeak = SynthConfig(backend="espeak")
+    results["espeak_cpu_1_process"] = _single(espeak, "en-us", TEXTS * (1 if quick else 5))
+    workers = max(1, min(4, os.cpu_count() or 1))
+    results["espeak_cpu_aggregate"] = _aggregate(espeak, ["en-us", "en-gb"], workers, 16 if quick else 200)
+    print(f"espeak: {results['espeak_cpu_1_process']['x_realtime']}x real time in one process, "
+          f"{results['espeak_cpu_aggregate']['x_realtime_aggregate']}x aggregate with {workers} workers")
+    try:
+        import kokoro  # noqa: F401
+    except ImportError:
+        results["kokoro"] = "skipped: kokoro not installed (pip install 'slam[tts]')"
+        return results
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _kokoro_dir(Path(tmp) / "kokoro")
+        cfg = SynthConfig(backend="kokoro", kokoro_model=str(model_dir), voices=["af_heart"], device="cpu")
+        speed = _calibrated_speed(cfg)
+        cfg = cfg.model_copy(update={"kokoro_speed": speed})
+        n_params = sum(p.numel() for p in get_backend(cfg)._model.parameters())
+        results["kokoro_random_real_shape"] = {"parameters": n_params, "calibrated_speed": round(speed, 2),
+                                               "torch_threads": torch.get_num_threads()}
+        results["kokoro_cpu_1_process"] = _single(cfg, "af_heart", TEXTS[:2] if quick else TEXTS)
+        print(f"kokoro (random weights, {n_params / 1e6:.0f}M params) on CPU: "
+              f"{results['kokoro_cpu_1_process']['x_realtime']}x real time")
+        if torch.cuda.is_available():
+            gpu = cfg.model_copy(update={"device": "cuda"})
+            results["kokoro_gpu_1_process"] = _single(gpu, "af_heart", TEXTS * (2 if quick else 10))
+            results["kokoro_gpu_aggregate"] = [
+                _aggregate(gpu, ["af_heart", "am_fenrir", "bf_emma", "bm_george"], w, 32 if quick else 400)
+                for w in (1, 4, 8)]
+            print(f"kokoro on {torch.cuda.get_device_name(0)}: {results['kokoro_gpu_1_process']['x_realtime']}x "
+                  f"in one process; aggregate {[r['x_realtime_aggregate'] for r in results['kokoro_gpu_aggregate']]}")
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))

@@ -1,0 +1,120 @@
+"""`slam synth <stinystories|spokenswag> --input <file|dir> --out DIR [--backend kokoro|espeak] [--voices …]
+[--seed N] [--workers N]`: synthetic speech in sharded, seeded, resumable Parquet.
+
+Registered in flows/cli.py with `add_synth_parser(sub)`. Runs the shards directly in worker processes
+(no Prefect server); `--prefect` runs the same jobs through the `synthesize` flow instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import Counter
+from typing import Any
+
+
+def synth_config(args: argparse.Namespace):
+    """(SlamConfig, seed) from the preset, --set overrides and the synth options given on the command line."""
+    from flows.cli import _overrides
+    from flows.common import load_config
+
+    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    options = {"backend": args.backend, "workers": args.workers, "shard_rows": args.shard_rows,
+               "max_utterance_chars": args.max_chars, "kokoro_model": args.kokoro_model}
+    for key, value in options.items():
+        if value is not None:
+            setattr(cfg.synth, key, value)
+    if args.voices:
+        setattr(cfg.synth, "spokenswag_voices" if args.kind == "spokenswag" else "voices", list(args.voices))
+    elif args.backend and args.kind == "stinystories" and args.backend != args.preset_backend:
+        # the preset's voices belong to its own backend: use the new backend's default single voice
+        cfg.synth.voices = ["af_heart"] if args.backend == "kokoro" else ["en-us"]
+    return cfg, cfg.run.seed if args.seed is None else args.seed
+
+
+def summarise(records: list[dict[str, Any]], bad: list, wall_s: float) -> dict[str, Any]:
+    quarantined = Counter(b[1] for b in bad) + Counter(b[1] for r in records for b in r["bad"])
+    audio_s = sum(r["audio_seconds"] for r in records)
+    made_s = sum(r["audio_seconds"] for r in records if not r["reused"])
+    return {"shards": [r["path"] for r in records], "rows": sum(r["rows"] for r in records),
+            "audio_hours": round(audio_s / 3600, 4), "reused_shards": sum(r["reused"] for r in records),
+            "quarantined": dict(quarantined), "wall_s": round(wall_s, 2),
+            "x_realtime": round(made_s / wall_s, 1) if made_s else None}
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from flows.cli import _quiet_offline_env
+
+    _quiet_offline_env()
+    if args.prefect:
+        from flows.synthesize import synthesize
+
+        result = synthesize(kind=args.kind, input=args.input, out=args.out, backend=args.backend, voices=args.voices,
+                            seed=args.seed, workers=args.workers, split=args.split, limit=args.limit,
+                            preset=args.preset, overrides=_overrides_dict(args), data_root=args.data_root)
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    from data_catalog import Catalog
+    from slam_core.paths import catalog_path
+    from slam_core.synth.jobs import plan_jobs
+    from slam_core.synth.shards import run_recorded_shards
+
+    args.preset_backend = _preset_backend(args.preset)
+    cfg, seed = synth_config(args)
+    t0 = time.perf_counter()
+    jobs, bad, info = plan_jobs(args.kind, args.input, cfg.synth, seed, args.out, args.split,
+                                limit=args.limit)
+    catalog = Catalog(catalog_path(cfg.data_root))
+    for item, reason, detail in bad:
+        catalog.record_quarantine("synth", args.kind, str(item), reason, detail, "plan")
+    records = run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root))
+    print(json.dumps({**info, "seed": seed, "backend": cfg.synth.backend, "workers": cfg.synth.workers,
+                      **summarise(records, bad, time.perf_counter() - t0)}, indent=2, default=str))
+    return 0
+
+
+def _preset_backend(preset: str) -> str:
+    from slam_core.presets import get_preset
+
+    return get_preset(preset).synth.backend
+
+
+def _overrides_dict(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--set overrides plus the synth options the flow takes as config (shard size, split length, model)."""
+    from flows.cli import _overrides
+
+    overrides: dict[str, Any] = _overrides(args.overrides) or {}
+    for key, value in (("shard_rows", args.shard_rows), ("max_utterance_chars", args.max_chars),
+                       ("kokoro_model", args.kokoro_model)):
+        if value is not None:
+            overrides[f"synth.{key}"] = value
+    return overrides or None
+
+
+def add_synth_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `slam synth …` on the top-level subparsers."""
+    syn = subparsers.add_parser("synth", help="synthesise sTinyStories or SpokenSwag speech (sharded, resumable)")
+    syn.add_argument("kind", choices=("stinystories", "spokenswag"), help="which synthetic set")
+    syn.add_argument("--input", required=True,
+                     help="stinystories: STORIES Parquet or TinyStories text (hub-layout dir, .txt, text Parquet); "
+                          "spokenswag: TRIPLES Parquet, a SWAG hub-layout dir, or a published SpokenSwag dir")
+    syn.add_argument("--out", required=True, help="output directory (<split>/data-NNNNN.parquet or preferences-NNNNN.parquet)")
+    syn.add_argument("--backend", choices=("kokoro", "espeak"), default=None, help="TTS backend (default: the preset's)")
+    syn.add_argument("--voices", nargs="+", default=None,
+                     help="voices drawn per story/pair from the seed (default: one voice for stinystories; "
+                          "af_heart am_fenrir bf_emma bm_george for spokenswag on kokoro)")
+    syn.add_argument("--seed", type=int, default=None, help="seed for voices and decoder noise (default: the preset's)")
+    syn.add_argument("--workers", type=int, default=None, help="worker processes (default synth.workers)")
+    syn.add_argument("--split", default="train", help="split of the text table to speak: train, heldout or all")
+    syn.add_argument("--limit", type=int, default=None, help="at most this many stories/pairs (per split for text input)")
+    syn.add_argument("--shard-rows", type=int, default=None, help="utterances or pairs per shard (default synth.shard_rows)")
+    syn.add_argument("--max-chars", type=int, default=None, help="split stories longer than this many characters")
+    syn.add_argument("--kokoro-model", default=None, help="Kokoro hub id or local dir (config.json, *.pth, voices/)")
+    syn.add_argument("--prefect", action="store_true", help="run through the Prefect `synthesize` flow")
+    syn.add_argument("--preset", default="smoke", help="preset whose synth config is the starting point (default smoke)")
+    syn.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, e.g. synth.kokoro_speed=1.1 (repeatable)")
+    syn.add_argument("--data-root", default=None, help="artifact root holding the catalog (default $SLAM_DATA_ROOT, else ./slam-data)")
+    syn.set_defaults(func=cmd_synth)
+    return syn

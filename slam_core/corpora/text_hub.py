@@ -1,0 +1,232 @@
+"""Text corpora from the Hugging Face Hub: TinyStories -> STORIES, SWAG gold rows -> TRIPLES (lhotse-style
+`download_*` / `prepare_*` pairs).
+
+- TinyStories (`roneneldan/TinyStories`): `data/*.parquet` with a `text` column, or the `*.txt` release files
+  (stories separated by `<|endoftext|>`). Train files -> split 'train', validation files -> 'heldout'.
+  TinyStories has no topics: each story is its own topic, so a tSC-like negative ending comes from another story.
+- SWAG (`allenai/swag`, 'regular' config): gold rows only (`gold-source == 'gold'`, a label in 0..3).
+  prompt = sent1; chosen = sent2 + ' ' + ending[label]; rejected = sent2 + ' ' + one wrong ending drawn with
+  a seed derived from (seed, pair id), so a row's pair does not depend on file order. Repetition filter as in
+  SlamKit's preference data config (slamkit-facts.md §3): keep a row iff the bigram auto-BLEU of
+  `prompt + ' ' + chosen` is below `swag_max_auto_bleu` (0.3); dropped rows are counted ('repetitive').
+  SWAG train -> 'train' (DPO), validation -> 'heldout' (sSC-like eval); the unlabelled test split is skipped.
+
+A revision of None downloads the default branch and logs it as unpinned (hub.fetch_hub_dataset then records
+the commit it got); `*_local_dir` reads a local copy in hub layout and never touches the network. Offline, the
+fetch fails with one HubUnavailableError naming the repo and the local-dir way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from slam_core.config import CorpusConfig
+from slam_core.corpora.builtin import write_parquet_atomic
+from slam_core.corpora.hub import HubUnavailableError, fetch_hub_dataset
+from slam_core.schemas import STORIES, TRIPLES
+from slam_core.synth.text_norm import normalise_text, split_sentences
+
+log = logging.getLogger(__name__)
+
+SWAG_COLUMNS = ("video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
+                "ending0", "ending1", "ending2", "ending3", "label")
+_STORY_SEPARATOR = "<|endoftext|>"
+
+
+def split_of(path: Path) -> str | None:
+    """'train', 'heldout' or None (test / unknown) from a hub file name."""
+    name = path.name.lower()
+    if "train" in name:
+        return "train"
+    if re.search(r"valid|(^|[^a-z])val([^a-z]|$)|dev", name):
+        return "heldout"
+    return None
+
+
+def _download(repo_id: str, revision: str | None, dest_dir: Path, allow_patterns: list[str]) -> Path:
+    """A hub snapshot through the shared fetcher (pinning, clear offline error naming the repo)."""
+    if revision is None:
+        log.warning("%s: no pinned revision configured, using the default branch", repo_id)
+    try:
+        return fetch_hub_dataset(repo_id, dest_dir, revision=revision, allow_patterns=allow_patterns)
+    except HubUnavailableError as err:
+        raise HubUnavailableError(f"{err} For the text corpus that is corpus.tinystories_local_dir / "
+                                  "corpus.swag_local_dir (or `slam synth ... --input DIR`).") from None
+
+
+def _local_files(root: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory (expected a hub-layout copy of {what})")
+    files = sorted(p for p in root.rglob("*") if p.suffix in suffixes and ".cache" not in p.parts)
+    if not files:
+        raise FileNotFoundError(f"{root}: no {' or '.join(suffixes)} files of {what} found")
+    return files
+
+
+# ---------------------------------------------------------------- TinyStories
+
+
+def download_tinystories(dest_dir: str | Path, repo_id: str = "roneneldan/TinyStories", revision: str | None = None,
+                         local_dir: str | Path | None = None) -> Path:
+    """A directory with TinyStories' parquet (or txt) files: `local_dir` as given, else a hub snapshot."""
+    if local_dir is not None:
+        _local_files(Path(local_dir), (".parquet", ".txt"), repo_id)
+        return Path(local_dir)
+    return _download(repo_id, revision, Path(dest_dir), ["data/*.parquet", "*.parquet"])
+
+
+def tinystories_files(root: str | Path) -> list[Path]:
+    """Parquet shards if present, else the txt files (the original release, not the GPT-4-only V2 files
+    when both exist); only train/validation files. A single file is taken as it is."""
+    if Path(root).is_file():
+        return [Path(root)]
+    files = _local_files(Path(root), (".parquet", ".txt"), "TinyStories")
+    parquet = [f for f in files if f.suffix == ".parquet"]
+    if parquet:
+        return [f for f in parquet if split_of(f)]
+    txt = [f for f in files if split_of(f)]
+    v1 = [f for f in txt if "v2" not in f.name.lower()]
+    return v1 or txt
+
+
+def _read_stories(path: Path) -> Iterator[str]:
+    if path.suffix == ".parquet":
+        pf = pq.ParquetFile(path)
+        if "text" not in pf.schema_arrow.names:
+            raise ValueError(f"{path}: no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+        for batch in pf.iter_batches(batch_size=4096, columns=["text"]):
+            yield from (t for t in batch.column(0).to_pylist() if t is not None)
+    else:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            buf: list[str] = []
+            for line in fh:
+                if line.strip() == _STORY_SEPARATOR:
+                    yield "".join(buf)
+                    buf = []
+                else:
+                    buf.append(line)
+            if "".join(buf).strip():
+                yield "".join(buf)
+
+
+def prepare_tinystories(root: str | Path, out_path: str | Path, max_rows: int | None = None) -> dict:
+    """STORIES rows from a TinyStories directory (file order, at most `max_rows` per split). Stories that
+    normalise to fewer than two sentences are skipped and counted (tSC needs a prompt and an ending)."""
+    rows: list[dict] = []
+    counts: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
+    for path in tinystories_files(root):
+        split = split_of(path) or "train"
+        for text in _read_stories(path):
+            if max_rows is not None and counts[split] >= max_rows:
+                break
+            sentences = split_sentences(normalise_text(text).text)
+            if len(sentences) < 2:
+                skipped["fewer_than_two_sentences"] += 1
+                continue
+            story_id = f"tinystories-{split}-{counts[split]:07d}"
+            counts[split] += 1
+            rows.append({"story_id": story_id, "topic": story_id, "split": split, "sentences": sentences})
+    path = write_parquet_atomic(rows, STORIES, Path(out_path))
+    log.info("TinyStories: %s stories, skipped %s", dict(counts), dict(skipped))
+    return {"path": str(path), "rows": len(rows), "per_split": dict(counts), "skipped": dict(skipped)}
+
+
+# ---------------------------------------------------------------- SWAG
+
+
+def download_swag(dest_dir: str | Path, repo_id: str = "allenai/swag", revision: str | None = None,
+                  local_dir: str | Path | None = None) -> Path:
+    """A directory with SWAG's 'regular' files: `local_dir` as given, else a hub snapshot of regular/*."""
+    if local_dir is not None:
+        _local_files(Path(local_dir), (".parquet", ".csv"), repo_id)
+        return Path(local_dir)
+    return _download(repo_id, revision, Path(dest_dir), ["regular/*"])
+
+
+def swag_files(root: str | Path) -> list[Path]:
+    """The 'regular' config's train/validation files (parquet, else csv)."""
+    files = _local_files(Path(root), (".parquet", ".csv"), "SWAG")
+    regular = [f for f in files if "full" not in f.relative_to(root).parts] or files
+    chosen = [f for f in regular if f.suffix == ".parquet"] or regular
+    return [f for f in chosen if split_of(f)]
+
+
+def _read_swag(path: Path) -> list[dict]:
+    table = pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
+    missing = [c for c in SWAG_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: not SWAG 'regular' rows, missing {missing} (columns: {table.column_names})")
+    return table.select(list(SWAG_COLUMNS)).to_pylist()
+
+
+def swag_triple(row: dict, pair_id: str, split: str, seed: int) -> dict | None:
+    """The TRIPLES row of one SWAG row, or None when it is not a labelled gold row."""
+    label = row.get("label")
+    if row.get("gold-source") != "gold" or label is None or not 0 <= int(label) <= 3:
+        return None
+    endings = [row[f"ending{i}"] for i in range(4)]
+    wrong = [e for i, e in enumerate(endings) if i != int(label)]
+    rejected = random.Random(f"swag-{seed}-{pair_id}").choice(wrong)
+    return {"pair_id": pair_id, "split": split, "prompt_text": row["sent1"].strip(),
+            "chosen_text": f"{row['sent2'].strip()} {endings[int(label)].strip()}",
+            "rejected_text": f"{row['sent2'].strip()} {rejected.strip()}"}
+
+
+def build_swag_triples(rows: list[dict], split: str, seed: int, max_auto_bleu: float = 0.3,
+                       max_rows: int | None = None) -> tuple[list[dict], Counter[str]]:
+    """TRIPLES of the gold rows that pass the repetition filter, and counts of dropped rows by reason."""
+    from slam_core.eval.text_metrics import auto_bleu
+
+    triples: list[dict] = []
+    dropped: Counter[str] = Counter()
+    for index, row in enumerate(rows):
+        if max_rows is not None and len(triples) >= max_rows:
+            break
+        triple = swag_triple(row, f"swag-{split}-{index:06d}", split, seed)
+        if triple is None:
+            dropped["not_gold"] += 1
+        elif auto_bleu(f"{triple['prompt_text']} {triple['chosen_text']}", 2) >= max_auto_bleu:
+            dropped["repetitive"] += 1
+        else:
+            triples.append(triple)
+    return triples, dropped
+
+
+def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_bleu: float = 0.3,
+                 max_rows: int | None = None) -> dict:
+    """TRIPLES Parquet from a SWAG directory; returns rows per split and dropped counts."""
+    triples: list[dict] = []
+    dropped: Counter[str] = Counter()
+    per_split: Counter[str] = Counter()
+    by_split: dict[str, list[dict]] = {}
+    for path in swag_files(root):
+        by_split.setdefault(split_of(path), []).extend(_read_swag(path))
+    for split in sorted(by_split):
+        rows, drop = build_swag_triples(by_split[split], split, seed, max_auto_bleu, max_rows)
+        triples += rows
+        dropped += drop
+        per_split[split] = len(rows)
+    path = write_parquet_atomic(triples, TRIPLES, Path(out_path))
+    log.info("SWAG: %s triples, dropped %s", dict(per_split), dict(dropped))
+    return {"path": str(path), "rows": len(triples), "per_split": dict(per_split), "dropped": dict(dropped)}
+
+
+def prepare_text_corpus(cfg: CorpusConfig, seed: int, out_dir: str | Path, download_dir: str | Path) -> dict:
+    """stories.parquet (TinyStories) and triples.parquet (SWAG) under `out_dir`, like the built-in corpus."""
+    out_dir, download_dir = Path(out_dir), Path(download_dir)
+    ts_root = download_tinystories(download_dir / "tinystories", cfg.tinystories_hub_id, cfg.tinystories_revision,
+                                   cfg.tinystories_local_dir)
+    swag_root = download_swag(download_dir / "swag", cfg.swag_hub_id, cfg.swag_revision, cfg.swag_local_dir)
+    stories = prepare_tinystories(ts_root, out_dir / "stories.parquet", cfg.max_hub_rows)
+    triples = prepare_swag(swag_root, out_dir / "triples.parquet", seed, cfg.swag_max_auto_bleu, cfg.max_hub_rows)
+    return {"stories": stories["path"], "triples": triples["path"], "n_stories": stories["rows"],
+            "n_triples": triples["rows"], "skipped_stories": stories["skipped"], "dropped_triples": triples["dropped"]}

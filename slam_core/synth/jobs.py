@@ -1,0 +1,146 @@
+"""Synthesis jobs for `slam synth` and the synthesize flow: input resolution, sharding, fingerprints.
+
+    stinystories: STORIES Parquet, or TinyStories text (hub-layout dir, .txt or text Parquet)
+                  -> <out>/<split>/data-NNNNN.parquet (slprl/sTinyStories layout)
+    spokenswag:   TRIPLES Parquet, or SWAG (hub-layout dir) -> <out>/<split>/preferences-NNNNN.parquet;
+                  or a published slprl/SpokenSwag dir -> the same PREFERENCE_AUDIO shards, converted
+A job is {"kind", "args", "out_path", "fingerprint", "dataset", "split"}: one shard, one catalog record;
+`SHARD_FUNCTIONS[kind](*args)` writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from slam_core.config import SynthConfig
+from slam_core.corpora import text_hub
+from slam_core.corpora.hub import list_parquet_files
+from slam_core.fingerprint import code_version, fingerprint
+from slam_core.synth import spokenswag, stinystories
+from slam_core.synth.shards import SYNTH_CODE_SCOPE, shard_fingerprint, split_into_shards
+
+log = logging.getLogger(__name__)
+
+KINDS = ("stinystories", "spokenswag")
+# Shard functions by job kind: jobs name them by string, so a job is plain data (Prefect task parameters).
+SHARD_FUNCTIONS = {
+    "stinystories": stinystories.synthesize_stinystories_shard,
+    "spokenswag": spokenswag.synthesize_spokenswag_shard,
+    "convert-spokenswag": spokenswag.convert_published_spokenswag,
+}
+
+
+def _parquet_names(path: Path) -> list[str]:
+    return pq.ParquetFile(path).schema_arrow.names
+
+
+def _first_parquet(path: Path) -> Path | None:
+    if path.is_file():
+        return path if path.suffix == ".parquet" else None
+    files = list_parquet_files(path) if path.is_dir() else []
+    return files[0] if files else None
+
+
+def input_kind(kind: str, input_path: str | Path) -> str:
+    """What `input_path` holds: 'stories', 'tinystories', 'triples', 'swag' or 'published_spokenswag'."""
+    path = Path(input_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    first = _first_parquet(path)
+    names = set(_parquet_names(first)) if first else set()
+    if kind == "stinystories":
+        return "stories" if {"story_id", "sentences"} <= names else "tinystories"
+    if kind != "spokenswag":
+        raise ValueError(f"unknown synthesis kind {kind!r} (known: {', '.join(KINDS)})")
+    if {"pair_id", "prompt_text", "chosen_text", "rejected_text"} <= names and "prompt_audio" not in names:
+        return "triples"
+    if set(text_hub.SWAG_COLUMNS) <= names or (path.is_dir() and any(path.rglob("*.csv"))):
+        return "swag"
+    if first is not None:
+        spokenswag.published_columns(sorted(names), str(first))  # raises naming the columns found
+        return "published_spokenswag"
+    raise ValueError(f"{path}: neither TRIPLES Parquet, SWAG files nor a published SpokenSwag copy")
+
+
+def text_table(kind: str, input_path: str | Path, work_dir: str | Path, seed: int, limit: int | None = None,
+               max_auto_bleu: float = 0.3) -> tuple[str, Path]:
+    """(input kind, STORIES/TRIPLES Parquet to speak) - text sources are prepared into `work_dir` first."""
+    found = input_kind(kind, input_path)
+    work_dir = Path(work_dir)
+    if found == "tinystories":
+        return found, Path(text_hub.prepare_tinystories(input_path, work_dir / "stories.parquet", limit)["path"])
+    if found == "swag":
+        return found, Path(text_hub.prepare_swag(input_path, work_dir / "triples.parquet", seed, max_auto_bleu,
+                                                 limit)["path"])
+    return found, Path(input_path)
+
+
+def _shard_jobs(kind: str, rows: list[dict], file_prefix: str, cfg: SynthConfig, voices: list[str], seed: int,
+                out_dir: str | Path, split: str) -> list[dict[str, Any]]:
+    """One job per `cfg.shard_rows` rows, each with its output path and shard fingerprint."""
+    jobs = []
+    for k, shard in enumerate(split_into_shards(rows, cfg.shard_rows)):
+        out_path = Path(out_dir) / split / f"{file_prefix}-{k:05d}.parquet"
+        jobs.append({"kind": kind, "args": (shard, cfg, voices, seed, str(out_path)),
+                     "out_path": str(out_path), "dataset": kind, "split": split,
+                     "fingerprint": shard_fingerprint(kind, cfg, voices, seed, shard)})
+    return jobs
+
+
+def stinystories_jobs(stories: list[dict], cfg: SynthConfig, voices: list[str], seed: int, out_dir: str | Path,
+                      split: str) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+    """One job per `cfg.shard_rows` utterances; also the stories skipped while planning."""
+    utterances, bad = stinystories.plan_utterances(stories, cfg.max_utterance_chars)
+    return _shard_jobs("stinystories", utterances, "data", cfg, voices, seed, out_dir, split), bad
+
+
+def spokenswag_jobs(triples: list[dict], cfg: SynthConfig, voices: list[str], seed: int, out_dir: str | Path,
+                    split: str) -> list[dict[str, Any]]:
+    """One job per `cfg.shard_rows` SWAG triples."""
+    return _shard_jobs("spokenswag", triples, "preferences", cfg, voices, seed, out_dir, split)
+
+
+def published_spokenswag_jobs(root: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
+    """One conversion job per published Parquet shard (keyed by its name and size)."""
+    root = Path(root)
+    files = [root] if root.is_file() else list_parquet_files(root)
+    jobs = []
+    for f in files:
+        out_path = Path(out_dir) / "train" / f"preferences-{f.stem}.parquet"
+        fp = fingerprint("convert-spokenswag", {"file": f.name, "bytes": f.stat().st_size},
+                         code=code_version(SYNTH_CODE_SCOPE))
+        jobs.append({"kind": "convert-spokenswag", "args": (str(f), str(out_path)),
+                     "out_path": str(out_path), "dataset": "spokenswag", "split": "train", "fingerprint": fp})
+    return jobs
+
+
+def plan_jobs(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, out_dir: str | Path,
+              split: str = "train", voices: list[str] | None = None,
+              limit: int | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]], dict[str, Any]]:
+    """(jobs, items skipped while planning, info) for `slam synth <kind> --input ...`.
+
+    `split` picks the rows of a STORIES/TRIPLES table ('all' keeps every split)."""
+    out_dir = Path(out_dir)
+    found, table = text_table(kind, input_path, out_dir / "text", seed, limit)
+    info: dict[str, Any] = {"input_kind": found, "text": str(table)}
+    if found == "published_spokenswag":
+        return published_spokenswag_jobs(table, out_dir), [], info
+    wanted = None if split == "all" else split
+    if kind == "stinystories":
+        voices = list(voices or cfg.voices)
+        stories = stinystories.read_stories(table, wanted, limit)
+        if not stories:
+            raise ValueError(f"{table}: no stories of split {split!r}")
+        jobs, bad = stinystories_jobs(stories, cfg, voices, seed, out_dir, split)
+    else:
+        voices = list(voices or spokenswag.spokenswag_voices(cfg))
+        triples = spokenswag.read_triples(table, wanted, limit)
+        if not triples:
+            raise ValueError(f"{table}: no triples of split {split!r}")
+        jobs, bad = spokenswag_jobs(triples, cfg, voices, seed, out_dir, split), []
+    info["voices"] = voices
+    return jobs, bad, info

@@ -1,0 +1,127 @@
+"""SpokenSwag: SWAG preference triples (TRIPLES) spoken into PREFERENCE_AUDIO shards, and the published
+slprl/SpokenSwag converted into the same format.
+
+One row per pair: prompt, chosen and rejected each spoken separately (16 kHz FLAC bytes) with one voice drawn
+per row from (seed, pair id), as SlamKit's `create_spoken_swag` does with Kokoro voices af_heart, am_fenrir,
+bf_emma and bm_george (two female, two male, American and British) - but seeded. Text is normalised before
+speaking; the stored text is the original triple text. A pair with any unspeakable part is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from slam_core.atomic import atomic_path
+from slam_core.audio.io import BadAudioError, decode_audio_bytes, encode_flac
+from slam_core.config import SynthConfig
+from slam_core.schemas import PREFERENCE_AUDIO
+from slam_core.synth.dataset import pick_voice, speaker_name
+from slam_core.synth.shards import cached_backend, speak_16k
+from slam_core.synth.stinystories import UTTERANCE_ERRORS
+from slam_core.synth.text_norm import normalise_text
+
+log = logging.getLogger(__name__)
+
+KOKORO_SPOKENSWAG_VOICES = ("af_heart", "am_fenrir", "bf_emma", "bm_george")
+PARTS = ("prompt", "chosen", "rejected")
+
+
+def spokenswag_voices(cfg: SynthConfig) -> list[str]:
+    """`synth.spokenswag_voices`, else the paper's four Kokoro voices (kokoro) or `synth.voices` (espeak)."""
+    if cfg.spokenswag_voices:
+        return list(cfg.spokenswag_voices)
+    return list(KOKORO_SPOKENSWAG_VOICES) if cfg.backend == "kokoro" else list(cfg.voices)
+
+
+def read_triples(path: str | Path, split: str | None = None, limit: int | None = None) -> list[dict]:
+    """TRIPLES rows of a Parquet file (one split, or all), at most `limit`."""
+    rows = pq.read_table(path).to_pylist()
+    need = {"pair_id", "prompt_text", "chosen_text", "rejected_text"}
+    if rows and not need <= set(rows[0]):
+        raise ValueError(f"{path}: not a TRIPLES table (need {sorted(need)}; found {sorted(rows[0])})")
+    rows = [r for r in rows if split is None or r.get("split") == split]
+    return rows[:limit] if limit is not None else rows
+
+
+def _write(rows: list[dict], out_path: str | Path) -> None:
+    with atomic_path(Path(out_path)) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=PREFERENCE_AUDIO), tmp, compression="zstd")
+
+
+def synthesize_spokenswag_shard(triples: list[dict], cfg: SynthConfig, voices: list[str], seed: int,
+                                out_path: str | Path) -> dict:
+    """Speak one shard of triples into PREFERENCE_AUDIO Parquet (atomic). Returns {"path", "rows",
+    "audio_seconds", "bad"}; bad lists (pair_id, reason, detail) for skipped pairs."""
+    backend = cached_backend(cfg, voices)
+    rate = cfg.sample_rate_hz
+    rows, bad = [], []
+    audio_seconds = 0.0
+    for triple in triples:
+        voice = pick_voice(voices, seed, triple["pair_id"])
+        try:
+            waves = {k: speak_16k(backend, normalise_text(triple[f"{k}_text"] or "").text, voice, rate)[0]
+                     for k in PARTS}
+        except UTTERANCE_ERRORS as err:
+            bad.append((triple["pair_id"], getattr(err, "reason", "synth_failed"), f"{type(err).__name__}: {err}"))
+            continue
+        audio_seconds += sum(len(w) for w in waves.values()) / rate
+        rows.append({"pair_id": triple["pair_id"], "speaker": speaker_name(backend, voice),
+                     **{f"{k}_text": triple[f"{k}_text"] for k in PARTS},
+                     **{f"{k}_audio": encode_flac(waves[k], rate) for k in PARTS}})
+    _write(rows, out_path)
+    log.info("%s: %d pairs, %d skipped, %.1f s of audio", Path(out_path).name, len(rows), len(bad), audio_seconds)
+    return {"path": str(out_path), "rows": len(rows), "audio_seconds": audio_seconds, "bad": bad}
+
+
+def _audio_column(names: list[str], part: str) -> str | None:
+    return next((c for c in (part, f"{part}_audio") if c in names), None)
+
+
+def published_columns(names: list[str], source: str) -> dict[str, str]:
+    """{part: audio column} + {part_text: text column} of a published SpokenSwag shard, or a ValueError
+    naming the columns found (the released schema is unverified: SlamKit's builder names are accepted)."""
+    mapping: dict[str, str] = {}
+    for part in PARTS:
+        audio = _audio_column(names, part)
+        if audio is None or f"{part}_text" not in names:
+            raise ValueError(
+                f"{source}: not a SpokenSwag shard. Expected audio columns prompt/chosen/rejected (or *_audio) and "
+                f"prompt_text/chosen_text/rejected_text; found columns: {', '.join(names)}")
+        mapping[part] = audio
+    return mapping
+
+
+def convert_published_spokenswag(parquet_path: str | Path, out_path: str | Path) -> dict:
+    """One published SpokenSwag Parquet shard -> PREFERENCE_AUDIO (16 kHz FLAC). Rows whose audio cannot
+    be decoded are skipped and listed."""
+    parquet_path = Path(parquet_path)
+    pf = pq.ParquetFile(parquet_path)
+    names = pf.schema_arrow.names
+    audio_cols = published_columns(names, str(parquet_path))
+    id_col = next((c for c in ("pair_id", "id") if c in names), None)
+    rows, bad = [], []
+    audio_seconds = 0.0
+    index = 0
+    for batch in pf.iter_batches(batch_size=64):
+        for record in batch.to_pylist():
+            pair_id = str(record[id_col]) if id_col else f"{parquet_path.stem}-{index:06d}"
+            index += 1
+            try:
+                waves = {}
+                for part, col in audio_cols.items():
+                    cell = record[col]
+                    data = cell.get("bytes") if isinstance(cell, dict) else cell
+                    waves[part] = decode_audio_bytes(data or b"", f"{parquet_path}#{pair_id}/{part}")
+            except BadAudioError as err:
+                bad.append((pair_id, err.reason, err.detail))
+                continue
+            audio_seconds += sum(len(w) for w in waves.values()) / 16000
+            rows.append({"pair_id": pair_id, "speaker": str(record.get("speaker") or "spokenswag"),
+                         **{f"{k}_text": record[f"{k}_text"] for k in PARTS},
+                         **{f"{k}_audio": encode_flac(waves[k]) for k in PARTS}})
+    _write(rows, out_path)
+    return {"path": str(out_path), "rows": len(rows), "audio_seconds": audio_seconds, "bad": bad}
