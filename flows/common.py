@@ -80,6 +80,19 @@ def rerun_with_configured_runner(flow_obj: Any, parallel: ParallelConfig) -> Any
     return flow_obj.with_options(task_runner=task_runner_for(parallel))
 
 
+def gather_with_progress(futures: list[Any], what: str) -> list[dict[str, Any]]:
+    """Results of shard futures in order, reporting shards done (with an ETA) to the log, a terminal bar and
+    a Prefect progress artifact."""
+    from tasks.common import progress_reporter
+
+    report = progress_reporter(what)
+    results = []
+    for i, future in enumerate(futures, 1):
+        results.append(future.result())
+        report(i / max(1, len(futures)), f"{i}/{len(futures)} shards")
+    return results
+
+
 def device_name(cfg: SlamConfig) -> str:
     return pick_device(cfg.run.device).type
 

@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import rerun_with_configured_runner
+from flows.common import gather_with_progress, rerun_with_configured_runner
 from slam_core.config import ParallelConfig, RunConfig, SlamConfig
 from slam_core.corpora.archive import ArchiveError
 from slam_core.corpora.download import ChecksumMismatchError, DownloadError
@@ -28,7 +28,7 @@ from slam_core.corpora.sources import Source, get_source, select_parts
 from slam_core.fingerprint import code_version, fingerprint
 from slam_core.paths import stage_dir
 from tasks import corpora
-from tasks.common import catalog_at, progress_reporter
+from tasks.common import catalog_at
 
 # Files per segment shard (one task each): LibriSpeech utterances are short; Libri-Light files are long.
 SHARD_FILES = {"librispeech": 2000, "librilight": 200, "local": 64}
@@ -106,7 +106,7 @@ def _prepare_http(src: Source, subsets, mirror, local_dir, root: Path, data_root
                                                        part, {}, shard_fp, data_root))
     if failed and len(failed) == len(fetched):
         raise RuntimeError(f"{src.name}: every part failed: {failed}")
-    summary = _summarise(_gather(shards, f"{src.name} segments"))
+    summary = _summarise(gather_with_progress(shards, f"{src.name} segments"))
     summary["quarantined"] += failed
     return summary
 
@@ -125,7 +125,7 @@ def _prepare_hub(src: Source, subsets, local_dir, root: Path, data_root: str) ->
         futures.append(corpora.hub_audio_shard.submit(
             src.name, str(pq_file), str(raw_dir / "audio" / pq_file.stem), str(seg_dir / f"{pq_file.stem}.parquet"),
             split, dict(src.extra), shard_fp, data_root))
-    return _summarise(_gather(futures, f"{src.name} audio shards"))
+    return _summarise(gather_with_progress(futures, f"{src.name} audio shards"))
 
 
 def _prepare_local(local_dir: str | None, root: Path, data_root: str) -> dict[str, Any]:
@@ -136,18 +136,7 @@ def _prepare_local(local_dir: str | None, root: Path, data_root: str) -> dict[st
     futures = [corpora.segment_shard.submit("local", chunk, str(seg_dir / f"segments-{k:05d}.parquet"), "train", {},
                                             _fp("segments", source="local", files=chunk), data_root)
                for k, chunk in enumerate(shard(files, SHARD_FILES["local"]))]
-    return _summarise(_gather(futures, "local segments"))
-
-
-def _gather(futures: list[Any], what: str) -> list[dict[str, Any]]:
-    """Results of shard futures in order, reporting shards done (with an ETA) to the log and a Prefect
-    progress artifact."""
-    report = progress_reporter(what)
-    results = []
-    for i, future in enumerate(futures, 1):
-        results.append(future.result())
-        report(i / max(1, len(futures)), f"{i}/{len(futures)} shards")
-    return results
+    return _summarise(gather_with_progress(futures, "local segments"))
 
 
 def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:

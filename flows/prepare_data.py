@@ -12,10 +12,13 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import check_resources, device_name, fp, load_config, rerun_with_configured_runner, save_resolved
+from flows.common import (
+    check_resources, device_name, fp, gather_with_progress, load_config, rerun_with_configured_runner, save_resolved,
+)
 from slam_core.device import set_cpu_threads
 from slam_core.paths import stage_dir
 from tasks import data, units
+from tasks.common import progress_reporter
 from tasks.planning import plan_recordings
 
 PAIR_SETS = ("tsc_like", "ssc_like", "preferences")
@@ -56,10 +59,15 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     # 4. Segmentation: silero-vad cuts each recording shard into story-length segments.
     seg_dir = stage_dir(cfg.data_root, "segments", "stories", "train")
     seg_fps = [fp("segments", cfg, ("vad",), synth_fps[i]) for i in range(len(shards))]
-    segments = [data.segment_recordings.submit(r.result()["path"], cfg.vad, str(seg_dir / f"segments-{i:05d}.parquet"),
-                                               "stories", "train", seg_fps[i], root)
-                for i, r in enumerate(recordings)]
-    segment_paths = [s.result()["path"] for s in segments]
+    synth_progress = progress_reporter("speech synthesis shards")
+    segments = []
+    for i, recording in enumerate(recordings, 1):  # segment each shard as soon as it is spoken
+        recordings_path = recording.result()["path"]
+        synth_progress(i / len(recordings), f"{i}/{len(recordings)} shards")
+        out_path = str(seg_dir / f"segments-{i - 1:05d}.parquet")
+        segments.append(data.segment_recordings.submit(recordings_path, cfg.vad, out_path, "stories", "train",
+                                                       seg_fps[i - 1], root))
+    segment_paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards")]
 
     # 5. Quantiser: k-means on encoder features of a seeded frame sample (or the published centroids).
     km_fp = fp("kmeans", cfg, ("units",), *seg_fps)
@@ -77,7 +85,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         "train" if k == "preferences" else "heldout", fp("pair-units", cfg, ("units",), pair_fps[k], km_fp), root)
         for k, f in spoken_pairs.items()}
 
-    unit_results = [u.result() for u in unit_futures]
+    unit_results = gather_with_progress(unit_futures, "unit extraction shards")
     return {
         "unit_shards": [u["path"] for u in unit_results],
         "unit_fingerprints": [u["fingerprint"] for u in unit_results],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
+from tqdm import tqdm
 
 from data_catalog import Catalog
 from slam_core.paths import catalog_path
@@ -60,9 +62,16 @@ def progress_reporter(description: str, min_interval_s: float = 2.0) -> Callable
         artifact_id = None
     last = [0.0]
     started = [None]  # (time, fraction) of the first report: the ETA extrapolates from there
+    # A live bar (with tqdm's own ETA) only where a person watches a terminal; logs and the artifact always.
+    bar = tqdm(total=100, desc=description, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]",
+               leave=False) if sys.stderr.isatty() else None
 
     def report(fraction: float, message: str = "") -> None:
         now = time.monotonic()
+        if bar is not None:
+            bar.update(100.0 * min(1.0, fraction) - bar.n)
+            if fraction >= 1.0:
+                bar.close()
         if started[0] is None:
             started[0] = (now, fraction)
         if fraction < 1.0 and now - last[0] < min_interval_s:

@@ -42,8 +42,9 @@ def test_report_with_plots_table_audio_generations_and_config(tmp_path: Path) ->
                        extra_plots={"units histogram": extra_png})
     page = out.read_text()
     images = _png_images(page)
-    assert len(images) == 2 and all(img.startswith(b"\x89PNG") for img in images)
-    assert images[1] == extra_png.read_bytes()
+    assert len(images) == 3 and all(img.startswith(b"\x89PNG") for img in images)
+    assert '<img alt="grad norm, tokens/s and MFU"' in page  # panels for the columns the CSV has
+    assert images[2] == extra_png.read_bytes()
     assert "http://" not in page and "https://" not in page          # nothing to fetch
     # accuracy in %, interval in %, paper value beside (≈ for the synthetic stand-in)
     assert "75.00 %" in page and "[59.81, 85.81]" in page and "≈ 82.04 (tsc)" in page
@@ -95,3 +96,16 @@ def test_markdown_summary_table() -> None:
     assert lines[0] == "| metric | value | n | 95 % interval |"
     assert lines[2] == "| tsc_like | 75.00 % | 40 | [59.81, 85.81] |"
     assert lines[4] == "| genppl | 123.46 | 4 |  |"
+
+
+def test_throughput_plot_only_for_columns_present(tmp_path: Path) -> None:
+    from slam_core.eval.report import throughput_plot
+
+    with_speed = _metrics_csv(tmp_path / "a.csv", "step,loss,grad_norm,tokens_per_s,mfu",
+                              ["1,5.0,2.0,1000,0.4", "2,4.0,1.5,1100,0.45"])
+    only_loss = _metrics_csv(tmp_path / "b.csv", "step,loss", ["1,5.0", "2,4.0"])
+    no_mfu = _metrics_csv(tmp_path / "c.csv", "step,loss,grad_norm,tokens_per_s,mfu", ["1,5.0,2.0,1000,", "2,4.0,1.5,1100,"])
+    assert throughput_plot(only_loss) is None
+    pngs = [base64.b64decode(throughput_plot(p).split(",", 1)[1]) for p in (with_speed, no_mfu)]
+    heights = [int.from_bytes(png[20:24], "big") for png in pngs]  # IHDR height
+    assert heights[0] / heights[1] > 1.3  # three panels vs two (an empty MFU column gets none)

@@ -87,6 +87,27 @@ def loss_plot(metrics_csv: Path) -> str | None:
     return _png_data_uri(fig)
 
 
+# (column, axis label) of the optimiser-health and speed panels, in display order.
+THROUGHPUT_PANELS = (("grad_norm", "grad norm (before clip)"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU"))
+
+
+def throughput_plot(metrics_csv: Path) -> str | None:
+    """Grad norm, tokens/s and MFU per step (one panel each, where the CSV has numbers) as a PNG data URI."""
+    from matplotlib.figure import Figure
+
+    rows = read_metrics_csv(metrics_csv)
+    panels = [(col, label) for col, label in THROUGHPUT_PANELS if any(col in row for row in rows)]
+    if not panels:
+        return None
+    fig = Figure(figsize=(8, 2.2 * len(panels)))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (col, label) in zip(axes, panels):
+        ax.plot(*_series(rows, "step", col), color="tab:purple")
+        ax.set_ylabel(label)
+    axes[-1].set_xlabel("step")
+    return _png_data_uri(fig)
+
+
 def _row_value(row: dict[str, Any]) -> tuple[float | None, bool]:
     """(value, in_percent): accuracies and auto-BLEU are reported in % like the paper."""
     if row.get("accuracy") is not None:
@@ -217,6 +238,9 @@ def write_report(
     curve = loss_plot(Path(metrics_csv)) if metrics_csv and Path(metrics_csv).is_file() else None
     sections.append(f'<img alt="training loss" src="{curve}">' if curve
                     else "<p class=note>no training metrics (metrics.csv missing or without a loss column)</p>")
+    speed = throughput_plot(Path(metrics_csv)) if curve else None
+    if speed:
+        sections.append(f'<img alt="grad norm, tokens/s and MFU" src="{speed}">')
     for title, png in (extra_plots or {}).items():
         data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
         sections.append(f'<h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
