@@ -93,6 +93,9 @@ def _with_size(art: Artifact) -> Artifact:
     return replace(art, bytes=size)
 
 
+_INSERT_QUARANTINE = "INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?,?,?)"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -127,15 +130,7 @@ class Catalog:
     # ---- artifacts -------------------------------------------------------------------------
     def record_artifact(self, art: Artifact) -> None:
         """Record a complete file. The file must already be in its final place."""
-        if not Path(art.path).exists():
-            raise FileNotFoundError(f"refusing to record missing artifact {art.path}")
-        art = _with_size(art)
-        with self.connect() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                [art.stage, art.dataset, art.split, str(art.path), art.fingerprint, art.rows, art.tokens,
-                 art.audio_seconds, art.bytes, json.dumps(list(art.upstream)), _now()],
-            )
+        self.record_output(art)
 
     def record_output(self, art: Artifact, quarantine: list[tuple[str, str, str, str, str, str]] = ()) -> None:
         """Record a complete file and the inputs quarantined while producing it, in one transaction: a crash
@@ -147,8 +142,7 @@ class Catalog:
             con.execute("BEGIN TRANSACTION")
             try:
                 for stage, dataset, path, reason, detail, fingerprint in quarantine:
-                    con.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?,?,?)",
-                                [stage, dataset, str(path), reason, detail, fingerprint, now])
+                    con.execute(_INSERT_QUARANTINE, [stage, dataset, str(path), reason, detail, fingerprint, now])
                 con.execute(
                     "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     [art.stage, art.dataset, art.split, str(art.path), art.fingerprint, art.rows, art.tokens,
@@ -191,10 +185,7 @@ class Catalog:
     # ---- quarantine ------------------------------------------------------------------------
     def record_quarantine(self, stage: str, dataset: str, path: str, reason: str, detail: str, fingerprint: str) -> None:
         with self.connect() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?,?,?)",
-                [stage, dataset, str(path), reason, detail, fingerprint, _now()],
-            )
+            con.execute(_INSERT_QUARANTINE, [stage, dataset, str(path), reason, detail, fingerprint, _now()])
 
     def quarantined(self, stage: str | None = None) -> list[dict[str, Any]]:
         if stage:
