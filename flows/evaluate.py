@@ -73,6 +73,7 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     # 4. Samples: the newest checkpoint (report), and every checkpoint that needs genppl/judge.
     gen_paths: dict[str, str] = {}
     gen_for = set(targets[-1:]) if "generate" in metrics and cfg.eval.n_generate > 0 else set()
+    runnable: dict[str, list[str]] = {}  # generative metric -> checkpoints it will be computed for
     for metric, metric_rows in GENERATIVE_METRICS.items():
         if metric in metrics:
             waiting = needed(metric_rows)
@@ -80,16 +81,16 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
             if reason:
                 computed += [ev.record_skip(root, run, c, metric_rows, reason, skip_fp, retry) for c in waiting]
             else:
+                runnable[metric] = waiting
                 gen_for |= set(waiting)
     for c in (c for c in targets if c in gen_for):
         gen_paths[c] = _generate(cfg, c, prepared, dev, root)
     for metric, task_fn in (("genppl", ev.genppl_metric), ("judge", ev.judge_metric)):
-        if metric in metrics and not _preflight(cfg, metric)[0]:
-            for c in needed(GENERATIVE_METRICS[metric]):
-                out_dir = stage_dir(cfg.data_root, "eval", run, metric, _short(c + gen_paths[c]))
-                gen_fp = fp("generate", cfg, ("eval",), Path(gen_paths[c]).stem, metric=metric,
-                            code=code_version(("eval",)))
-                computed.append(task_fn(run, c, gen_paths[c], cfg.eval, dev, str(out_dir), gen_fp, root))
+        for c in runnable.get(metric, []):
+            out_dir = stage_dir(cfg.data_root, "eval", run, metric, _short(c + gen_paths[c]))
+            gen_fp = fp("generate", cfg, ("eval",), Path(gen_paths[c]).stem, metric=metric,
+                        code=code_version(("eval",)))
+            computed.append(task_fn(run, c, gen_paths[c], cfg.eval, dev, str(out_dir), gen_fp, root))
 
     # 5. Results of this call's checkpoints and configured metrics, then the report.
     all_rows = ev.accuracy_rows(catalog, run)
