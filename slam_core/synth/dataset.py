@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import soxr
 
 from slam_core.atomic import atomic_path, write_bytes_atomic
 from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, encode_flac
 from slam_core.config import SynthConfig
 from slam_core.schemas import EVAL_PAIRS_AUDIO, PREFERENCE_AUDIO, RECORDINGS
 from slam_core.synth.base import TTSBackend, TTSError, get_backend
+from slam_core.synth.shards import speak_16k
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ def speaker_name(backend: TTSBackend, voice: str) -> str:
 
 
 def _speak(backend: TTSBackend, text: str, voice: str, sample_rate_hz: int) -> np.ndarray:
-    wave = backend.synthesize(text, voice)
-    if backend.sample_rate_hz != sample_rate_hz:
-        wave = soxr.resample(wave, backend.sample_rate_hz, sample_rate_hz, quality="HQ")
-    return np.asarray(wave, dtype=np.float32)
+    return speak_16k(backend, text, voice, sample_rate_hz)[0]
 
 
 def _silence(seconds: float, sample_rate_hz: int) -> np.ndarray:
