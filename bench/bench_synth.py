@@ -2,7 +2,8 @@
 
 - espeak-ng: one process, then `workers` processes through the shard runner (aggregate).
 - Kokoro-82M: the real architecture (hexgrad/Kokoro-82M config.json shapes, 82M parameters) with random
-  weights, since the weights cannot be downloaded here. Random duration predictions would make every phoneme
+  weights, since the weights cannot be downloaded here; one sentence per forward (the baseline), then
+  length-sorted masked batches, then batches in several worker processes on one GPU. Random duration predictions would make every phoneme
   ~0.6 s long, so `speed` is calibrated to real Kokoro's ~80 ms per phoneme: audio length, and with it the
   decoder work per second of audio, then match the real model. On CUDA it also runs several worker
   processes on the one GPU and reports the aggregate.
@@ -69,6 +70,18 @@ def _single(cfg: SynthConfig, voice: str, texts: list[str]) -> dict:
             "real_time_factor": round(wall / audio_s, 4)}
 
 
+def _batched(cfg: SynthConfig, voice: str, texts: list[str], batch_size: int) -> dict:
+    """All `texts` in one `synthesize_aligned_batch` call, `batch_size` sentences per masked forward."""
+    backend = get_backend(cfg.model_copy(update={"kokoro_batch_size": batch_size}))
+    backend.synthesize_aligned_batch([(t, voice) for t in texts[:batch_size]])  # warm-up at this batch shape
+    t0 = time.perf_counter()
+    results = backend.synthesize_aligned_batch([(t, voice) for t in texts])
+    wall = time.perf_counter() - t0
+    audio_s = sum(len(r[0]) for r in results) / backend.sample_rate_hz
+    return {"batch_size": batch_size, "utterances": len(texts), "audio_s": round(audio_s, 2), "wall_s": round(wall, 3),
+            "x_realtime": round(audio_s / wall, 2)}
+
+
 def _aggregate(cfg: SynthConfig, voices: list[str], workers: int, n_pairs: int) -> dict:
     """`n_pairs` SpokenSwag-style pairs through the shard runner in `workers` warm processes (catalog included)."""
     triples = [{"pair_id": f"p{i}", "prompt_text": TEXTS[i % 4], "chosen_text": TEXTS[(i + 1) % 4],
@@ -117,17 +130,28 @@ def run(quick: bool = True) -> dict:
         n_params = sum(p.numel() for p in get_backend(cfg)._model.parameters())
         results["kokoro_random_real_shape"] = {"parameters": n_params, "calibrated_speed": round(speed, 2),
                                                "torch_threads": torch.get_num_threads()}
-        results["kokoro_cpu_1_process"] = _single(cfg, "af_heart", TEXTS[:2] if quick else TEXTS)
+        cpu_texts = TEXTS[:2] if quick else TEXTS
+        results["kokoro_cpu_1_process"] = _single(cfg.model_copy(update={"kokoro_batch_size": 1}), "af_heart", cpu_texts)
+        results["kokoro_cpu_batched"] = _batched(cfg, "af_heart", cpu_texts, len(cpu_texts))
+        results["kokoro_cpu_batched"]["ratio_vs_one_at_a_time"] = round(
+            results["kokoro_cpu_batched"]["x_realtime"] / results["kokoro_cpu_1_process"]["x_realtime"], 2)
         print(f"kokoro (random weights, {n_params / 1e6:.0f}M params) on CPU: "
-              f"{results['kokoro_cpu_1_process']['x_realtime']}x real time")
+              f"{results['kokoro_cpu_1_process']['x_realtime']}x real time one at a time, "
+              f"{results['kokoro_cpu_batched']['x_realtime']}x batched "
+              f"({results['kokoro_cpu_batched']['ratio_vs_one_at_a_time']}x)")
         if torch.cuda.is_available():
-            gpu = cfg.model_copy(update={"device": "cuda"})
-            results["kokoro_gpu_1_process"] = _single(gpu, "af_heart", TEXTS * (2 if quick else 10))
+            gpu = cfg.model_copy(update={"device": "cuda", "kokoro_max_batch_tokens": 65_536})
+            gpu_texts = TEXTS * (16 if quick else 64)
+            results["kokoro_gpu_1_process"] = _single(gpu.model_copy(update={"kokoro_batch_size": 1}), "af_heart",
+                                                      TEXTS * (2 if quick else 10))
+            results["kokoro_gpu_batched"] = [_batched(gpu, "af_heart", gpu_texts, b) for b in (8, 32, 64)]
             results["kokoro_gpu_aggregate"] = [
-                _aggregate(gpu, ["af_heart", "am_fenrir", "bf_emma", "bm_george"], w, 32 if quick else 400)
-                for w in (1, 4, 8)]
+                _aggregate(gpu.model_copy(update={"kokoro_batch_size": 32}),
+                           ["af_heart", "am_fenrir", "bf_emma", "bm_george"], w, 64 if quick else 400)
+                for w in (1, 2, 4)]
             print(f"kokoro on {torch.cuda.get_device_name(0)}: {results['kokoro_gpu_1_process']['x_realtime']}x "
-                  f"in one process; aggregate {[r['x_realtime_aggregate'] for r in results['kokoro_gpu_aggregate']]}")
+                  f"one at a time; batched {[r['x_realtime'] for r in results['kokoro_gpu_batched']]}; aggregate "
+                  f"(batch 32, 1/2/4 workers) {[r['x_realtime_aggregate'] for r in results['kokoro_gpu_aggregate']]}")
     return results
 
 

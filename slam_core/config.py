@@ -87,6 +87,10 @@ class SynthConfig(_Section):
     shard_rows: int = Field(256, ge=1, description="Utterances or SWAG pairs per synthesis shard (one task each).")
     workers: int = Field(1, ge=1, description="Synthesis worker processes (each loads its own TTS model).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Kokoro device; auto picks cuda when available.")
+    kokoro_batch_size: int = Field(
+        16, ge=1, description="Kokoro sentences per batched forward (length-sorted, masked); 1 = one at a time.")
+    kokoro_max_batch_tokens: int = Field(
+        8192, ge=64, description="Kokoro phoneme tokens per batched forward, padding included (bounds GPU memory).")
 
 
 class VadConfig(_Section):

@@ -163,10 +163,10 @@ def test_kokoro_alignment_long_sentence_split_and_spokenswag_voices(tmp_path, on
     backend = get_backend(cfg)
     text = "The little fish swam to the coral reef, and found a shiny shell. Quick zebras vex the dog!"
     parts: list[str] = []
-    speak_words = backend._speak_words
-    backend._speak_words = lambda words, *a: parts.append(" ".join(w for w, _ in words)) or speak_words(words, *a)
+    speak_parts = backend._speak_parts
+    backend._speak_parts = lambda ps: parts.extend(" ".join(w for w, _ in p.words) for p in ps) or speak_parts(ps)
     wave, words = backend.synthesize_aligned(text, "af_heart")  # first sentence > 38 phonemes: cut at the comma
-    del backend._speak_words
+    del backend._speak_parts
     assert any(p.endswith("reef,") for p in parts) and len(parts) >= 3 and " ".join(parts) == text
     assert np.array_equal(wave, backend.synthesize(text, "af_heart"))
     assert [w for w, _, _ in words] == text.split()

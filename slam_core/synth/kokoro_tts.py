@@ -5,8 +5,10 @@ Local directory layout: `config.json`, one `*.pth` state dict (`kokoro-v1_0.pth`
 
 Kokoro's stock English G2P downloads a spaCy model at start-up, so text is phonemised with
 `misaki.espeak.EspeakG2P` (en-us, or en-gb for British 'b*' voices) and fed to `KModel` sentence by
-sentence (a sentence over the model's phoneme context is cut at a clause mark or word boundary). The decoder draws noise, so each call seeds torch
-from (voice, text) under a lock: the same text and voice give the same samples.
+sentence (a sentence over the model's phoneme context is cut at a clause mark or word boundary).
+Sentences of many requests run together through the masked batched forward of `kokoro_batch`; the decoder
+noise of each sentence is seeded from (voice, text), so the same text and voice give the same samples
+whichever batch they land in (to float rounding; alone, bit for bit the stock `KModel.forward`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import logging
 import re
 import threading
 import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
 from slam_core.synth.base import TTSError, TTSSetupError, check_text
+from slam_core.synth.kokoro_batch import KokoroItem, forward_batch
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,29 @@ KOKORO_WEIGHTS_FILE = "kokoro-v1_0.pth"
 KOKORO_SAMPLE_RATE_HZ = 24_000
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _PAUSE_BETWEEN_SENTENCES_S = 0.3
+AlignedOrError = Union[tuple[np.ndarray, list[tuple[str, float, float]]], TTSError]
+
+
+@dataclass
+class _Part:
+    """One model call's worth of a request: a sentence, or a cut of one that exceeds the context."""
+
+    request: int
+    words: list[tuple[str, str]]
+    item: KokoroItem
+
+
+def _length_batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Consecutive runs of `order` (sorted by length) with at most `batch_size` items and at most
+    `max_tokens` padded tokens (items x longest) each; an item longer than `max_tokens` goes alone."""
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and \
+                (len(batches[-1]) + 1) * max(lengths[i], *(lengths[j] for j in batches[-1])) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _missing_model_error(source: str, err: Exception) -> TTSSetupError:
@@ -67,11 +96,14 @@ class KokoroBackend:
     name = "kokoro"
     sample_rate_hz = KOKORO_SAMPLE_RATE_HZ
 
-    def __init__(self, model: str = KOKORO_HUB_ID, speed: float = 1.0, device: str = "cpu") -> None:
+    def __init__(self, model: str = KOKORO_HUB_ID, speed: float = 1.0, device: str = "cpu",
+                 batch_size: int = 1, max_batch_tokens: int = 8192) -> None:
         import torch
 
         self.model_source = model
         self.speed = float(speed)
+        self.batch_size = int(batch_size)
+        self.max_batch_tokens = int(max_batch_tokens)
         config_path, weights_path, self._voices_dir = resolve_kokoro_files(model)
         try:
             from kokoro.model import KModel
@@ -109,29 +141,94 @@ class KokoroBackend:
         """Speak `text` and time its words from the model's predicted phoneme durations:
         (samples, [(word, start_s, end_s)]). A sentence over the phoneme limit is cut at a clause mark or
         word boundary and spoken in parts; words without phonemes in Kokoro's vocabulary get no timing."""
+        result = self.synthesize_aligned_batch([(text, voice)])[0]
+        if isinstance(result, TTSError):
+            raise result
+        return result
+
+    def synthesize_aligned_batch(self, requests: Sequence[tuple[str, str]]) -> list[AlignedOrError]:
+        """`synthesize_aligned` for many (text, voice) requests at once: their sentence parts are sorted by
+        length and run `batch_size` at a time through one masked forward. Each result is (samples, words)
+        or the TTSError that request alone raises; one bad request never fails the others."""
+        results: list[AlignedOrError | None] = [None] * len(requests)
+        parts: list[_Part] = []
+        with self._lock:
+            for index, (text, voice) in enumerate(requests):
+                try:
+                    parts += self._plan_parts(index, text, voice)
+                except TTSError as err:
+                    results[index] = err
+            spoken = self._speak_parts(parts)
+        by_request: dict[int, list[tuple[_Part, np.ndarray, list]]] = {}
+        for part, outcome in zip(parts, spoken):
+            if isinstance(outcome, TTSError):
+                results[part.request] = outcome
+            elif results[part.request] is None:
+                by_request.setdefault(part.request, []).append((part, *outcome))
+        for index, pieces in by_request.items():
+            if results[index] is None:
+                results[index] = self._join_parts(requests[index], pieces)
+        return [r if r is not None else TTSError(requests[i][0], "unpronounceable",
+                                                 "no phonemes in Kokoro's vocabulary")
+                for i, r in enumerate(results)]
+
+    def _plan_parts(self, index: int, text: str, voice: str) -> list[_Part]:
+        """The model inputs for one request: one per sentence, or per cut of a sentence over the context."""
         clean = check_text(text)
+        pack = self._load_voice(voice)
+        g2p = self._get_g2p(voice)
+        parts = []
+        for sentence in _SENTENCE_END.split(clean):
+            for words in self._fit_context(self._phonemize_words(sentence, g2p)):
+                phonemes = " ".join(ps for _, ps in words)
+                spoken = " ".join(w for w, _ in words)
+                ids = [self._model.vocab[p] for p in phonemes if p in self._model.vocab]
+                parts.append(_Part(index, words, KokoroItem(
+                    input_ids=[0, *ids, 0], ref_s=pack[len(phonemes) - 1],
+                    seed=zlib.crc32(f"{Path(voice).stem}\n{spoken}".encode()))))  # voice id or .pt path: same seed
+        return parts
+
+    def _speak_parts(self, parts: list[_Part]) -> list[tuple[np.ndarray, list] | TTSError]:
+        """Audio and word spans per part, batched by length; a failing batch is retried one part at a time
+        so the error lands on the part that causes it."""
+        outcomes: list[tuple[np.ndarray, list] | TTSError | None] = [None] * len(parts)
+        order = sorted(range(len(parts)), key=lambda i: len(parts[i].item.input_ids))
+        for batch in _length_batches(order, [len(p.item.input_ids) for p in parts], self.batch_size,
+                                     self.max_batch_tokens):
+            try:
+                done = forward_batch(self._model, [parts[i].item for i in batch], self.speed)
+            except (RuntimeError, ValueError) as err:
+                if len(batch) == 1:
+                    part = parts[batch[0]]
+                    outcomes[batch[0]] = TTSError(" ".join(w for w, _ in part.words), "synth_failed",
+                                                  f"{type(err).__name__}: {err}")
+                    continue
+                done = [None] * len(batch)
+                for i in batch:
+                    outcomes[i] = self._speak_parts([parts[i]])[0]
+            for i, result in zip(batch, done):
+                if result is not None:
+                    audio, durations = result
+                    outcomes[i] = self._word_spans(parts[i].words, audio, durations)
+        return outcomes  # type: ignore[return-value]
+
+    def _join_parts(self, request: tuple[str, str], pieces: list) -> AlignedOrError:
+        """One request's parts in order, 0.3 s apart, with word times shifted to their place."""
         rate = self.sample_rate_hz
         pause = np.zeros(int(_PAUSE_BETWEEN_SENTENCES_S * rate), dtype=np.float32)
-        pieces: list[np.ndarray] = []
+        waves: list[np.ndarray] = []
         words: list[tuple[str, float, float]] = []
         offset = 0
-        with self._lock:
-            pack = self._load_voice(voice)
-            g2p = self._get_g2p(voice)
-            for sentence in _SENTENCE_END.split(clean):
-                for part in self._fit_context(self._phonemize_words(sentence, g2p)):
-                    if pieces:
-                        pieces.append(pause)
-                        offset += len(pause)
-                    audio, spans = self._speak_words(part, voice, pack)
-                    words += [(w, (offset + a) / rate, (offset + b) / rate) for w, a, b in spans]
-                    pieces.append(audio)
-                    offset += len(audio)
-        if not pieces:
-            raise TTSError(text, "unpronounceable", "no phonemes in Kokoro's vocabulary")
-        wave = np.concatenate(pieces)
+        for _, audio, spans in pieces:
+            if waves:
+                waves.append(pause)
+                offset += len(pause)
+            words += [(w, (offset + a) / rate, (offset + b) / rate) for w, a, b in spans]
+            waves.append(audio)
+            offset += len(audio)
+        wave = np.concatenate(waves)
         if not np.isfinite(wave).all() or not np.any(wave):
-            raise TTSError(text, "no_audio", f"Kokoro produced silent or non-finite audio with voice {voice}")
+            return TTSError(request[0], "no_audio", f"Kokoro produced silent or non-finite audio with voice {request[1]}")
         return wave, words
 
     def _phonemize_words(self, sentence: str, g2p) -> list[tuple[str, str]]:
@@ -161,16 +258,11 @@ class KokoroBackend:
         cut = min(clause_ends, key=lambda i: abs(i - middle)) if clause_ends else len(words) // 2
         return self._fit_context(words[:cut]) + self._fit_context(words[cut:])
 
-    def _speak_words(self, words: list[tuple[str, str]], voice: str, pack) -> tuple[np.ndarray, list]:
-        phonemes = " ".join(ps for _, ps in words)
-        text = " ".join(w for w, _ in words)
-        seed = zlib.crc32(f"{Path(voice).stem}\n{text}".encode())  # voice id or its .pt path: same seed
-        with self._torch.random.fork_rng(devices=[]):
-            self._torch.manual_seed(seed)
-            ref = pack[len(phonemes) - 1].to(self._device)
-            out = self._model(phonemes, ref, self.speed, return_output=True)
-        audio = out.audio.float().cpu().numpy().astype(np.float32)
-        frames = np.concatenate([[0], np.cumsum(out.pred_dur.cpu().numpy().reshape(-1))])
+    @staticmethod
+    def _word_spans(words: list[tuple[str, str]], audio, durations) -> tuple[np.ndarray, list]:
+        """Samples and (word, first, last) sample spans from the predicted per-token durations."""
+        audio = audio.float().cpu().numpy().astype(np.float32)
+        frames = np.concatenate([[0], np.cumsum(durations.cpu().numpy().reshape(-1))])
         samples_per_frame = len(audio) / max(1, frames[-1])
         spans, char = [], 0
         for word, ps in words:

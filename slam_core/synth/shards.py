@@ -25,14 +25,18 @@ import soxr
 
 from slam_core.config import SynthConfig
 from slam_core.fingerprint import code_version, fingerprint
-from slam_core.synth.base import TTSBackend, get_backend
+from slam_core.synth.base import TTSBackend, TTSError, TTSSetupError, get_backend
 
 log = logging.getLogger(__name__)
 
 SYNTH_CODE_SCOPE = ("synth", "audio/io.py", "schemas.py")
 # Config fields that change the audio (not workers / shard_rows: they only change how the work is spread).
+# Kokoro's batch settings are among them: batch composition moves samples by float rounding.
 _AUDIO_FIELDS = ("backend", "words_per_minute", "kokoro_model", "kokoro_speed", "sample_rate_hz",
-                 "max_utterance_chars")
+                 "max_utterance_chars", "kokoro_batch_size", "kokoro_max_batch_tokens")
+
+# What one utterance may raise without failing its shard (it is skipped and counted with the reason).
+UTTERANCE_ERRORS = (TTSError, RuntimeError, ValueError, AssertionError, IndexError)
 
 _backends: dict[str, TTSBackend] = {}
 _backends_lock = threading.Lock()
@@ -42,7 +46,8 @@ _pools: dict[int, Executor] = {}
 def cached_backend(cfg: SynthConfig, voices: Sequence[str]) -> TTSBackend:
     """One backend per configuration per process (a Kokoro model is loaded once, not once per shard), with
     every voice in `voices` checked, so a bad voice fails before any audio is made."""
-    key = cfg.model_dump_json(include={"backend", "words_per_minute", "kokoro_model", "kokoro_speed", "device"})
+    key = cfg.model_dump_json(include={"backend", "words_per_minute", "kokoro_model", "kokoro_speed", "device",
+                                       "kokoro_batch_size", "kokoro_max_batch_tokens"})
     with _backends_lock:
         if key not in _backends:
             _backends[key] = get_backend(cfg.model_copy(update={"voices": []}))
@@ -62,6 +67,34 @@ def speak_16k(backend: TTSBackend, text: str, voice: str, sample_rate_hz: int,
     if backend.sample_rate_hz != sample_rate_hz:
         wave = soxr.resample(wave, backend.sample_rate_hz, sample_rate_hz, quality="HQ")
     return np.asarray(wave, dtype=np.float32), words
+
+
+def speak_many_16k(backend: TTSBackend, requests: Sequence[tuple[str, str]], sample_rate_hz: int,
+                   aligned: bool = False) -> list[tuple[np.ndarray, list[tuple[str, float, float]]] | Exception]:
+    """`speak_16k` for many (text, voice) requests: one batched call when the backend has one (Kokoro),
+    else one call each. A request that fails gives its exception in place of a result."""
+    batch_call = getattr(backend, "synthesize_aligned_batch", None)
+    if batch_call is not None:
+        raw: list = batch_call(list(requests))
+    else:
+        raw = []
+        for text, voice in requests:
+            try:
+                raw.append(backend.synthesize_aligned(text, voice) if aligned else (backend.synthesize(text, voice), []))
+            except TTSSetupError:
+                raise
+            except UTTERANCE_ERRORS as err:
+                raw.append(err)
+    out: list = []
+    for result in raw:
+        if isinstance(result, Exception):
+            out.append(result)
+            continue
+        wave, words = result
+        if backend.sample_rate_hz != sample_rate_hz:
+            wave = soxr.resample(wave, backend.sample_rate_hz, sample_rate_hz, quality="HQ")
+        out.append((np.asarray(wave, dtype=np.float32), words if aligned else []))
+    return out
 
 
 def split_into_shards(items: Sequence[Any], shard_rows: int) -> list[list[Any]]:
