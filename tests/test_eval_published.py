@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import soundfile as sf
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from chat_stub import chat_endpoint
 from data_catalog import Catalog
 from slam_core.config import UnitsConfig
 from slam_core.eval.generate import prompts_from_units, read_alignment, word_boundary_cut_s
@@ -157,27 +156,10 @@ def test_tokenise_pairs_matches_one_at_a_time_units(tmp_path: Path, one_torch_th
 
 # ---- the flow ---------------------------------------------------------------------------------------------------
 
-class _Judge(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
-        self.rfile.read(int(self.headers["Content-Length"]))
-        data = json.dumps({"choices": [{"message": {"content": "Score: \\boxed{4}"}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture()
 def judge_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with chat_endpoint(lambda body: "Score: \\boxed{4}") as (url, _):
+        yield url + "/v1"
 
 
 def _generative_stand_ins(tmp_path: Path) -> dict[str, str]:

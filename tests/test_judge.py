@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
+from chat_stub import chat_endpoint  # noqa: E402
 from slam_core.eval.judge import (  # noqa: E402
     EndpointJudge, JudgeRequestError, build_judge_prompt, judge_transcripts, load_local_judge, parse_score,
 )
@@ -35,49 +33,28 @@ def test_parse_score() -> None:
     assert parse_score("") is None and parse_score(None) is None and parse_score("no idea") is None
 
 
-class _CannedChat(BaseHTTPRequestHandler):
-    seen: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-        continuation = body["messages"][0]["content"].split("Continuation: ")[1].split("\n")[0]
-        reply = CANNED[continuation]
-        if reply is None:
-            self.send_error(500, "boom")
-            return
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def _canned_reply(body: dict) -> str | None:
+    return CANNED[body["messages"][0]["content"].split("Continuation: ")[1].split("\n")[0]]
 
 
 @pytest.fixture()
-def chat_server() -> Iterator[str]:
-    _CannedChat.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CannedChat)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def chat_server() -> Iterator[tuple[str, list[dict]]]:
+    with chat_endpoint(_canned_reply) as served:
+        yield served
 
 
-def test_endpoint_judge_counts_unparsable_and_failed(chat_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_judge_counts_unparsable_and_failed(chat_server: tuple[str, list[dict]],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    chat_url, seen = chat_server
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test")
-    judge = EndpointJudge(chat_server + "/v1/", "judge-model", api_key_env="TEST_JUDGE_KEY", timeout_s=10)
+    judge = EndpointJudge(chat_url + "/v1/", "judge-model", api_key_env="TEST_JUDGE_KEY", timeout_s=10)
     items = [("once upon a time", name) for name in CANNED]
     out = judge_transcripts(items, judge)
     assert [r["score"] for r in out["rows"]] == [4, 2, 5, None, None, None]
     assert out["mean_score"] == pytest.approx((4 + 2 + 5) / 3)
     assert (out["n"], out["n_parsed"], out["n_unparsable"], out["n_failed"]) == (6, 3, 2, 1)
     assert "HTTP 500" in out["rows"][-1]["error"] and out["rows"][3]["answer"] == CANNED["vague"]
-    request = _CannedChat.seen[0]
+    request = seen[0]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
     assert request["body"]["model"] == "judge-model" and request["body"]["temperature"] == 0.0
     assert request["body"]["messages"][0]["content"] == build_judge_prompt("once upon a time", "good")
