@@ -82,6 +82,27 @@ def _batched(cfg: SynthConfig, voice: str, texts: list[str], batch_size: int) ->
             "x_realtime": round(audio_s / wall, 2)}
 
 
+H100_TF32_DENSE_TFLOPS = 494.7  # SXM data sheet; cuDNN convolutions run in TF32 under PyTorch's defaults
+
+
+def _flops_per_audio_s(cfg: SynthConfig, voice: str, text: str) -> dict:
+    """Model FLOPs per second of audio (torch's FLOP counter on one utterance), and the share of an H100's
+    dense TF32 peak that 1,000x real time would need: what bounds the GPU throughput goal."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    backend = get_backend(cfg)
+    with FlopCounterMode(display=False) as counter:
+        wave = backend.synthesize(text, voice)
+    audio_s = len(wave) / backend.sample_rate_hz
+    by_op = counter.get_flop_counts()["Global"]
+    total = counter.get_total_flops()
+    gflop_per_s = total / 1e9 / audio_s
+    return {"gflop_per_audio_s": round(gflop_per_s, 1),
+            "convolution_share": round(sum(v for k, v in by_op.items() if "convolution" in str(k)) / total, 3),
+            "tflops_needed_for_1000x": round(gflop_per_s, 1),
+            "h100_tf32_dense_share_for_1000x": round(gflop_per_s / H100_TF32_DENSE_TFLOPS, 3)}
+
+
 def _aggregate(cfg: SynthConfig, voices: list[str], workers: int, n_pairs: int) -> dict:
     """`n_pairs` SpokenSwag-style pairs through the shard runner in `workers` warm processes (catalog included)."""
     triples = [{"pair_id": f"p{i}", "prompt_text": TEXTS[i % 4], "chosen_text": TEXTS[(i + 1) % 4],
@@ -130,6 +151,10 @@ def run(quick: bool = True) -> dict:
         n_params = sum(p.numel() for p in get_backend(cfg)._model.parameters())
         results["kokoro_random_real_shape"] = {"parameters": n_params, "calibrated_speed": round(speed, 2),
                                                "torch_threads": torch.get_num_threads()}
+        results["kokoro_compute"] = _flops_per_audio_s(cfg, "af_heart", TEXTS[0])
+        print(f"kokoro: {results['kokoro_compute']['gflop_per_audio_s']} GFLOP per audio second "
+              f"({results['kokoro_compute']['convolution_share']:.0%} convolutions): 1,000x real time needs "
+              f"{results['kokoro_compute']['h100_tf32_dense_share_for_1000x']:.0%} of an H100's dense TF32 peak")
         cpu_texts = TEXTS[:2] if quick else TEXTS
         results["kokoro_cpu_1_process"] = _single(cfg.model_copy(update={"kokoro_batch_size": 1}), "af_heart", cpu_texts)
         results["kokoro_cpu_batched"] = _batched(cfg, "af_heart", cpu_texts, len(cpu_texts))
