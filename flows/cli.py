@@ -8,7 +8,7 @@
     slam eval --checkpoint DIR [--metrics tsc_like,sblimp,swuggy,ssc,tsc,salmon,genppl,judge] [--preset smoke]
     slam data prepare <source> [--subsets …] [--mirror URL] [--local-dir DIR] [--dry-run]
     slam vocode --units FILE --out WAV [--vocoder DIR_OR_NAME]
-    slam synth <stinystories|spokenswag> --input <file|dir> --out DIR [--backend kokoro|espeak] [--voices …]
+    slam synth <stinystories|spokenswag> --input <file|dir> [--out DIR] [--backend kokoro|espeak] [--voices …]
                [--seed N] [--workers N]
 """
 

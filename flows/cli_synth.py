@@ -1,4 +1,4 @@
-"""`slam synth <stinystories|spokenswag> --input <file|dir> --out DIR [--backend kokoro|espeak] [--voices …]
+"""`slam synth <stinystories|spokenswag> --input <file|dir> [--out DIR] [--backend kokoro|espeak] [--voices …]
 [--seed N] [--workers N]`: synthetic speech in sharded, seeded, resumable Parquet.
 
 Registered in flows/cli.py with `add_synth_parser(sub)`. Runs the shards directly in worker processes
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections import Counter
 from typing import Any
 
 
@@ -33,16 +31,6 @@ def synth_config(args: argparse.Namespace):
     return cfg, cfg.run.seed if args.seed is None else args.seed
 
 
-def summarise(records: list[dict[str, Any]], bad: list, wall_s: float) -> dict[str, Any]:
-    quarantined = Counter(b[1] for b in bad) + Counter(b[1] for r in records for b in r["bad"])
-    audio_s = sum(r["audio_seconds"] for r in records)
-    made_s = sum(r["audio_seconds"] for r in records if not r["reused"])
-    return {"shards": [r["path"] for r in records], "rows": sum(r["rows"] for r in records),
-            "audio_hours": round(audio_s / 3600, 4), "reused_shards": sum(r["reused"] for r in records),
-            "quarantined": dict(quarantined), "wall_s": round(wall_s, 2),
-            "x_realtime": round(made_s / wall_s, 1) if made_s else None}
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from flows.cli import _quiet_offline_env
 
@@ -55,22 +43,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
                             preset=args.preset, overrides=_overrides_dict(args), data_root=args.data_root)
         print(json.dumps(result, indent=2, default=str))
         return 0
-    from data_catalog import Catalog
     from slam_core.paths import catalog_path
-    from slam_core.synth.jobs import plan_jobs
+    from slam_core.synth.jobs import run_synthesis
     from slam_core.synth.shards import run_recorded_shards
 
     args.preset_backend = _preset_backend(args.preset)
     cfg, seed = synth_config(args)
-    t0 = time.perf_counter()
-    jobs, bad, info = plan_jobs(args.kind, args.input, cfg.synth, seed, args.out, args.split,
-                                limit=args.limit)
-    catalog = Catalog(catalog_path(cfg.data_root))
-    for item, reason, detail in bad:
-        catalog.record_quarantine("synth", args.kind, str(item), reason, detail, "plan")
-    records = run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root))
-    print(json.dumps({**info, "seed": seed, "backend": cfg.synth.backend, "workers": cfg.synth.workers,
-                      **summarise(records, bad, time.perf_counter() - t0)}, indent=2, default=str))
+    result = run_synthesis(args.kind, args.input, cfg.synth, seed, cfg.data_root,
+                           lambda jobs: run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root)),
+                           args.out, args.split, limit=args.limit)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -99,7 +81,9 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     syn.add_argument("--input", required=True,
                      help="stinystories: STORIES Parquet or TinyStories text (hub-layout dir, .txt, text Parquet); "
                           "spokenswag: TRIPLES Parquet, a SWAG hub-layout dir, or a published SpokenSwag dir")
-    syn.add_argument("--out", required=True, help="output directory (<split>/data-NNNNN.parquet or preferences-NNNNN.parquet)")
+    syn.add_argument("--out", default=None,
+                     help="output directory, gets <split>/data-NNNNN.parquet or <split>/preferences-NNNNN.parquet "
+                          "(default <data root>/synth/<kind>, where the paper preset's prepare flow reads them)")
     syn.add_argument("--backend", choices=("kokoro", "espeak"), default=None, help="TTS backend (default: the preset's)")
     syn.add_argument("--voices", nargs="+", default=None,
                      help="voices drawn per story/pair from the seed (default: one voice for stinystories; "

@@ -2,6 +2,10 @@
 
 Run: `python -m flows.prepare_data --preset smoke` or `prefect deployment run 'prepare-data/preprocess'`.
 Every step is a cached task keyed by its fingerprint; a rerun after a crash redoes only unfinished shards.
+
+Sharded speech sets (the paper preset): with `corpus.stinystories_dir` the sTinyStories audio shards become
+segments (one utterance each, no VAD) and pre-training units; with `corpus.spokenswag_dir` every
+`preferences-*.parquet` there becomes one shard of DPO pair units, all in one directory the DPO loader reads.
 """
 
 from __future__ import annotations
@@ -15,13 +19,80 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import (
     check_resources, device_name, fp, gather_with_progress, load_config, rerun_with_configured_runner, save_resolved,
 )
+from flows.data_sources import CODE_SCOPE as SOURCE_CODE_SCOPE
+from slam_core.config import SlamConfig
+from slam_core.corpora.hub import list_parquet_files
+from slam_core.corpora.sources import get_source
 from slam_core.device import set_cpu_threads
+from slam_core.fingerprint import code_version, fingerprint
 from slam_core.paths import stage_dir
-from tasks import data, units
+from tasks import corpora, data, units
 from tasks.common import progress_reporter
 from tasks.planning import plan_recordings
 
 PAIR_SETS = ("tsc_like", "ssc_like", "preferences")
+
+
+def configured_dir(cfg: SlamConfig, value: str) -> Path:
+    """A `corpus.*_dir` path: absolute as given, else relative to the data root."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else cfg.data_root / path
+
+
+def stinystories_shards(cfg: SlamConfig) -> list[Path]:
+    """Every audio Parquet below `corpus.stinystories_dir`, sorted; a clear error when there is none."""
+    root = configured_dir(cfg, cfg.corpus.stinystories_dir or "")
+    files = list_parquet_files(root) if root.is_dir() else []
+    if not files:
+        raise FileNotFoundError(
+            f"corpus.stinystories_dir: no sTinyStories shards (*.parquet) under {root}. Make them with `slam synth "
+            f"stinystories --input TINYSTORIES_DIR --preset {cfg.run.name}`, fetch the published set with `slam data "
+            f"prepare stinystories` and set corpus.stinystories_dir=raw/stinystories/hub, or set it to your copy")
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):  # outputs are named by stem: two shards must not share one output
+        raise ValueError(f"corpus.stinystories_dir: {root} holds several shards with the same file name")
+    return files
+
+
+def spokenswag_shards(cfg: SlamConfig) -> list[Path]:
+    """Every `preferences-*.parquet` in `corpus.spokenswag_dir`, sorted; a clear error when there is none."""
+    root = configured_dir(cfg, cfg.corpus.spokenswag_dir or "")
+    files = sorted(root.glob("preferences-*.parquet")) if root.is_dir() else []
+    if not files:
+        raise FileNotFoundError(
+            f"corpus.spokenswag_dir: no preferences-*.parquet shards in {root}. Make them with `slam synth spokenswag "
+            f"--input SWAG_DIR --preset {cfg.run.name}` (or --input a published SpokenSwag copy, fetched by `slam "
+            f"data prepare spokenswag`), or set corpus.spokenswag_dir to a directory that holds them")
+    return files
+
+
+def submit_stinystories_segments(files: list[Path], root: str) -> list[tuple[Any, str]]:
+    """(future, fingerprint) per sTinyStories shard: its utterances decoded to FLAC and listed as SEGMENTS.
+    Paths and keys are those of `slam data prepare stinystories`, so segments it made are reused."""
+    src = get_source("stinystories")
+    raw_dir, seg_dir = stage_dir(Path(root), "raw", src.name), stage_dir(Path(root), "segments", src.name, "train")
+    out = []
+    for f in files:
+        shard_fp = fingerprint("segments", {"source": src.name, "file": f.name, "size": f.stat().st_size},
+                               code=code_version(SOURCE_CODE_SCOPE))
+        out.append((corpora.hub_audio_shard.submit(src.name, str(f), str(raw_dir / "audio" / f.stem),
+                                                   str(seg_dir / f"{f.stem}.parquet"), "train", dict(src.extra),
+                                                   shard_fp, root), shard_fp))
+    return out
+
+
+def submit_preference_units(cfg: SlamConfig, files: list[Path], centroids: str, km_fp: str, dev: str,
+                            root: str) -> tuple[str, str, list[Any]]:
+    """(directory, fingerprint of the set, futures): one pair-unit task per SpokenSwag shard, each cached and
+    recorded. The directory is named by the set's fingerprint, so it holds exactly these shards' units and the
+    DPO loader can read it whole (sorted, as the shards)."""
+    shard_fps = [fp("pair-units", cfg, ("units",), km_fp, file=f.name, bytes=f.stat().st_size) for f in files]
+    set_fp = fp("pair-units", cfg, ("units",), *shard_fps, set="spokenswag")
+    out_dir = stage_dir(cfg.data_root, "pairs", f"spokenswag-{set_fp}")
+    futures = [units.extract_pair_units.submit(str(f), centroids, cfg.units, dev, str(out_dir / f"{f.stem}.parquet"),
+                                               "spokenswag", "train", shard_fp, root)
+               for f, shard_fp in zip(files, shard_fps)]
+    return str(out_dir), set_fp, futures
 
 
 @flow(name="prepare-data", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -31,6 +102,8 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     cfg = load_config(preset, overrides, data_root)
     if (on_runner := rerun_with_configured_runner(prepare_data, cfg.parallel)) is not None:
         return on_runner(preset, overrides, data_root)  # parallel.task_runner=dask: shards go to the cluster
+    story_files = stinystories_shards(cfg) if cfg.corpus.stinystories_dir else None  # missing input: fail first
+    preference_files = spokenswag_shards(cfg) if cfg.corpus.spokenswag_dir else None
     check_resources(cfg)
     save_resolved(cfg, "prepare-data")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
@@ -41,57 +114,75 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     corpus_fp = fp("corpus", cfg, ("corpus",))
     corpus = data.prepare_corpus(cfg.corpus, seed, str(stage_dir(cfg.data_root, "raw", "builtin")), corpus_fp, root)
 
-    # 2. Speech: stories spoken into long recordings, one task per shard of recordings.
-    synth_dir = stage_dir(cfg.data_root, "synth", "stories", "train")
-    plans = plan_recordings(corpus["stories"], "train", cfg.synth, seed)
-    shards = [plans[i:i + cfg.vad.shard_recordings] for i in range(0, len(plans), cfg.vad.shard_recordings)]
-    synth_fps = [fp("synth", cfg, ("synth",), corpus_fp, shard=i) for i in range(len(shards))]
-    recordings = [data.synthesize_recordings.submit(s, cfg.synth, str(synth_dir), i, "train", synth_fps[i], root)
-                  for i, s in enumerate(shards)]
+    # 2. Speech: sTinyStories shards as segments, or stories spoken into long recordings, one task per shard.
+    if story_files is not None:
+        story_segments = submit_stinystories_segments(story_files, root)
+    else:
+        synth_dir = stage_dir(cfg.data_root, "synth", "stories", "train")
+        plans = plan_recordings(corpus["stories"], "train", cfg.synth, seed)
+        shards = [plans[i:i + cfg.vad.shard_recordings] for i in range(0, len(plans), cfg.vad.shard_recordings)]
+        synth_fps = [fp("synth", cfg, ("synth",), corpus_fp, shard=i) for i in range(len(shards))]
+        recordings = [data.synthesize_recordings.submit(s, cfg.synth, str(synth_dir), i, "train", synth_fps[i], root)
+                      for i, s in enumerate(shards)]
 
-    # 3. Spoken pairs: tSC-like and sSC-like eval pairs, DPO preference triples.
+    # 3. Spoken pairs: tSC-like and sSC-like eval pairs, DPO preference triples (unless SpokenSwag shards).
+    pair_sets = PAIR_SETS if preference_files is None else PAIR_SETS[:2]
     pair_dir = stage_dir(cfg.data_root, "synth", "pairs")
-    pair_fps = {k: fp("synth-pairs", cfg, ("synth",), corpus_fp, kind=k) for k in PAIR_SETS}
+    pair_fps = {k: fp("synth-pairs", cfg, ("synth",), corpus_fp, kind=k) for k in pair_sets}
     sources = {"tsc_like": corpus["stories"], "ssc_like": corpus["triples"], "preferences": corpus["triples"]}
     spoken_pairs = {k: data.synthesize_pairs.submit(k, sources[k], cfg.synth, seed, str(pair_dir / f"{k}.parquet"),
-                                                    pair_fps[k], root) for k in PAIR_SETS}
+                                                    pair_fps[k], root) for k in pair_sets}
 
-    # 4. Segmentation: silero-vad cuts each recording shard into story-length segments.
-    seg_dir = stage_dir(cfg.data_root, "segments", "stories", "train")
-    seg_fps = [fp("segments", cfg, ("vad",), synth_fps[i]) for i in range(len(shards))]
-    synth_progress = progress_reporter("speech synthesis shards")
-    segments = []
-    for i, recording in enumerate(recordings, 1):  # segment each shard as soon as it is spoken
-        recordings_path = recording.result()["path"]
-        synth_progress(i / len(recordings), f"{i}/{len(recordings)} shards")
-        out_path = str(seg_dir / f"segments-{i - 1:05d}.parquet")
-        segments.append(data.segment_recordings.submit(recordings_path, cfg.vad, out_path, "stories", "train",
-                                                       seg_fps[i - 1], root))
-    segment_paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards")]
+    # 4. Segments: sTinyStories utterances as they are, or silero-vad cuts recordings into story-length segments.
+    if story_files is not None:
+        segment_paths = [s["path"] for s in gather_with_progress([f for f, _ in story_segments],
+                                                                  "sTinyStories segment shards")]
+        seg_fps, unit_dataset = [k for _, k in story_segments], "stinystories"
+    else:
+        seg_dir = stage_dir(cfg.data_root, "segments", "stories", "train")
+        seg_fps = [fp("segments", cfg, ("vad",), synth_fps[i]) for i in range(len(shards))]
+        synth_progress = progress_reporter("speech synthesis shards")
+        segments = []
+        for i, recording in enumerate(recordings, 1):  # segment each shard as soon as it is spoken
+            recordings_path = recording.result()["path"]
+            synth_progress(i / len(recordings), f"{i}/{len(recordings)} shards")
+            out_path = str(seg_dir / f"segments-{i - 1:05d}.parquet")
+            segments.append(data.segment_recordings.submit(recordings_path, cfg.vad, out_path, "stories", "train",
+                                                           seg_fps[i - 1], root))
+        segment_paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards")]
+        unit_dataset = "stories"
 
     # 5. Quantiser: k-means on encoder features of a seeded frame sample (or the published centroids).
     km_fp = fp("kmeans", cfg, ("units",), *seg_fps)
     km_path = str(stage_dir(cfg.data_root, "units", "kmeans") / f"centroids-{km_fp}.npy")
     centroids = units.fit_kmeans(segment_paths, cfg.units, seed, dev, km_path, km_fp, root)["path"]
 
-    # 6. Units: one task per segment shard, and one per spoken pair set.
-    unit_dir = stage_dir(cfg.data_root, "units", "stories", "train")
+    # 6. Units: one task per segment shard, one per spoken pair set, one per SpokenSwag shard.
+    unit_dir = stage_dir(cfg.data_root, "units", unit_dataset, "train")
     unit_futures = [units.extract_units.submit(p, centroids, cfg.units, dev, str(unit_dir / f"units-{i:05d}.parquet"),
-                                               "stories", "train", fp("units", cfg, ("units",), seg_fps[i], km_fp),
+                                               unit_dataset, "train", fp("units", cfg, ("units",), seg_fps[i], km_fp),
                                                root) for i, p in enumerate(segment_paths)]
     pair_unit_dir = stage_dir(cfg.data_root, "pairs")
     pair_units = {k: units.extract_pair_units.submit(
         f.result()["path"], centroids, cfg.units, dev, str(pair_unit_dir / f"{k}.parquet"), k,
         "train" if k == "preferences" else "heldout", fp("pair-units", cfg, ("units",), pair_fps[k], km_fp), root)
         for k, f in spoken_pairs.items()}
+    if preference_files is not None:  # DPO reads the directory of per-shard pair units
+        preference_dir, preference_fp, preference_futures = submit_preference_units(
+            cfg, preference_files, centroids, km_fp, dev, root)
 
     unit_results = gather_with_progress(unit_futures, "unit extraction shards")
+    pairs = {k: f.result()["path"] for k, f in pair_units.items()}
+    pair_fingerprints = {k: f.result()["fingerprint"] for k, f in pair_units.items()}
+    if preference_files is not None:
+        gather_with_progress(preference_futures, "SpokenSwag pair-unit shards")
+        pairs["preferences"], pair_fingerprints["preferences"] = preference_dir, preference_fp
     return {
         "unit_shards": [u["path"] for u in unit_results],
         "unit_fingerprints": [u["fingerprint"] for u in unit_results],
-        "pairs": {k: f.result()["path"] for k, f in pair_units.items()},
+        "pairs": pairs,
         "centroids": centroids,
-        "pair_fingerprints": {k: f.result()["fingerprint"] for k, f in pair_units.items()},
+        "pair_fingerprints": pair_fingerprints,
         "tokens": sum(u["tokens"] for u in unit_results),
         "audio_hours": sum(u["audio_seconds"] for u in unit_results) / 3600,
     }

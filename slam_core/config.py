@@ -59,6 +59,14 @@ class CorpusConfig(_Section):
         None, ge=1, description="Cap on TinyStories stories and SWAG rows read per split (None: all of them).")
     swag_max_auto_bleu: float = Field(
         0.3, gt=0, le=1, description="SWAG triples with bigram auto-BLEU of prompt + chosen at or above this are dropped.")
+    stinystories_dir: str | None = Field(
+        None, description="sTinyStories audio shards (every *.parquet below it, sorted: `slam synth stinystories` "
+        "output or the published slprl/sTinyStories) whose utterances are the pre-training units; relative to the "
+        "data root unless absolute. None: the corpus stories are spoken into long recordings and cut by VAD.")
+    spokenswag_dir: str | None = Field(
+        None, description="SpokenSwag shards (every preferences-*.parquet in it, sorted: `slam synth spokenswag` "
+        "output, synthesised or converted from the published set) that become the DPO pairs; relative to the data "
+        "root unless absolute. None: the corpus preference triples are spoken into one file.")
 
     @model_validator(mode="after")
     def _check_sentences(self) -> "CorpusConfig":

@@ -44,7 +44,10 @@ def slam() -> SlamConfig:
     """The paper: Qwen2.5-0.5B TWIST init, 1×A5000, 24 h (Appendix A)."""
     return SlamConfig(
         run=RunConfig(name="slam", seed=42, device="cuda"),
-        corpus=CorpusConfig(source="tinystories"),
+        # Speech comes from sharded sets, as in the paper: `slam synth stinystories|spokenswag --preset slam`
+        # writes them here (synthesised with Kokoro, or the published SpokenSwag converted).
+        corpus=CorpusConfig(source="tinystories", stinystories_dir="synth/stinystories/train",
+                            spokenswag_dir="synth/spokenswag/train"),
         synth=SynthConfig(backend="kokoro", voices=["af_heart"], kokoro_model="hexgrad/Kokoro-82M"),
         vad=VadConfig(),
         units=UnitsConfig(encoder="slprl/mhubert-base-25hz", layer=11, n_units=500, batch_size=32, shard_segments=4096),

@@ -5,21 +5,27 @@
     spokenswag:   TRIPLES Parquet, or SWAG (hub-layout dir) -> <out>/<split>/preferences-NNNNN.parquet;
                   or a published slprl/SpokenSwag dir -> the same PREFERENCE_AUDIO shards, converted
 A job is {"kind", "args", "out_path", "fingerprint", "dataset", "split"}: one shard, one catalog record;
-`SHARD_FUNCTIONS[kind](*args)` writes it.
+`SHARD_FUNCTIONS[kind](*args)` writes it. `run_synthesis` is the one entry both `slam synth` and the synthesize
+flow use: plan, quarantine what planning skipped, run the jobs (their own way), summarise.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from data_catalog import Catalog
 from slam_core.config import SynthConfig
 from slam_core.corpora import text_hub
 from slam_core.corpora.hub import list_parquet_files
 from slam_core.fingerprint import code_version, fingerprint
+from slam_core.paths import catalog_path, stage_dir
 from slam_core.synth import spokenswag, stinystories
 from slam_core.synth.shards import SYNTH_CODE_SCOPE, shard_fingerprint, split_into_shards
 
@@ -144,3 +150,39 @@ def plan_jobs(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, ou
         jobs, bad = spokenswag_jobs(triples, cfg, voices, seed, out_dir, split), []
     info["voices"] = voices
     return jobs, bad, info
+
+
+def default_out_dir(data_root: str | Path, kind: str) -> Path:
+    """Where `slam synth <kind>` and the synthesize flow write when no output dir is given: <data root>/synth/<kind>
+    (so the paper preset's `corpus.stinystories_dir` / `corpus.spokenswag_dir` find the shards there)."""
+    return stage_dir(Path(data_root), "synth", kind)
+
+
+def summarise_shards(records: list[dict[str, Any]], planning_bad: list, wall_s: float) -> dict[str, Any]:
+    """Shards, rows, hours, reuse, quarantine counts by reason and the speed of what was made this call."""
+    quarantined = Counter(b[1] for b in planning_bad) + Counter(b[1] for r in records for b in r["bad"])
+    audio_s = sum(r["audio_seconds"] for r in records)
+    made_s = sum(r["audio_seconds"] for r in records if not r["reused"])
+    return {"shards": [r["path"] for r in records], "rows": sum(r["rows"] for r in records),
+            "audio_hours": round(audio_s / 3600, 4), "reused_shards": sum(r["reused"] for r in records),
+            "quarantined": dict(quarantined), "wall_s": round(wall_s, 2),
+            "x_realtime": round(made_s / wall_s, 1) if made_s else None}
+
+
+def run_synthesis(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, data_root: str | Path,
+                  run_jobs: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], out_dir: str | Path | None = None,
+                  split: str = "train", voices: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Plan the shards of `input_path`, quarantine what planning skipped (stage 'synth', fingerprint 'plan'),
+    run the jobs with `run_jobs` (worker processes, or Prefect tasks) and summarise their records."""
+    from data_catalog import Catalog
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir else default_out_dir(data_root, kind)
+    jobs, bad, info = plan_jobs(kind, input_path, cfg, seed, out_dir, split, voices=voices, limit=limit)
+    if bad:  # stories with nothing speakable: counted before any shard runs
+        catalog = Catalog(catalog_path(Path(data_root)))
+        for item, reason, detail in bad:
+            catalog.record_quarantine("synth", kind, str(item), reason, detail, "plan")
+    records = run_jobs(jobs)
+    return {**info, "seed": seed, "backend": cfg.backend, "workers": cfg.workers, "out": str(out_dir),
+            **summarise_shards(records, bad, time.perf_counter() - t0)}

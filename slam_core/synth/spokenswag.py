@@ -20,8 +20,7 @@ from slam_core.audio.io import BadAudioError, decode_audio_bytes, encode_flac
 from slam_core.config import SynthConfig
 from slam_core.schemas import PREFERENCE_AUDIO
 from slam_core.synth.dataset import pick_voice, speaker_name
-from slam_core.synth.shards import cached_backend, speak_16k
-from slam_core.synth.stinystories import UTTERANCE_ERRORS
+from slam_core.synth.shards import cached_backend, speak_many_16k
 from slam_core.synth.text_norm import normalise_text
 
 log = logging.getLogger(__name__)
@@ -60,14 +59,17 @@ def synthesize_spokenswag_shard(triples: list[dict], cfg: SynthConfig, voices: l
     rate = cfg.sample_rate_hz
     rows, bad = [], []
     audio_seconds = 0.0
-    for triple in triples:
-        voice = pick_voice(voices, seed, triple["pair_id"])
-        try:
-            waves = {k: speak_16k(backend, normalise_text(triple[f"{k}_text"] or "").text, voice, rate)[0]
-                     for k in PARTS}
-        except UTTERANCE_ERRORS as err:
-            bad.append((triple["pair_id"], getattr(err, "reason", "synth_failed"), f"{type(err).__name__}: {err}"))
+    requests = [(normalise_text(triple[f"{k}_text"] or "").text, pick_voice(voices, seed, triple["pair_id"]))
+                for triple in triples for k in PARTS]
+    spoken = speak_many_16k(backend, requests, rate)  # one batched call on Kokoro
+    for t, triple in enumerate(triples):
+        voice = requests[t * len(PARTS)][1]
+        results = spoken[t * len(PARTS):(t + 1) * len(PARTS)]
+        failed = next((r for r in results if isinstance(r, Exception)), None)
+        if failed is not None:
+            bad.append((triple["pair_id"], getattr(failed, "reason", "synth_failed"), f"{type(failed).__name__}: {failed}"))
             continue
+        waves = {k: result[0] for k, result in zip(PARTS, results)}
         audio_seconds += sum(len(w) for w in waves.values()) / rate
         rows.append({"pair_id": triple["pair_id"], "speaker": speaker_name(backend, voice),
                      **{f"{k}_text": triple[f"{k}_text"] for k in PARTS},

@@ -22,16 +22,11 @@ from slam_core.atomic import atomic_path
 from slam_core.audio.io import encode_flac
 from slam_core.config import SynthConfig
 from slam_core.schemas import STINYSTORIES_AUDIO
-from slam_core.synth.base import TTSError
 from slam_core.synth.dataset import pick_voice, speaker_name
-from slam_core.synth.shards import cached_backend, speak_16k
+from slam_core.synth.shards import cached_backend, speak_many_16k
 from slam_core.synth.text_norm import normalise_text, split_utterances
 
 log = logging.getLogger(__name__)
-
-# Failures of one utterance inside a backend that are not TTSError (e.g. a model assertion on odd input):
-# counted as 'synth_failed' for that utterance so the rest of the shard is still written.
-UTTERANCE_ERRORS = (TTSError, RuntimeError, ValueError, AssertionError, IndexError)
 
 
 def plan_utterances(stories: list[dict], max_chars: int) -> tuple[list[dict], list[tuple[str, str, str]]]:
@@ -72,13 +67,13 @@ def synthesize_stinystories_shard(utterances: list[dict], cfg: SynthConfig, voic
     rate = cfg.sample_rate_hz
     rows, bad = [], []
     audio_seconds = 0.0
-    for utt in utterances:
-        voice = pick_voice(voices, seed, utt["story_id"])
-        try:
-            wave, words = speak_16k(backend, utt["text"], voice, rate, aligned=True)
-        except UTTERANCE_ERRORS as err:
-            bad.append((utt["utt_id"], getattr(err, "reason", "synth_failed"), f"{type(err).__name__}: {err}"))
+    requests = [(utt["text"], pick_voice(voices, seed, utt["story_id"])) for utt in utterances]
+    spoken = speak_many_16k(backend, requests, rate, aligned=True)  # one batched call on Kokoro
+    for utt, (_, voice), result in zip(utterances, requests, spoken):
+        if isinstance(result, Exception):
+            bad.append((utt["utt_id"], getattr(result, "reason", "synth_failed"), f"{type(result).__name__}: {result}"))
             continue
+        wave, words = result
         duration_s = len(wave) / rate
         audio_seconds += duration_s
         rows.append({
