@@ -10,7 +10,7 @@ import importlib
 
 from bench.common import machine, save_results
 
-BENCHES = ("vad", "units", "eval", "train", "synth")
+BENCHES = ("vad", "units", "eval", "generate", "train", "synth")
 
 
 def main() -> None:

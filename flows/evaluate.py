@@ -33,6 +33,7 @@ from tasks.common import catalog_at
 PAIR_METRICS = ("tsc_like", "ssc_like")
 GENERATIVE_METRICS = {"genppl": ev.GENPPL_ROWS, "judge": ("judge",)}
 KNOWN_METRICS = (*PAIR_METRICS, *PUBLISHED_METRICS, "generate", *GENERATIVE_METRICS)
+DIGEST_CACHE = "checkpoint-digests.json"
 
 
 @flow(name="evaluate", log_prints=True)
@@ -56,14 +57,16 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     rows = {(r["checkpoint"], r["metric"]): r for r in catalog.eval_results(run=run)}
     skip_fp = fp("eval", cfg, ("eval",), "skip")
 
+    weights = {c: _weights_digest(cfg, c) for c in targets}
+
     def needed(metric_rows: tuple[str, ...] | list[str]) -> list[str]:
-        return [c for c in targets if not all(_done(rows.get((c, m)), skip_fp) for m in metric_rows)]
+        return [c for c in targets if not all(_done(rows.get((c, m)), skip_fp, weights[c]) for m in metric_rows)]
 
     # 2. Built-in pair metrics (tSC-like, sSC-like).
     todo = [(c, m) for m in metrics if m in PAIR_METRICS for c in needed([m])]
     print(f"{len(targets)} checkpoint(s), {len(todo)} built-in pair metric(s) to compute")
     computed = [ev.score_pairs(run, c, m, prepared["pairs"][m], cfg.eval, dev,
-                               fp("eval", cfg, ("eval",), prepared["pair_fingerprints"][m], checkpoint_digest(c),
+                               fp("eval", cfg, ("eval",), prepared["pair_fingerprints"][m], _result_key(cfg, c),
                                   metric=m), root) for c, m in todo]
 
     # 3. Published sets: tokenised once per set (cached), scored per checkpoint.
@@ -88,7 +91,7 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     for metric, task_fn in (("genppl", ev.genppl_metric), ("judge", ev.judge_metric)):
         for c in runnable.get(metric, []):
             out_dir = stage_dir(cfg.data_root, "eval", run, metric, _short(c + gen_paths[c]))
-            gen_fp = fp("generate", cfg, ("eval",), Path(gen_paths[c]).stem, metric=metric,
+            gen_fp = fp("generate", cfg, ("eval",), Path(gen_paths[c]).stem, _result_key(cfg, c), metric=metric,
                         code=code_version(("eval",)))
             computed.append(task_fn(run, c, gen_paths[c], cfg.eval, dev, str(out_dir), gen_fp, root))
 
@@ -111,12 +114,24 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
             "generations": gen_paths.get(newest) if newest else None, "report": rep["report"]}
 
 
-def _done(row: dict[str, Any] | None, skip_fp: str) -> bool:
-    """A result exists; a skip counts only while the eval config is unchanged and it is not a retryable one."""
-    if row is None:
+def _done(row: dict[str, Any] | None, skip_fp: str, weights: str) -> bool:
+    """A result of these weights exists (rewritten weights are evaluated again); a skip counts only while the eval
+    config is unchanged and it is not a retryable one."""
+    if row is None or json.loads(row.get("details") or "{}").get("weights", weights) != weights:
         return False
     skipped = ev.skip_details(row)
     return skipped is None or (not skipped.get("retry") and skipped.get("skip_fingerprint") == skip_fp)
+
+
+def _weights_digest(cfg: SlamConfig, checkpoint: str) -> str:
+    """Content digest of a checkpoint (file hashes cached under the data root for later polls)."""
+    return checkpoint_digest(checkpoint, cache_path=stage_dir(cfg.data_root, "eval") / DIGEST_CACHE)
+
+
+def _result_key(cfg: SlamConfig, checkpoint: str) -> str:
+    """Fingerprint input of a task that records a result row for `checkpoint`: its weights and its path. Rows are
+    kept per path, so a copy of a checkpoint must not be served the other path's cached task result."""
+    return f"{_weights_digest(cfg, checkpoint)}|{Path(checkpoint).resolve()}"
 
 
 def _short(text: str) -> str:
@@ -153,11 +168,11 @@ def _published_metric(cfg: SlamConfig, metric: str, prepared: dict[str, Any], ne
                 out.append(ev.record_skip(root, run, c, [set_name], f"{set_name}: no pair could be tokenised "
                                           "(see the catalog's quarantine)", skip_fp, retry=True))
                 continue
-            out.append(ev.score_pairs(run, c, set_name, path, cfg.eval, dev,
-                                      fp("eval", cfg, ("eval",), tok_fp, checkpoint_digest(c), metric=set_name), root))
+            score_fp = fp("eval", cfg, ("eval",), tok_fp, _result_key(cfg, c), metric=set_name)
+            out.append(ev.score_pairs(run, c, set_name, path, cfg.eval, dev, score_fp, root))
     if metric == "salmon":
         for c in waiting:
-            mean_fp = fp("eval", cfg, ("eval",), checkpoint_digest(c), *sorted(sets), metric="salmon")
+            mean_fp = fp("eval", cfg, ("eval",), _result_key(cfg, c), *sorted(sets), metric="salmon")
             out.append(ev.record_salmon_mean(cfg.run.name, c, sorted(sets), mean_fp, root))
     return out
 
@@ -216,7 +231,7 @@ def _generate(cfg: SlamConfig, checkpoint: str, prepared: dict[str, Any], dev: s
                                    if p.with_suffix(".json").is_file()))
     else:
         prompts, upstream = {"pairs": prepared["pairs"]["tsc_like"]}, prepared["pair_fingerprints"]["tsc_like"]
-    gen_fp = fp("generate", cfg, ("eval",), upstream, checkpoint_digest(checkpoint))
+    gen_fp = fp("generate", cfg, ("eval",), upstream, _weights_digest(cfg, checkpoint))  # copies share samples
     gen_path = str(stage_dir(cfg.data_root, "eval", run) / f"generations-{gen_fp}.json")
     return ev.generate_continuations(checkpoint, prompts, cfg.eval, cfg.run.seed, dev, gen_path, gen_fp, root)["path"]
 

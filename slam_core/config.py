@@ -191,6 +191,9 @@ class EvalConfig(_Section):
         "(1-5 LLM rating).")
     batch_size: int = Field(16, ge=1, description="Pairs per scoring batch.")
     n_generate: int = Field(4, ge=0, description="Prompts used for sampled continuations.")
+    generation_batch_size: int = Field(
+        32, ge=1, description="Prompts sampled together (left-padded, KV cache, one seeded sampler per prompt, so "
+        "a prompt's continuation does not depend on its batch); lower it if the GPU runs out of memory.")
     prompt_s: float = Field(3.0, gt=0, description="Prompt length in seconds of audio.")
     temperature: float = Field(0.8, gt=0, description="Sampling temperature.")
     top_k: int = Field(25, ge=1, description="Top-k sampling.")

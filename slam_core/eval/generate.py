@@ -1,14 +1,17 @@
 """Sampled speech continuations from a unit LM (SlamKit `metric=generate`, slamkit-facts.md §4 and item 8).
 
 Prompts are the first `prompt_s` seconds of each pair's positive utterance, taken from the unit durations
-(25 Hz frames: one duration unit = 0.04 s), encoded `[1, u+2, ...]` without EOS, then sampled with HF
-`generate(do_sample=True)`; generation stops at `<S>` (id 1).
+(25 Hz frames: one duration unit = 0.04 s), encoded `[1, u+2, ...]` without EOS, then sampled in batches
+(left padding, KV cache, one seeded sampler per prompt; HF `generate`'s sampling settings); each row stops at
+`<S>` (id 1).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ import torch
 from slam_core.atomic import write_text_atomic
 from slam_core.device import pick_device
 from slam_core.eval.pairs import load_causal_lm, read_eval_pairs
-from slam_core.lm.vocab import BOS_ID, EOS_ID, PAD_ID, decode_ids, encode_units
+from slam_core.lm.vocab import EOS_ID, PAD_ID, decode_ids, encode_units
 
 log = logging.getLogger(__name__)
 
@@ -48,54 +51,134 @@ def generated_units(new_ids: Sequence[int] | np.ndarray) -> list[int]:
     return [int(u) for u in decode_ids(new_ids)]
 
 
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """The sampler seed of one prompt, from (run seed, prompt id): a continuation depends on which prompt it is,
+    never on its position in the list or on the other prompts sharing its batch."""
+    digest = hashlib.sha256(f"{seed}|{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are int64
+
+
+@torch.no_grad()
+def sample_batch(
+    model: torch.nn.Module, prompts: Sequence[Sequence[int]], seeds: Sequence[int], temperature: float, top_k: int,
+    max_new_tokens: int, repetition_penalty: float,
+) -> list[list[int]]:
+    """Sampled continuations (unit ids) of several prompts at once, one seeded sampler per row.
+
+    Prompts are left-padded and masked, positions count real tokens only, and the KV cache carries the batch
+    from step to step; each row stops at its own EOS. HF `generate` draws every row from one global RNG, so a
+    row's sample would depend on its batch: here row i draws from its own CPU `torch.Generator(seeds[i])`
+    (CPU, so a seed gives the same draws on any device), which makes the result that of sampling the row alone
+    up to float effects of batching. Sampling is HF's: repetition penalty over the prompt (BOS included) and
+    the tokens so far, then temperature and top-k.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    encoded = [encode_units(p, add_bos=True, add_eos=False) for p in prompts]
+    n_rows, width = len(encoded), max(len(e) for e in encoded)
+    ids = torch.full((n_rows, width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((n_rows, width), dtype=torch.long)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    seen = torch.zeros((n_rows, vocab), dtype=torch.bool)  # tokens the repetition penalty applies to
+    for row, tokens in enumerate(encoded):
+        ids[row, width - len(tokens):] = torch.from_numpy(tokens)
+        mask[row, width - len(tokens):] = 1
+        seen[row, torch.from_numpy(tokens)] = True
+    ids, mask, seen = ids.to(device), mask.to(device), seen.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens' positions
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    new_ids = torch.empty((n_rows, 0), dtype=torch.long, device=device)
+    finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
+    cache = None
+    step_ids, step_positions = ids, positions
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        next_ids = _draw(penalise_repeats(logits, seen, repetition_penalty) / temperature, top_k, generators)
+        next_ids = torch.where(finished, PAD_ID, next_ids)
+        new_ids = torch.cat([new_ids, next_ids[:, None]], dim=1)
+        seen[torch.arange(n_rows, device=device), next_ids] = True
+        finished |= next_ids == EOS_ID
+        if bool(finished.all()):
+            break
+        step_ids, step_positions = next_ids[:, None], step_positions[:, -1:] + 1
+        mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
+    return [generated_units(row) for row in new_ids.cpu().numpy()]
+
+
+def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF's repetition penalty: the logit of every token already seen is divided by `penalty` if positive,
+    multiplied by it if negative (`seen`: a [rows, vocab] boolean mask)."""
+    if penalty == 1.0:
+        return logits
+    return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
+
+
+def _draw(logits: torch.Tensor, top_k: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row from softmax(top-k logits), by inverting the row's CDF at a uniform draw of its own
+    generator (top_k=1 is greedy decoding)."""
+    top_logits, top_ids = torch.topk(logits, k=min(top_k, logits.shape[-1]), dim=-1)
+    cdf = torch.softmax(top_logits.double(), dim=-1).cumsum(-1)
+    uniform = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in generators]).to(cdf.device)
+    choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
+    return top_ids.gather(-1, choice).squeeze(-1)
+
+
 def sample_continuation(
     model: torch.nn.Module, prompt: Sequence[int], seed: int, temperature: float, top_k: int,
     max_new_tokens: int, repetition_penalty: float,
 ) -> list[int]:
     """One seeded sampled continuation (unit ids) of a prompt given as unit ids."""
-    device = next(model.parameters()).device
-    ids = torch.as_tensor(encode_units(prompt, add_bos=True, add_eos=False), device=device)[None]
-    torch.manual_seed(seed)  # seeds CPU and every CUDA device: same seed -> same sample
-    # top_p=1.0 overrides any nucleus setting inherited from the base model's generation_config.json
-    out = model.generate(
-        input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=temperature,
-        top_k=top_k, top_p=1.0, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, use_cache=True,
-        eos_token_id=EOS_ID, pad_token_id=PAD_ID, bos_token_id=BOS_ID,
-    )
-    return generated_units(out[0, ids.shape[1]:].cpu().numpy())
+    return sample_batch(model, [prompt], [seed], temperature, top_k, max_new_tokens, repetition_penalty)[0]
 
 
 def generate_continuations(
     checkpoint_dir: str | Path, pairs_path: str | Path, n_prompts: int, prompt_s: float = 3.0,
     temperature: float = 0.8, top_k: int = 25, max_new_tokens: int = 150, repetition_penalty: float = 1.0,
-    seed: int = 0, device: str = "auto",
+    seed: int = 0, device: str = "auto", batch_size: int = 32,
 ) -> list[dict[str, Any]]:
     """Continuations of the first `n_prompts` positive utterances of an EVAL_PAIRS_UNITS file.
 
-    Prompt i is sampled with seed `seed + i`, so a row does not depend on how many prompts are asked for.
-    Returns [{"pair_id", "prompt_units", "generated_units"}].
+    Each prompt is sampled with `prompt_seed(seed, pair_id)`, so a row does not depend on how many prompts are
+    asked for or how they are batched. Returns [{"pair_id", "prompt_units", "generated_units"}].
     """
     rows, _ = read_eval_pairs(pairs_path)
     prompts = [{"pair_id": row["pair_id"],
                 "prompt_units": prompt_units(row["positive_units"], row["positive_durations"], prompt_s)}
                for row in rows[:n_prompts]]
     return generate_from_prompts(checkpoint_dir, prompts, temperature, top_k, max_new_tokens, repetition_penalty,
-                                 seed, device)
+                                 seed, device, batch_size)
 
 
 def generate_from_prompts(
     checkpoint_dir: str | Path, prompts: Sequence[dict[str, Any]], temperature: float = 0.8, top_k: int = 25,
     max_new_tokens: int = 150, repetition_penalty: float = 1.0, seed: int = 0, device: str = "auto",
+    batch_size: int = 32,
 ) -> list[dict[str, Any]]:
-    """Sample one continuation per prompt row ({"pair_id", "prompt_units", ...}); prompt i uses seed `seed + i`."""
-    dev = pick_device(device)
-    model = load_causal_lm(checkpoint_dir, dev)
-    results = []
-    for i, row in enumerate(prompts):
-        cont = sample_continuation(model, row["prompt_units"], seed + i, temperature, top_k, max_new_tokens,
-                                   repetition_penalty)
-        results.append({**row, "prompt_units": [int(u) for u in row["prompt_units"]], "generated_units": cont})
-    log.info("generated %d continuations (%s new units)", len(results), [len(r["generated_units"]) for r in results])
+    """Sample one continuation per prompt row ({"pair_id", "prompt_units", ...}), `batch_size` prompts at a time
+    (grouped by length, so batches pad little); row order is kept and rows are batch-independent."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model = load_causal_lm(checkpoint_dir, pick_device(device))
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]["prompt_units"]), i))
+    continuations: dict[int, list[int]] = {}
+    t0 = time.perf_counter()
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        samples = sample_batch(model, [prompts[i]["prompt_units"] for i in batch],
+                               [prompt_seed(seed, str(prompts[i]["pair_id"])) for i in batch],
+                               temperature, top_k, max_new_tokens, repetition_penalty)
+        continuations.update(zip(batch, samples))
+    elapsed_s = time.perf_counter() - t0
+    results = [{**row, "prompt_units": [int(u) for u in row["prompt_units"]], "generated_units": continuations[i]}
+               for i, row in enumerate(prompts)]
+    log.info("generated %d continuations in %.1f s (batch %d; new units %s)", len(results), elapsed_s, batch_size,
+             [len(r["generated_units"]) for r in results])
     return results
 
 

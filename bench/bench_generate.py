@@ -1,0 +1,99 @@
+"""Sampled continuations (prompts/s): batched generation vs one prompt at a time, same model, same process.
+
+Batched: `slam_core.eval.generate.sample_batch`, prompts grouped by length into batches of `batch_size` (left
+padding, KV cache, a seeded sampler per prompt) as `generate_from_prompts` does. Baselines, one prompt at a
+time: the same loop with batch size 1, and HF `generate(do_sample=True)` (what generation used before).
+
+CPU: the smoke-size model on a few short prompts. GPU (when visible): the real Slam shape (Qwen2.5-0.5B dims,
+vocabulary 502, random weights, bf16), 3-s prompts (about 60 units) and 150 new tokens, as the paper presets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from bench.common import best_of
+from slam_core.eval.generate import generated_units, prompt_seed, sample_batch
+from slam_core.lm.vocab import EOS_ID, PAD_ID, encode_units
+
+SAMPLING = dict(temperature=0.8, top_k=25, repetition_penalty=1.1)
+
+
+def _model(device: torch.device) -> Qwen2ForCausalLM:
+    if device.type == "cuda":
+        cfg = Qwen2Config(vocab_size=502, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    else:
+        cfg = Qwen2Config(vocab_size=502, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval().to(device)
+    return model.to(torch.bfloat16) if device.type == "cuda" else model
+
+
+def _prompts(n: int, lengths: tuple[int, int], seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 500, rng.integers(*lengths)).tolist() for _ in range(n)]
+
+
+def _batched(model: torch.nn.Module, prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        out += sample_batch(model, [prompts[i] for i in batch], [prompt_seed(0, str(i)) for i in batch],
+                            max_new_tokens=max_new_tokens, **SAMPLING)
+    return out
+
+
+@torch.no_grad()
+def _hf_one_at_a_time(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    device, out = next(model.parameters()).device, []
+    for i, prompt in enumerate(prompts):
+        ids = torch.as_tensor(encode_units(prompt, add_bos=True, add_eos=False), device=device)[None]
+        torch.manual_seed(i)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_p=1.0,
+                             max_new_tokens=max_new_tokens, eos_token_id=EOS_ID, pad_token_id=PAD_ID, **SAMPLING)
+        out.append(generated_units(gen[0, ids.shape[1]:].cpu().numpy()))
+    return out
+
+
+def _rate(fn: Callable[[], list[list[int]]], n_prompts: int, repeats: int) -> dict[str, float]:
+    """Prompts/s and new tokens/s of the best of `repeats` timed calls (after a warm-up call)."""
+    new_tokens = sum(map(len, fn()))  # seeded: every call generates the same rows
+    elapsed_s = best_of(fn, repeats)
+    return {"prompts_per_s": n_prompts / elapsed_s, "new_tokens_per_s": new_tokens / elapsed_s, "seconds": elapsed_s}
+
+
+def run(quick: bool = True) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = _model(device)
+    if device.type == "cuda":
+        n, lengths, max_new, batch_size, n_single = 256, (50, 75), 150, 64, 16
+    else:
+        n, lengths, max_new, batch_size, n_single = (16 if quick else 64), (40, 80), 40, 16, 4
+    prompts = _prompts(n, lengths)
+    repeats = 2 if device.type == "cuda" else 3  # best of: this CPU is shared, single timings are noisy
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # a tiny model on a busy CPU: OpenMP spinning, not the code, would be timed
+    try:
+        batched = _rate(lambda: _batched(model, prompts, batch_size, max_new), n, repeats)
+        single = _rate(lambda: _batched(model, prompts[:n_single], 1, max_new), n_single, repeats)
+        hf_single = _rate(lambda: _hf_one_at_a_time(model, prompts[:n_single], max_new), n_single, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    ratio = batched["prompts_per_s"] / hf_single["prompts_per_s"]
+    print(f"generation: {batched['prompts_per_s']:,.2f} prompts/s batched ({batch_size}) vs "
+          f"{single['prompts_per_s']:,.2f} one at a time, {hf_single['prompts_per_s']:,.2f} with HF generate one at "
+          f"a time (ratio {ratio:.2f})")
+    return {"prompts_per_s": batched["prompts_per_s"], "new_tokens_per_s": batched["new_tokens_per_s"],
+            "baseline_prompts_per_s": hf_single["prompts_per_s"], "ratio": ratio,
+            "one_at_a_time_prompts_per_s": single["prompts_per_s"],
+            "ratio_vs_one_at_a_time": batched["prompts_per_s"] / single["prompts_per_s"],
+            "n_prompts": n, "batch_size": batch_size, "max_new_tokens": max_new, "prompt_units": list(lengths),
+            "torch_threads": 1 if device.type == "cpu" else threads}
