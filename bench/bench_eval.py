@@ -7,21 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from bench.common import speech_lm
 from slam_core.eval.pairs import measure_pairs_per_s
-
-
-def _model(device: torch.device) -> Qwen2ForCausalLM:
-    if device.type == "cuda":
-        cfg = Qwen2Config(vocab_size=502, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
-    else:
-        cfg = Qwen2Config(vocab_size=502, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).eval().to(device)
-    return model.to(torch.bfloat16) if device.type == "cuda" else model
 
 
 def _rows(n: int, seed: int = 0) -> list[dict]:
@@ -32,7 +20,7 @@ def _rows(n: int, seed: int = 0) -> list[dict]:
 
 def run(quick: bool = True) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = _model(device)
+    model = speech_lm(device)
     rows = _rows(64 if quick and device.type == "cpu" else 1024)
     batched = measure_pairs_per_s(model, rows, 32, device, n_repeats=2)
     single = measure_pairs_per_s(model, rows[: max(8, len(rows) // 8)], 1, device, n_repeats=1)

@@ -14,25 +14,12 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from bench.common import best_of
+from bench.common import best_of, speech_lm
 from slam_core.eval.generate import generated_units, prompt_seed, sample_batch
 from slam_core.lm.vocab import EOS_ID, PAD_ID, encode_units
 
 SAMPLING = dict(temperature=0.8, top_k=25, repetition_penalty=1.1)
-
-
-def _model(device: torch.device) -> Qwen2ForCausalLM:
-    if device.type == "cuda":
-        cfg = Qwen2Config(vocab_size=502, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
-    else:
-        cfg = Qwen2Config(vocab_size=502, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).eval().to(device)
-    return model.to(torch.bfloat16) if device.type == "cuda" else model
 
 
 def _prompts(n: int, lengths: tuple[int, int], seed: int = 0) -> list[list[int]]:
@@ -71,7 +58,7 @@ def _rate(fn: Callable[[], list[list[int]]], n_prompts: int, repeats: int) -> di
 
 def run(quick: bool = True) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = _model(device)
+    model = speech_lm(device)
     if device.type == "cuda":
         n, lengths, max_new, batch_size, n_single = 256, (50, 75), 150, 64, 16
     else:

@@ -45,3 +45,18 @@ def save_results(name: str, results: dict[str, Any]) -> Path:
     out = RESULTS_DIR / f"{name}-{kind}.json"
     out.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
     return out
+
+
+def speech_lm(device: torch.device):
+    """A random unit LM: the Slam shape (Qwen2.5-0.5B, 502 tokens, bf16) on CUDA, a small one on CPU."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    if device.type == "cuda":
+        cfg = Qwen2Config(vocab_size=502, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                          num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    else:
+        cfg = Qwen2Config(vocab_size=502, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval().to(device)
+    return model.to(torch.bfloat16) if device.type == "cuda" else model

@@ -33,8 +33,9 @@ def tiny_checkpoint(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def eos_after_unit0_checkpoint(out_dir: Path) -> Path:
-    """Qwen2 whose next token depends only on the current one: after BOS -> unit 0, after unit 0 -> EOS (p≈1)."""
+def transition_checkpoint(out_dir: Path, next_token: dict[int, int]) -> Path:
+    """Qwen2 whose next token depends only on the current one: token a -> next_token[a] with p≈1 (attention
+    and MLP outputs zeroed, one-hot embeddings, the lm_head holding the transition table)."""
     hidden = 64
     cfg = Qwen2Config(vocab_size=502, hidden_size=hidden, intermediate_size=32, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
@@ -46,30 +47,20 @@ def eos_after_unit0_checkpoint(out_dir: Path) -> Path:
         model.lm_head.weight.zero_()
         for token in range(hidden):
             model.model.embed_tokens.weight[token, token] = 1.0
-        model.lm_head.weight[2, 1] = 40.0 / math.sqrt(hidden)   # BOS -> id 2 (unit 0)
-        model.lm_head.weight[1, 2] = 40.0 / math.sqrt(hidden)   # id 2 -> EOS
+        for current, following in next_token.items():
+            model.lm_head.weight[following, current] = 40.0 / math.sqrt(hidden)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def eos_after_unit0_checkpoint(out_dir: Path) -> Path:
+    """After BOS -> unit 0 (id 2), after unit 0 -> EOS."""
+    return transition_checkpoint(out_dir, {1: 2, 2: 1})
 
 
 def successor_checkpoint(out_dir: Path, last_unit: int = 8) -> Path:
-    """Qwen2 whose next token depends only on the current one: unit u -> unit u + 1 up to `last_unit`, then EOS."""
-    hidden = 64
-    cfg = Qwen2Config(vocab_size=502, hidden_size=hidden, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():
-        model.model.layers[0].self_attn.o_proj.weight.zero_()
-        model.model.layers[0].mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.lm_head.weight.zero_()
-        for token in range(hidden):
-            model.model.embed_tokens.weight[token, token] = 1.0
-        for unit in range(last_unit):
-            model.lm_head.weight[unit + 3, unit + 2] = 40.0 / math.sqrt(hidden)
-        model.lm_head.weight[EOS_ID, last_unit + 2] = 40.0 / math.sqrt(hidden)
-    model.save_pretrained(out_dir)
-    return out_dir
+    """Unit u -> unit u + 1 up to `last_unit`, then EOS."""
+    return transition_checkpoint(out_dir, {**{u + 2: u + 3 for u in range(last_unit)}, last_unit + 2: EOS_ID})
 
 
 def write_pairs(path: Path, n: int) -> Path:
