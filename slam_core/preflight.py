@@ -51,10 +51,35 @@ class Need:
         return self.available is None or self.needed <= self.available
 
 
+def shard_bytes(cfg: SlamConfig, value: str | None, pattern: str) -> int | None:
+    """Bytes of the sharded speech set a `corpus.*_dir` names (relative to the data root unless absolute),
+    None when it is not set."""
+    if not value:
+        return None
+    root = Path(value).expanduser()
+    root = root if root.is_absolute() else cfg.data_root / root
+    return sum(f.stat().st_size for f in root.glob(pattern) if f.is_file()) if root.is_dir() else 0
+
+
 def speech_hours(cfg: SlamConfig) -> float:
-    stories = cfg.corpus.n_train_stories + cfg.corpus.n_heldout_stories
-    pairs = 2 * (cfg.corpus.n_swag_train + cfg.corpus.n_swag_heldout + cfg.corpus.n_heldout_stories)
-    return (stories + pairs * 0.5) * SPEECH_S_PER_STORY / 3600
+    """Hours of speech the run tokenises: measured from the sharded sets where configured (their FLAC bytes),
+    else estimated from the corpus counts (stories spoken into recordings, spoken pairs)."""
+    story_bytes = shard_bytes(cfg, cfg.corpus.stinystories_dir, "**/*.parquet")
+    pair_bytes = shard_bytes(cfg, cfg.corpus.spokenswag_dir, "preferences-*.parquet")
+    stories_s = (story_bytes / FLAC_BYTES_PER_S if story_bytes is not None
+                 else (cfg.corpus.n_train_stories + cfg.corpus.n_heldout_stories) * SPEECH_S_PER_STORY)
+    eval_pairs = 2 * (cfg.corpus.n_swag_heldout + cfg.corpus.n_heldout_stories)
+    train_pairs_s = (pair_bytes / FLAC_BYTES_PER_S if pair_bytes is not None
+                     else 2 * cfg.corpus.n_swag_train * 0.5 * SPEECH_S_PER_STORY)
+    return (stories_s + eval_pairs * 0.5 * SPEECH_S_PER_STORY + train_pairs_s) / 3600
+
+
+def written_speech_hours(cfg: SlamConfig) -> float:
+    """Hours of FLAC the run writes itself: sTinyStories shards are decoded into segment files once; SpokenSwag
+    shards are read where they are."""
+    hours = speech_hours(cfg)
+    pair_bytes = shard_bytes(cfg, cfg.corpus.spokenswag_dir, "preferences-*.parquet")
+    return hours - (pair_bytes / FLAC_BYTES_PER_S / 3600 if pair_bytes is not None else 0.0)
 
 
 def model_params(cfg: SlamConfig) -> int:
@@ -80,7 +105,7 @@ def estimate(cfg: SlamConfig) -> dict[str, dict[str, float]]:
     params = model_params(cfg)
     ckpt_bytes = params * (4 + 8)  # fp32 weights + AdamW moments in trainer_state.pt
     disk = {
-        "synthetic speech (FLAC)": hours * 3600 * FLAC_BYTES_PER_S,
+        "synthetic speech (FLAC)": written_speech_hours(cfg) * 3600 * FLAC_BYTES_PER_S,
         "units": hours * 3600 * UNIT_BYTES_PER_S,
         "pre-training checkpoints": ckpt_bytes * (cfg.train.keep_checkpoints + 1),
         "DPO checkpoints": ckpt_bytes * 2 if cfg.dpo.enabled else 0.0,
