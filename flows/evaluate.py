@@ -22,7 +22,7 @@ from prefect import flow
 from flows.common import device_name, fp, load_config, save_resolved
 from flows.prepare_data import prepare_data
 from slam_core.config import SlamConfig
-from slam_core.discovery import checkpoint_digest, find_checkpoints, newest_metrics_csv
+from slam_core.discovery import data_root_checkpoint_digest, find_checkpoints, newest_metrics_csv
 from slam_core.device import set_cpu_threads
 from slam_core.eval.published import PUBLISHED_METRICS, published_sets, set_file_name, sources_digest
 from slam_core.fingerprint import code_version
@@ -33,7 +33,6 @@ from tasks.common import catalog_at
 PAIR_METRICS = ("tsc_like", "ssc_like")
 GENERATIVE_METRICS = {"genppl": ev.GENPPL_ROWS, "judge": ("judge",)}
 KNOWN_METRICS = (*PAIR_METRICS, *PUBLISHED_METRICS, "generate", *GENERATIVE_METRICS)
-DIGEST_CACHE = "checkpoint-digests.json"
 
 
 @flow(name="evaluate", log_prints=True)
@@ -125,7 +124,7 @@ def _done(row: dict[str, Any] | None, skip_fp: str, weights: str) -> bool:
 
 def _weights_digest(cfg: SlamConfig, checkpoint: str) -> str:
     """Content digest of a checkpoint (file hashes cached under the data root for later polls)."""
-    return checkpoint_digest(checkpoint, cache_path=stage_dir(cfg.data_root, "eval") / DIGEST_CACHE)
+    return data_root_checkpoint_digest(cfg.data_root, checkpoint)
 
 
 def _result_key(cfg: SlamConfig, checkpoint: str) -> str:

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from slam_core.atomic import write_text_atomic
 from slam_core.fingerprint import file_sha256
+from slam_core.paths import stage_dir
 
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 CONFIG_FILE = "config.json"
+DIGEST_CACHE_FILE = "checkpoint-digests.json"
 
 # sha256 of a file by (resolved path, size, mtime_ns, ctime_ns, inode): every eval task of a flow run asks for
 # the digest of the same checkpoints, and a 0.5B checkpoint takes seconds to hash.
@@ -65,6 +67,12 @@ def checkpoint_digest(path: str | Path, cache_path: str | Path | None = None) ->
     for f in identity_files(path):
         combined.update(f"{f.relative_to(path).as_posix()}\t{_file_digest(f, cache_path)}\n".encode())
     return combined.hexdigest()[:16]
+
+
+def data_root_checkpoint_digest(data_root: str | Path, path: str | Path) -> str:
+    """`checkpoint_digest` with the file-hash cache of a data root (<data root>/eval/checkpoint-digests.json), which
+    every process of a run shares: the evaluate flow, its task workers and later scheduled polls."""
+    return checkpoint_digest(path, cache_path=stage_dir(Path(data_root), "eval") / DIGEST_CACHE_FILE)
 
 
 def _file_digest(path: Path, cache_path: str | Path | None) -> str:

@@ -17,7 +17,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from data_catalog import Artifact, Catalog, produce_or_reuse
 from slam_core.atomic import write_text_atomic
 from slam_core.config import EvalConfig, UnitsConfig
-from slam_core.discovery import checkpoint_digest
+from slam_core.discovery import data_root_checkpoint_digest
 from slam_core.eval import generate, pairs, published, report
 from tasks.common import CACHED, catalog_at
 
@@ -95,7 +95,8 @@ def record_salmon_mean(run: str, checkpoint: str, parts: list[str], fingerprint:
         return record_skip(data_root, run, checkpoint, ["salmon"], "no SALMon part could be scored", fingerprint)
     res = published.salmon_mean(scored)
     catalog.record_eval(run, checkpoint, "salmon", res["accuracy"], res["n"], res["ci_low"], res["ci_high"],
-                        details={"fingerprint": fingerprint, "weights": checkpoint_digest(checkpoint), "parts": parts,
+                        details={"fingerprint": fingerprint,
+                                 "weights": data_root_checkpoint_digest(data_root, checkpoint), "parts": parts,
                                  "summary": "mean of part accuracies"})
     return res | {"metric": "salmon", "checkpoint": checkpoint}
 
@@ -110,9 +111,9 @@ def score_pairs(run: str, checkpoint: str, metric: str, pairs_path: str, cfg: Ev
         catalog.record_quarantine("eval", metric, item.get("pair_id", "?"), item.get("reason", "unscorable"),
                                   item.get("detail", ""), fingerprint)
     catalog.record_eval(run, checkpoint, metric, res["accuracy"], res["n"], res["ci_low"], res["ci_high"],
-                        details={"fingerprint": fingerprint, "weights": checkpoint_digest(checkpoint),
-                                 "pairs_per_s": res["pairs_per_s"],
-                                 "per_pair": res["per_pair"]})
+                        details={"fingerprint": fingerprint,
+                                 "weights": data_root_checkpoint_digest(data_root, checkpoint),
+                                 "pairs_per_s": res["pairs_per_s"], "per_pair": res["per_pair"]})
     return {k: res[k] for k in ("accuracy", "n", "ci_low", "ci_high")} | {"metric": metric, "checkpoint": checkpoint}
 
 
@@ -176,8 +177,8 @@ def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalCon
     gens = json.loads(Path(generations_path).read_text())
     res = gp.evaluate_generation(gens, vocoder, asr, lm, tokenizer, out_dir, batch_size=cfg.batch_size,
                                  asr_max_tokens=cfg.asr_max_tokens)
-    details = {"fingerprint": fingerprint, "weights": checkpoint_digest(checkpoint), "n_samples": res["n_samples"],
-               "n_empty": res["n_empty"],
+    details = {"fingerprint": fingerprint, "weights": data_root_checkpoint_digest(data_root, checkpoint),
+               "n_samples": res["n_samples"], "n_empty": res["n_empty"],
                "note": res["note"], "result": str(Path(out_dir) / gp.RESULT_FILE), "asr_model": cfg.asr_model,
                "ppl_lm": cfg.ppl_lm}
     catalog = catalog_at(data_root)
@@ -213,8 +214,8 @@ def judge_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConf
     write_text_atomic(Path(out_dir) / "judge.json", json.dumps(res, indent=1) + "\n")
     catalog_at(data_root).record_eval(
         run, checkpoint, "judge", res["mean_score"], res["n_parsed"],
-        details={"fingerprint": fingerprint, "weights": checkpoint_digest(checkpoint), "n": res["n"],
-                 "n_unparsable": res["n_unparsable"],
+        details={"fingerprint": fingerprint, "weights": data_root_checkpoint_digest(data_root, checkpoint),
+                 "n": res["n"], "n_unparsable": res["n_unparsable"],
                  "n_failed": res["n_failed"], "judge": cfg.judge_endpoint or cfg.judge_model})
     return {k: res[k] for k in ("mean_score", "n", "n_parsed", "n_unparsable", "n_failed")} | {"checkpoint": checkpoint}
 

@@ -129,14 +129,6 @@ def _draw(logits: torch.Tensor, top_k: int, generators: Sequence[torch.Generator
     return top_ids.gather(-1, choice).squeeze(-1)
 
 
-def sample_continuation(
-    model: torch.nn.Module, prompt: Sequence[int], seed: int, temperature: float, top_k: int,
-    max_new_tokens: int, repetition_penalty: float,
-) -> list[int]:
-    """One seeded sampled continuation (unit ids) of a prompt given as unit ids."""
-    return sample_batch(model, [prompt], [seed], temperature, top_k, max_new_tokens, repetition_penalty)[0]
-
-
 def generate_continuations(
     checkpoint_dir: str | Path, pairs_path: str | Path, n_prompts: int, prompt_s: float = 3.0,
     temperature: float = 0.8, top_k: int = 25, max_new_tokens: int = 150, repetition_penalty: float = 1.0,
