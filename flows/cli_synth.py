@@ -16,6 +16,7 @@ def synth_config(args: argparse.Namespace):
     """(SlamConfig, seed) from the preset, --set overrides and the synth options given on the command line."""
     from flows.cli import _overrides
     from flows.common import load_config
+    from slam_core.synth.jobs import default_voices
 
     cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
     options = {"backend": args.backend, "workers": args.workers, "shard_rows": args.shard_rows,
@@ -27,7 +28,7 @@ def synth_config(args: argparse.Namespace):
         setattr(cfg.synth, "spokenswag_voices" if args.kind == "spokenswag" else "voices", list(args.voices))
     elif args.backend and args.kind == "stinystories" and args.backend != args.preset_backend:
         # the preset's voices belong to its own backend: use the new backend's default single voice
-        cfg.synth.voices = ["af_heart"] if args.backend == "kokoro" else ["en-us"]
+        cfg.synth.voices = default_voices(args.backend)
     return cfg, cfg.run.seed if args.seed is None else args.seed
 
 

@@ -11,7 +11,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import load_config
-from slam_core.synth.jobs import run_synthesis
+from slam_core.synth.jobs import default_voices, run_synthesis
 from tasks.synth import synthesize_shard
 
 
@@ -25,7 +25,7 @@ def synthesize(kind: str = "stinystories", input: str = "slam-data/raw/builtin/s
     if backend:
         cfg.synth.backend = backend
         if not voices and kind == "stinystories":
-            cfg.synth.voices = ["af_heart"] if backend == "kokoro" else ["en-us"]
+            cfg.synth.voices = default_voices(backend)
     if workers:
         cfg.synth.workers = workers
     root = str(cfg.data_root)

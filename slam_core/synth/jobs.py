@@ -152,6 +152,11 @@ def plan_jobs(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, ou
     return jobs, bad, info
 
 
+def default_voices(backend: str) -> list[str]:
+    """The one voice of a single-speaker set (sTinyStories) when the backend is chosen on the command line."""
+    return ["af_heart"] if backend == "kokoro" else ["en-us"]
+
+
 def default_out_dir(data_root: str | Path, kind: str) -> Path:
     """Where `slam synth <kind>` and the synthesize flow write when no output dir is given: <data root>/synth/<kind>
     (so the paper preset's `corpus.stinystories_dir` / `corpus.spokenswag_dir` find the shards there)."""

@@ -159,15 +159,15 @@ class KokoroBackend:
                 except TTSError as err:
                     results[index] = err
             spoken = self._speak_parts(parts)
-        by_request: dict[int, list[tuple[_Part, np.ndarray, list]]] = {}
+        pieces: dict[int, list[tuple[np.ndarray, list]]] = {}
         for part, outcome in zip(parts, spoken):
             if isinstance(outcome, TTSError):
                 results[part.request] = outcome
-            elif results[part.request] is None:
-                by_request.setdefault(part.request, []).append((part, *outcome))
-        for index, pieces in by_request.items():
-            if results[index] is None:
-                results[index] = self._join_parts(requests[index], pieces)
+            else:
+                pieces.setdefault(part.request, []).append(outcome)
+        for index, spoken_parts in pieces.items():
+            if results[index] is None:  # every part spoken
+                results[index] = self._join_parts(requests[index], spoken_parts)
         return [r if r is not None else TTSError(requests[i][0], "unpronounceable",
                                                  "no phonemes in Kokoro's vocabulary")
                 for i, r in enumerate(results)]
@@ -198,18 +198,15 @@ class KokoroBackend:
             try:
                 done = forward_batch(self._model, [parts[i].item for i in batch], self.speed)
             except (RuntimeError, ValueError) as err:
-                if len(batch) == 1:
-                    part = parts[batch[0]]
-                    outcomes[batch[0]] = TTSError(" ".join(w for w, _ in part.words), "synth_failed",
+                if len(batch) > 1:
+                    for i in batch:
+                        outcomes[i] = self._speak_parts([parts[i]])[0]
+                else:
+                    outcomes[batch[0]] = TTSError(" ".join(w for w, _ in parts[batch[0]].words), "synth_failed",
                                                   f"{type(err).__name__}: {err}")
-                    continue
-                done = [None] * len(batch)
-                for i in batch:
-                    outcomes[i] = self._speak_parts([parts[i]])[0]
-            for i, result in zip(batch, done):
-                if result is not None:
-                    audio, durations = result
-                    outcomes[i] = self._word_spans(parts[i].words, audio, durations)
+                continue
+            for i, (audio, durations) in zip(batch, done):
+                outcomes[i] = self._word_spans(parts[i].words, audio, durations)
         return outcomes  # type: ignore[return-value]
 
     def _join_parts(self, request: tuple[str, str], pieces: list) -> AlignedOrError:
@@ -219,7 +216,7 @@ class KokoroBackend:
         waves: list[np.ndarray] = []
         words: list[tuple[str, float, float]] = []
         offset = 0
-        for _, audio, spans in pieces:
+        for audio, spans in pieces:
             if waves:
                 waves.append(pause)
                 offset += len(pause)

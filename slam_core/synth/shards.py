@@ -30,10 +30,12 @@ from slam_core.synth.base import TTSBackend, TTSError, TTSSetupError, get_backen
 log = logging.getLogger(__name__)
 
 SYNTH_CODE_SCOPE = ("synth", "audio/io.py", "schemas.py")
+# Config fields `get_backend` builds a backend from: one backend per distinct set in a process.
+_BACKEND_FIELDS = ("backend", "words_per_minute", "kokoro_model", "kokoro_speed", "device", "kokoro_batch_size",
+                   "kokoro_max_batch_tokens")
 # Config fields that change the audio (not workers / shard_rows: they only change how the work is spread).
 # Kokoro's batch settings are among them: batch composition moves samples by float rounding.
-_AUDIO_FIELDS = ("backend", "words_per_minute", "kokoro_model", "kokoro_speed", "sample_rate_hz",
-                 "max_utterance_chars", "kokoro_batch_size", "kokoro_max_batch_tokens")
+_AUDIO_FIELDS = (*(f for f in _BACKEND_FIELDS if f != "device"), "sample_rate_hz", "max_utterance_chars")
 
 # What one utterance may raise without failing its shard (it is skipped and counted with the reason).
 UTTERANCE_ERRORS = (TTSError, RuntimeError, ValueError, AssertionError, IndexError)
@@ -46,8 +48,7 @@ _pools: dict[int, Executor] = {}
 def cached_backend(cfg: SynthConfig, voices: Sequence[str]) -> TTSBackend:
     """One backend per configuration per process (a Kokoro model is loaded once, not once per shard), with
     every voice in `voices` checked, so a bad voice fails before any audio is made."""
-    key = cfg.model_dump_json(include={"backend", "words_per_minute", "kokoro_model", "kokoro_speed", "device",
-                                       "kokoro_batch_size", "kokoro_max_batch_tokens"})
+    key = cfg.model_dump_json(include=set(_BACKEND_FIELDS))
     with _backends_lock:
         if key not in _backends:
             _backends[key] = get_backend(cfg.model_copy(update={"voices": []}))
@@ -59,14 +60,12 @@ def cached_backend(cfg: SynthConfig, voices: Sequence[str]) -> TTSBackend:
 
 def speak_16k(backend: TTSBackend, text: str, voice: str, sample_rate_hz: int,
               aligned: bool = False) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
-    """Audio at `sample_rate_hz` (and word times, which resampling does not change)."""
-    if aligned:
-        wave, words = backend.synthesize_aligned(text, voice)
-    else:
-        wave, words = backend.synthesize(text, voice), []
-    if backend.sample_rate_hz != sample_rate_hz:
-        wave = soxr.resample(wave, backend.sample_rate_hz, sample_rate_hz, quality="HQ")
-    return np.asarray(wave, dtype=np.float32), words
+    """Audio at `sample_rate_hz` (and word times, which resampling does not change); raises what the backend
+    raises for this text."""
+    result = speak_many_16k(backend, [(text, voice)], sample_rate_hz, aligned)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def speak_many_16k(backend: TTSBackend, requests: Sequence[tuple[str, str]], sample_rate_hz: int,
