@@ -53,11 +53,9 @@ def produce_or_reuse(
         remove_stale_temporaries(out_path)
         result = produce()
         bad = [tuple(b) for b in result.get("bad", [])]
-        size = (sum(f.stat().st_size for f in out_path.rglob("*") if f.is_file()) if out_path.is_dir()
-                else out_path.stat().st_size)
         art = Artifact(stage=stage, dataset=dataset, split=split, path=str(out_path), fingerprint=fingerprint,
                        rows=int(result.get("rows", 0)), tokens=int(result.get("tokens", 0)),
-                       audio_seconds=float(result.get("audio_seconds", 0.0)), bytes=size, upstream=tuple(upstream))
+                       audio_seconds=float(result.get("audio_seconds", 0.0)), upstream=tuple(upstream))
         catalog.record_output(art, [(stage, dataset, str(item), reason, detail, fingerprint)
                                     for item, reason, detail in bad])
     return {"path": str(out_path), "fingerprint": fingerprint, "rows": art.rows, "tokens": art.tokens,

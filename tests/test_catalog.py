@@ -43,6 +43,7 @@ def test_crash_between_write_and_record_leaves_no_row(tmp_path):
                              produce=produce)
     assert calls == [1] and not first["reused"] and again["reused"] and again["tokens"] == 7
     assert len(cat.artifacts()) == 1
+    assert cat.find_artifact(out, "fp1")["bytes"] == len("complete shard")  # the size an audit checks files by
 
 
 def test_failed_atomic_write_leaves_no_file(tmp_path):
