@@ -25,7 +25,7 @@ FLOWS = ("reproduce", "prepare-data", "train-lm", "evaluate")
 
 
 def _quiet_offline_env() -> None:
-    """Telemetry off and a patient ephemeral server, before Prefect is imported (prefect-offline.md §1)."""
+    """Telemetry off and a patient ephemeral server, before Prefect is imported (docs/offline-standins.md)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

@@ -2,7 +2,7 @@
 # Prove the deployment loop on 127.0.0.1: server -> work pool -> deploy -> worker -> deployment runs -> teardown.
 # Usage: bash scripts/deploy_loop.sh   (uses .venv; leaves nothing running; exit 0 only if every run completed)
 set -euo pipefail
-set -m  # background jobs get default signal handling, so the worker stops on one SIGTERM (prefect-offline.md §6)
+set -m  # background jobs get default signal handling, so the worker stops on one SIGTERM (docs/offline-standins.md)
 cd "$(dirname "$0")/.."
 VENV_BIN=${VENV_BIN:-$PWD/.venv/bin}
 export PATH="$VENV_BIN:$PATH"

@@ -1,4 +1,4 @@
-"""Where each stage writes under the data root (see architecture.md, 'Data flow between stages')."""
+"""Where each stage writes under the data root (docs/architecture.md, 'Data flow between stages')."""
 
 from __future__ import annotations
 

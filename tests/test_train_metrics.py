@@ -27,7 +27,7 @@ def test_slam_shape_is_2_41_gflop_per_token_and_410k_tokens_per_s_at_full_h100()
     assert flops / 1e9 == pytest.approx(2.414, abs=0.001)
     h100 = peak_flops_for_name("NVIDIA H100 80GB HBM3")
     assert h100 == 989.4e12
-    assert h100 / flops == pytest.approx(409_800, rel=1e-3)  # tokens/s at 100 % MFU (perf-anchors §1.1)
+    assert h100 / flops == pytest.approx(409_800, rel=1e-3)  # tokens/s at 100 % MFU (docs/performance.md)
     assert mfu(204_900, flops, h100) == pytest.approx(0.5, abs=1e-3)
 
 

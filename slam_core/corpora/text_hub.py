@@ -7,8 +7,9 @@
 - SWAG (`allenai/swag`, 'regular' config): gold rows only (`gold-source == 'gold'`, a label in 0..3).
   prompt = sent1; chosen = sent2 + ' ' + ending[label]; rejected = sent2 + ' ' + one wrong ending drawn with
   a seed derived from (seed, pair id), so a row's pair does not depend on file order. Repetition filter as in
-  SlamKit's preference data config (slamkit-facts.md §3): keep a row iff the bigram auto-BLEU of
-  `prompt + ' ' + chosen` is below `swag_max_auto_bleu` (0.3); dropped rows are counted ('repetitive').
+  SlamKit's `config/data/preference_alignment_data.yaml` (docs/published-artifacts.md): keep a row iff the
+  bigram auto-BLEU of `prompt + ' ' + chosen` is below `swag_max_auto_bleu` (0.3); dropped rows are counted
+  ('repetitive').
   SWAG train -> 'train' (DPO), validation -> 'heldout' (sSC-like eval); the unlabelled test split is skipped.
 
 A revision of None downloads the default branch and logs it as unpinned (hub.fetch_hub_dataset then records

@@ -1,4 +1,4 @@
-"""Whisper ASR for GenPPL and the LLM judge (openai-whisper; slamkit-facts.md §4, offline-components.md §4).
+"""Whisper ASR for GenPPL and the LLM judge (openai-whisper; docs/published-artifacts.md, docs/offline-standins.md).
 
 Audio is passed as float32 16 kHz arrays, so no ffmpeg is needed. SlamKit uses the HF pipeline of
 `openai/whisper-large-v3-turbo`; the same weights load here through openai-whisper's `large-v3-turbo` name or a

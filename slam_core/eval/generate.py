@@ -1,4 +1,4 @@
-"""Sampled speech continuations from a unit LM (SlamKit `metric=generate`, slamkit-facts.md §4 and item 8).
+"""Sampled speech continuations from a unit LM (SlamKit `metric=generate`, paper Table 6; docs/published-artifacts.md).
 
 Prompts are the first `prompt_s` seconds of each pair's positive utterance, taken from the unit durations
 (25 Hz frames: one duration unit = 0.04 s), encoded `[1, u+2, ...]` without EOS, then sampled in batches

@@ -1,4 +1,4 @@
-"""GenPPL and auto-BLEU of sampled continuations (SlamKit `metric=asr_perplexity`, slamkit-facts.md §4, items 6-7).
+"""GenPPL and auto-BLEU of sampled continuations (SlamKit `metric=asr_perplexity`; docs/published-artifacts.md).
 
 Pipeline: vocode prompt + continuation units (SlamKit's remove_prompt=False) -> 16 kHz WAVs -> Whisper transcript
 -> per-sample mean NLL under a text LM -> GenPPL = exp(mean over samples of the per-sample mean NLL).

@@ -1,10 +1,10 @@
 """LLM-as-judge: a 1-5 rating of a continuation given its prompt, from transcripts (SlamKit `metric=llm_as_judge`,
-slamkit-facts.md §4).
+docs/published-artifacts.md).
 
 The judge is either a local HF causal LM (sampled, no chat template, as SlamKit) or an OpenAI-compatible
 `/v1/chat/completions` endpoint that the user names explicitly (no default remote URL). Answers are parsed from
 `\\boxed{x}`, else from a single bare digit 1-5; unparsable answers and failed requests are counted and reported,
-never dropped from the denominator silently (SlamKit does, §6 #12).
+never dropped from the denominator silently (SlamKit does).
 """
 
 from __future__ import annotations

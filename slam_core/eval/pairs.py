@@ -193,7 +193,7 @@ def measure_pairs_per_s(
             "pairs_per_s": len(rows) / best_s if best_s > 0 else float("inf")}
 
 
-# ---- published eval sets on disk (slamkit-facts.md §2.5) ------------------------------------------------------
+# ---- published eval sets on disk (docs/published-artifacts.md, 'Evaluation sets') ------------------------------
 # layout, filename separator of the integer sort key, whether files sit in sub-directories
 PUBLISHED_LAYOUTS: dict[str, tuple[str, str, bool]] = {
     "swuggy_inter": ("sorted_pairs", "_", True),

@@ -1,5 +1,5 @@
 """The published modelling sets (sBLIMP, sWUGGY inter/oov, sSC, tSC, SALMon) as pair lists, tokenised by the
-units stage into EVAL_PAIRS_UNITS files (slamkit-facts.md §2.5).
+units stage into EVAL_PAIRS_UNITS files (layouts: docs/published-artifacts.md, 'Evaluation sets').
 
 A set's pairs are audio references (a WAV file, or a row of a SALMon hub Parquet file); `tokenise_pairs` runs
 them through `slam_core.units.extract.extract_items` (the units stage's decoding and batching) and writes one

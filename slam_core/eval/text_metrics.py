@@ -1,4 +1,4 @@
-"""Text metrics on ASR transcripts of generated speech: auto-BLEU and GenPPL (slamkit-facts.md items 6-7, §4).
+"""Text metrics on ASR transcripts of generated speech: auto-BLEU and GenPPL (docs/published-artifacts.md).
 
 auto-BLEU follows SlamKit's `calc_auto_bleu`, which tokenises with `nltk.NLTKWordTokenizer().tokenize(text)`.
 nltk is not a dependency here, so `word_tokens` re-implements the Treebank rules that matter for plain English

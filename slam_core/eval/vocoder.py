@@ -1,4 +1,4 @@
-"""Unit HiFi-GAN vocoder with a duration predictor (textlesslib `CodeHiFiGANVocoder`, slamkit-facts.md §2.4).
+"""Unit HiFi-GAN vocoder with a duration predictor (textlesslib `CodeHiFiGANVocoder`; docs/published-artifacts.md).
 
 Our own implementation; parameter names and shapes match the published textlesslib checkpoint for the
 mHuBERT-25Hz/500-unit vocoder, so its state dict (key "generator", weight-norm `weight_g`/`weight_v` pairs) loads

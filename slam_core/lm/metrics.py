@@ -4,7 +4,7 @@ FLOPs per trained token follow the PaLM paper (appendix B) / nanoGPT `estimate_m
 forward + backward over all N parameters, plus 12 * L * H * Q * T for the attention scores and values
 (L layers, H query heads of size Q, context T; the non-causal count). For the Slam shape (Qwen2.5-0.5B,
 vocabulary 502, T = 1024): 6 * 358,347,904 + 12 * 24 * 14 * 64 * 1024 = 2.414 GFLOP per token, so an
-H100 SXM (989.4 TFLOP/s dense bf16) at 100 % MFU trains 410k tokens/s (perf-anchors.md §1.1).
+H100 SXM (989.4 TFLOP/s dense bf16) at 100 % MFU trains 410k tokens/s (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def speech_lm_config(base_config: PretrainedConfig, cfg: ModelConfig, n_units: i
     config = copy.deepcopy(base_config)
     config.vocab_size = vocab_size(n_units)
     config.pad_token_id, config.bos_token_id, config.eos_token_id = PAD_ID, BOS_ID, EOS_ID
-    config.use_cache = False  # a KV cache silently disables packed-sequence masking (offline-components §2.1)
+    config.use_cache = False  # a KV cache silently disables packed-sequence masking (docs/offline-standins.md)
     for key, value in config.to_dict().items():
         if ("dropout" in key or "layerdrop" in key or key.endswith("_pdrop")) and isinstance(value, float):
             setattr(config, key, 0.0)

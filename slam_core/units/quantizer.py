@@ -24,7 +24,7 @@ PUBLISHED_KMEANS_URL = (
     "https://dl.fbaipublicfiles.com/textless_nlp/twist/speech_tokenizer/mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin"
 )
 PUBLISHED_KMEANS_NAME = PUBLISHED_KMEANS_URL.rsplit("/", 1)[1]
-# slamkit-facts.md §2.1 gives only the ends of the digest: 03cc04a9…28ad.
+# Only the ends of the published digest are known (docs/published-artifacts.md, 'km500 quantiser'): 03cc04a9…28ad.
 PUBLISHED_SHA256_PREFIX, PUBLISHED_SHA256_SUFFIX = "03cc04a9", "28ad"
 _SAFETENSORS_KEY = "centroids"
 _TORCH_CHUNK_FRAMES = 65_536
