@@ -150,7 +150,11 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1, description="Optional cap on optimiser steps (the budget still applies).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(5e-5, ge=0, description="Final learning rate of the cosine decay.")
-    warmup_frac: float = Field(0.01, ge=0, lt=1, description="Fraction of the (fitted) total steps spent warming up.")
+    warmup_frac: float = Field(0.01, ge=0, lt=1, description="Fraction of the (fitted) total steps spent warming up "
+                               "(paper Table 4: 1 %; rounded up, as HF's get_warmup_steps).")
+    warmup_min_steps: int = Field(0, ge=0, description="Warm-up lasts at least this many steps: SlamKit warms up "
+                                  "max(100 steps, 1 %) (config/training_args/default.yaml, cli/train.py); the paper "
+                                  "presets set 100, which 1 % of 17,625 steps (176) exceeds anyway.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
     grad_accum: int = Field(16, ge=1, description="Micro-batches per optimiser step, summed over all GPUs (each of W "
                                                   "GPUs runs grad_accum / W; must divide evenly), so the effective "
@@ -158,11 +162,17 @@ class TrainConfig(_Section):
                                                   "any number of GPUs.")
     grad_clip: float = Field(0.5, gt=0, description="Gradient-norm clip.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (SlamKit's HF Trainer defaults; the "
+                                       "paper only says AdamW).")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon (HF Trainer default, as SlamKit).")
     checkpoint_every_s: float = Field(1800.0, gt=0, description="Save a resumable checkpoint this often.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent step-N checkpoints kept on disk (older ones deleted).")
     log_every_steps: int = Field(10, ge=1, description="Log metrics every N optimiser steps.")
-    calibration_steps: int = Field(5, ge=1, description="Steps timed after warm-up to fit total steps to the budget.")
+    calibration_steps: int = Field(5, ge=1, description="Steps timed (after the untimed ones) to fit the total "
+                                   "steps to the budget; until then the LR is held at the smallest any fit could give.")
+    untimed_steps: int = Field(1, ge=1, description="First steps of a fresh run not timed for the fit: their time "
+                               "includes compilation and allocator warm-up (raise it when torch.compile recompiles "
+                               "after the first step).")
     compile: bool = Field(False, description="torch.compile the model (CUDA: faster steps after a compile warm-up).")
     val_fraction: float = Field(0.02, ge=0, lt=0.5, description="Fraction of training documents held out for validation loss.")
 

@@ -68,8 +68,8 @@ def packed_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], flat
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device, lr: float) -> torch.optim.AdamW:
     """AdamW: fused kernels on CUDA, foreach on CPU."""
     on_cuda = device.type == "cuda"
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
-                             fused=on_cuda or None, foreach=None if on_cuda else True)
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=on_cuda or None, foreach=None if on_cuda else True)
 
 
 @torch.no_grad()
@@ -123,11 +123,10 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "train",
                           train_cfg.val_fraction, vocab_size=model.config.vocab_size, rank=env.rank,
                           world_size=env.world_size)
-    step, tokens_seen, elapsed0, total0, loss = _restore(ckpt, model, optimizer, loader, seed, env)
+    step, tokens_seen, elapsed0, sched_state, loss = _restore(ckpt, model, optimizer, loader, seed, env)
     if dev.type == "cuda":  # pack on a CPU thread while the GPU computes
         loader = PrefetchingLoader(loader, depth=2 * accum, pin_memory=True)
-    sched = BudgetSchedule(train_cfg.budget_s, train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_frac,
-                           train_cfg.calibration_steps, train_cfg.max_steps, start_step=step, total_steps=total0)
+    sched = budget_schedule(train_cfg, step, sched_state)
     metrics = (MetricsLog(run_dir / "metrics.csv", step, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
                if env.is_main else None)
     peak = device_peak_flops(dev, dtype)
@@ -143,9 +142,9 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
         saved_step = step
         if env.is_main:
             trainer_state = {"optimizer": optim_state, "loader": loader.state_dict(), "rng": rng_state(),
-                             "schedule": {"step": step, "total_steps": sched.total_steps}}
-            info = {"tokens_seen": tokens_seen, "elapsed_s": elapsed, "total_steps": sched.total_steps, "loss": loss,
-                    "world_size": env.world_size}
+                             "schedule": sched.state_dict()}
+            info = {"tokens_seen": tokens_seen, "elapsed_s": elapsed, "total_steps": sched.expected_total_steps,
+                    "loss": loss, "world_size": env.world_size, "schedule": sched.state_dict()}
             saver = distributed.FullStateSaver(model, model_state) if model_state is not None else model
             save_checkpoint(run_dir, step, saver, trainer_state, info, train_cfg.keep_checkpoints)
         distributed.barrier(env)  # no rank runs ahead of (or reads) a half-written checkpoint
@@ -164,16 +163,18 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             # every rank uses the slowest rank's clock, so schedule/checkpoint/stop decisions agree
             elapsed = distributed.max_across([clock() - t_start], env, dev)[0]
             sched.end_step(step - 1, elapsed)
-            if metrics is not None and (step % train_cfg.log_every_steps == 0 or step == sched.total_steps):
+            if metrics is not None and (step % train_cfg.log_every_steps == 0 or sched.done(step, elapsed)):
                 tok_s = (step - last_log[0]) * tokens_per_step / max(elapsed - last_log[1], 1e-9)
                 util = mfu(tok_s, flops_tok, peak)
                 metrics.append({"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
                                 "tokens_per_s": round(tok_s, 1), "mfu": round(util, 4) if util is not None else None,
                                 "tokens_seen": tokens_seen, "elapsed_s": round(elapsed, 3)})
                 last_log = (step, elapsed)
-                log.info("step %d/%d loss %.4f lr %.2e %.0f tok/s", step, sched.total_steps, loss, lr, tok_s)
+                log.info("step %d/%s loss %.4f lr %.2e %.0f tok/s", step, sched.expected_total_steps or "?", loss, lr,
+                         tok_s)
             if progress is not None and env.is_main:
-                progress(min(1.0, step / sched.total_steps), f"step {step}/{sched.total_steps} loss {loss:.4f}")
+                progress(sched.fraction_done(step, elapsed),
+                         f"step {step}/{sched.expected_total_steps or '?'} loss {loss:.4f}")
             if elapsed - last_ckpt_s >= train_cfg.checkpoint_every_s:
                 save()
                 last_ckpt_s = elapsed
@@ -193,11 +194,22 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             "param_checksum": distributed.param_checksum(model)}
 
 
+def budget_schedule(train_cfg: TrainConfig, step: int = 0, state: dict | None = None) -> BudgetSchedule:
+    """The pre-training LR schedule of `train_cfg`, restored from a checkpoint's schedule state when given (a
+    checkpoint without one, from before schedules were saved, calibrates afresh from `step`)."""
+    sched = BudgetSchedule(train_cfg.budget_s, train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_frac,
+                           train_cfg.calibration_steps, train_cfg.max_steps, start_step=step,
+                           warmup_min_steps=train_cfg.warmup_min_steps, untimed_steps=train_cfg.untimed_steps)
+    if state and "version" in state:
+        sched.load_state_dict(state)
+    return sched
+
+
 def _restore(ckpt: Path | None, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: PackedLoader,
-             seed: int, env: DistEnv) -> tuple[int, int, float, int | None, float | None]:
+             seed: int, env: DistEnv) -> tuple[int, int, float, dict | None, float | None]:
     """Load optimiser/loader/RNG state of a checkpoint (or seed a fresh run).
 
-    Returns (step, tokens_seen, elapsed_s, total_steps, loss). Every rank restores the same (rank 0's) RNG
+    Returns (step, tokens_seen, elapsed_s, schedule state, loss). Every rank restores the same (rank 0's) RNG
     state; the loop draws no random numbers (dropout is off), so this only matters for bitwise resume.
     """
     if ckpt is None:
@@ -208,7 +220,7 @@ def _restore(ckpt: Path | None, model: torch.nn.Module, optimizer: torch.optim.O
     loader.load_state_dict(state["loader"])
     set_rng_state(state["rng"])
     log.info("resuming from %s (step %d, %.1f s of budget used)", ckpt, info["step"], info["elapsed_s"])
-    return info["step"], info["tokens_seen"], info["elapsed_s"], info["total_steps"], info.get("loss")
+    return info["step"], info["tokens_seen"], info["elapsed_s"], state.get("schedule"), info.get("loss")
 
 
 def _train_step(forward_model: torch.nn.Module, wrapped: torch.nn.Module, model: torch.nn.Module,
