@@ -24,7 +24,8 @@ from flows.prepare_data import prepare_data
 from slam_core.config import SlamConfig
 from slam_core.discovery import data_root_checkpoint_digest, find_checkpoints, newest_metrics_csv
 from slam_core.device import set_cpu_threads
-from slam_core.eval.published import PUBLISHED_METRICS, published_sets, set_file_name, sources_digest
+from slam_core.corpora.published_layout import PUBLISHED_METRICS, published_sets, set_file_name
+from slam_core.eval.published import sources_digest
 from slam_core.fingerprint import code_version
 from slam_core.paths import stage_dir
 from tasks import evaluate as ev
@@ -158,7 +159,7 @@ def _published_metric(cfg: SlamConfig, metric: str, prepared: dict[str, Any], ne
     out: list[dict[str, Any]] = []
     for set_name, sources in sets.items():
         tok_fp = fp("pair-units", cfg, ("units",), km_digest, sources_digest(sources), eval_set=set_name,
-                    max_pairs=cfg.eval.max_pairs, code=code_version(("eval/published.py",)))
+                    max_pairs=cfg.eval.max_pairs, code=code_version(("eval/published.py", "corpora/published_layout.py")))
         path = str(stage_dir(cfg.data_root, "pairs", "published") / f"{set_file_name(set_name)}-{tok_fp}.parquet")
         tok = ev.tokenise_eval_set(str(cfg.eval.reference_path), metric, set_name, centroids, cfg.units,
                                    cfg.eval.max_pairs, dev, path, tok_fp, root)

@@ -58,7 +58,9 @@ def tokenise_eval_set(reference_path: str, metric: str, set_name: str, centroids
     def produce() -> dict[str, Any]:
         from slam_core.units import extract
 
-        sources = published.published_sets(reference_path, metric)[set_name][:max_pairs]
+        from slam_core.corpora.published_layout import published_sets
+
+        sources = published_sets(reference_path, metric)[set_name][:max_pairs]
         extractor = extract.build_extractor(units_cfg, Path(data_root), centroids=Path(centroids), device=device)
         return published.tokenise_pairs(sources, set_name, extractor, units_cfg.batch_size, out_path)
 
@@ -165,7 +167,8 @@ def _missing_weights() -> tuple[type[Exception], ...]:
 def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConfig, device: str, out_dir: str,
                   fingerprint: str, data_root: str) -> dict[str, Any]:
     """GenPPL and auto-BLEU: vocode prompt + continuation, Whisper transcripts, perplexity under `cfg.ppl_lm`.
-    Rows `genppl` (n = scored transcripts) and `auto_bleu` (a fraction); empty transcripts counted in details."""
+    Rows `genppl` (n = scored transcripts) and `auto_bleu` (a fraction over every transcript, empty ones 0, as
+    SlamKit); empty transcripts counted in details, with `slamkit_difference` when GenPPL left them out."""
     from slam_core.eval import genppl as gp
     from slam_core.eval.text_metrics import load_ppl_lm
 
@@ -179,12 +182,13 @@ def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalCon
                                  asr_max_tokens=cfg.asr_max_tokens)
     details = {"fingerprint": fingerprint, "weights": data_root_checkpoint_digest(data_root, checkpoint),
                "n_samples": res["n_samples"], "n_empty": res["n_empty"],
-               "note": res["note"], "result": str(Path(out_dir) / gp.RESULT_FILE), "asr_model": cfg.asr_model,
+               "note": res["note"], "slamkit_difference": res["slamkit_difference"],
+               "result": str(Path(out_dir) / gp.RESULT_FILE), "asr_model": cfg.asr_model,
                "ppl_lm": cfg.ppl_lm}
     catalog = catalog_at(data_root)
     catalog.record_eval(run, checkpoint, "genppl", res["genppl"], res["n"], details=details)
-    catalog.record_eval(run, checkpoint, "auto_bleu", res["auto_bleu"], res["n_samples"] - res["n_empty"],
-                        details=details)
+    catalog.record_eval(run, checkpoint, "auto_bleu", res["auto_bleu"], res["n_samples"],
+                        details=details | {"slamkit_difference": ""})
     return {k: res[k] for k in ("genppl", "auto_bleu", "n", "n_empty", "n_samples")} | {
         "checkpoint": checkpoint, "result": details["result"]}
 

@@ -142,9 +142,12 @@ def test_summarize_generation_formula_with_empty_transcript() -> None:
     assert out["genppl"] == pytest.approx(math.exp(2.0))  # exp(mean of per-sample means), empty excluded
     assert (out["n"], out["n_samples"], out["n_empty"]) == (2, 3, 1)
     assert "1 empty transcript" in out["note"]
-    assert out["auto_bleu"] == pytest.approx((2 / 3 + 0.0) / 2)  # mean over the non-empty transcripts
-    none_left = summarize_generation(["", " "], [None, None])
-    assert none_left["genppl"] is None and none_left["auto_bleu"] is None and "undefined" in none_left["note"]
+    assert out["auto_bleu"] == pytest.approx((2 / 3 + 0.0 + 0.0) / 3)  # every transcript, the empty one as 0
+    assert "SlamKit" in out["slamkit_difference"]
+    assert summarize_generation(["a b a b"], [1.0])["slamkit_difference"] == ""
+    none_left = summarize_generation(["", ""], [None, None])
+    assert none_left["genppl"] is None and none_left["auto_bleu"] == 0.0 and "undefined" in none_left["note"]
+    assert summarize_generation([], [])["auto_bleu"] is None
     with pytest.raises(ValueError, match="NLLs"):
         summarize_generation(["a"], [])
 

@@ -18,8 +18,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
+from slam_core.corpora.published_layout import load_published_pairs  # noqa: E402
 from slam_core.eval.pairs import (  # noqa: E402
-    CheckpointNotFoundError, evaluate_pairs, load_published_pairs, measure_pairs_per_s, pair_outcomes,
+    CheckpointNotFoundError, evaluate_pairs, measure_pairs_per_s, pair_outcomes,
     score_sequences, wilson_interval,
 )
 from slam_core.schemas import EVAL_PAIRS_UNITS  # noqa: E402
@@ -160,12 +161,28 @@ def _touch(path: Path) -> Path:
     return path
 
 
-def test_sblimp_layout_sorts_numerically_across_subfolders(tmp_path: Path) -> None:
-    names = {"a/10+x_ok.wav": 10, "b/11+x_bad.wav": 11, "a/2+y_ok.wav": 2, "b/3+y_bad.wav": 3}
+def test_sblimp_layout_sorts_numerically_within_each_subfolder(tmp_path: Path) -> None:
+    names = ["a/10+x_ok.wav", "a/11+x_bad.wav", "a/2+y_ok.wav", "a/3+y_bad.wav", "b/0+z_ok.wav", "b/1+z_bad.wav"]
     paths = {n: _touch(tmp_path / n) for n in names}
     pairs = load_published_pairs(tmp_path, "sblimp")
-    # numeric, not lexicographic: 2,3 before 10,11
-    assert pairs == [(paths["a/2+y_ok.wav"], paths["b/3+y_bad.wav"]), (paths["a/10+x_ok.wav"], paths["b/11+x_bad.wav"])]
+    # numeric, not lexicographic (2,3 before 10,11), and pairs never cross a sub-folder
+    assert pairs == [(paths["a/2+y_ok.wav"], paths["a/3+y_bad.wav"]), (paths["a/10+x_ok.wav"], paths["a/11+x_bad.wav"]),
+                     (paths["b/0+z_ok.wav"], paths["b/1+z_bad.wav"])]
+
+
+def test_subfolders_that_each_restart_numbering_pair_within_each_subfolder(tmp_path: Path) -> None:
+    # sWUGGY as published: every sub-folder numbers its files from 0 (SlamKit's ModellingMetricDataset pairs
+    # each sub-folder's sorted list on its own); the same numbers in two sub-folders are not duplicates.
+    for folder in ("x", "y"):
+        for i, word in enumerate(["brick", "brock", "stone", "stane"]):
+            _touch(tmp_path / folder / f"{i}_{word}.wav")
+    pairs = load_published_pairs(tmp_path, "swuggy_inter")
+    assert [(p.parent.name, p.name, n.name) for p, n in pairs] == [
+        ("x", "0_brick.wav", "1_brock.wav"), ("x", "2_stone.wav", "3_stane.wav"),
+        ("y", "0_brick.wav", "1_brock.wav"), ("y", "2_stone.wav", "3_stane.wav")]
+    _touch(tmp_path / "y" / "4_odd.wav")
+    with pytest.raises(ValueError, match="odd number of files"):
+        load_published_pairs(tmp_path, "swuggy_inter")
 
 
 def test_flat_storycloze_layout_and_errors(tmp_path: Path) -> None:

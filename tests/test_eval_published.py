@@ -22,7 +22,8 @@ from data_catalog import Catalog
 from slam_core.config import UnitsConfig
 from slam_core.eval.generate import prompts_from_units, read_alignment, word_boundary_cut_s
 from slam_core.eval.pairs import score_sequences, wilson_interval
-from slam_core.eval.published import published_sets, salmon_mean, tokenise_pairs
+from slam_core.corpora.published_layout import published_sets
+from slam_core.eval.published import salmon_mean, tokenise_pairs
 from slam_core.lm.vocab import encode_units
 
 SR = 16_000

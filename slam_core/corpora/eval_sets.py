@@ -1,8 +1,8 @@
 """Layout checks for the published evaluation sets kept in local directories (sBLIMP, sWUGGY, sSC, tSC, SALMon).
 
-The pairing rules live in `slam_core.eval.pairs.load_published_pairs`; this module finds each set under a
-reference directory (SlamKit's names: sblimp/, swuggy_inter/, swuggy_oov/, sSC/, tSC/, salmon/<part>/) and
-checks that pairs can be formed and that the audio is 16 kHz (SlamKit does not resample eval audio).
+The layouts and pairing rules live in `slam_core/corpora/published_layout.py` (shared with evaluation); this
+module checks that a set found under a reference directory forms pairs and that its audio is 16 kHz (SlamKit
+does not resample eval audio).
 """
 
 from __future__ import annotations
@@ -12,28 +12,11 @@ from pathlib import Path
 
 import soundfile as sf
 
-from slam_core.eval.pairs import load_published_pairs
+from slam_core.corpora.published_layout import EVAL_DIRS, find_set_dir, load_published_pairs, salmon_sets
 
 log = logging.getLogger(__name__)
 
-# slam metric name -> directory name SlamKit uses under the reference path.
-EVAL_DIRS = {"sblimp": "sblimp", "swuggy_inter": "swuggy_inter", "swuggy_oov": "swuggy_oov", "ssc": "sSC",
-             "tsc": "tSC", "salmon": "salmon"}
 EXPECTED_SAMPLE_RATE_HZ = 16_000
-
-
-def find_set_dir(reference_dir: Path, metric: str) -> Path:
-    """The directory of one set under the reference root (SlamKit's name, the metric name, or lower case)."""
-    reference_dir = Path(reference_dir)
-    if not reference_dir.is_dir():
-        raise FileNotFoundError(f"{reference_dir}: eval.reference_path is not a directory")
-    for name in (EVAL_DIRS[metric], metric, EVAL_DIRS[metric].lower()):
-        if (reference_dir / name).is_dir():
-            return reference_dir / name
-    if reference_dir.name.lower() in (metric, EVAL_DIRS[metric].lower()):
-        return reference_dir  # the user pointed at the set's own directory
-    raise FileNotFoundError(f"{reference_dir}: no '{EVAL_DIRS[metric]}/' directory for {metric} (expected "
-                            f"{reference_dir}/{EVAL_DIRS[metric]}/ in SlamKit's published layout)")
 
 
 def _check_rates(pairs: list[tuple[Path, Path]], where: Path, sample: int = 8) -> None:
@@ -50,8 +33,6 @@ def check_eval_set(reference_dir: str | Path, metric: str, suffix: str = ".wav")
         raise ValueError(f"unknown eval set '{metric}' (known: {', '.join(EVAL_DIRS)})")
     root = find_set_dir(Path(reference_dir), metric)
     if metric == "salmon":
-        from slam_core.eval.published import salmon_sets  # wav parts and hub Parquet parts
-
         sets = salmon_sets(root)
         parts = {name.split("/", 1)[1]: pairs for name, pairs in sets.items()}
         for part, pairs in parts.items():

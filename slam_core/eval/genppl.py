@@ -1,8 +1,10 @@
-"""GenPPL and auto-BLEU of sampled continuations (SlamKit `metric=asr_perplexity`; docs/published-artifacts.md).
+"""GenPPL and auto-BLEU of sampled continuations (SlamKit `metric=asr_perplexity`,
+`slamkit/metric/generative_metric.py`).
 
 Pipeline: vocode prompt + continuation units (SlamKit's remove_prompt=False) -> 16 kHz WAVs -> Whisper transcript
 -> per-sample mean NLL under a text LM -> GenPPL = exp(mean over samples of the per-sample mean NLL).
-Empty transcripts are counted and excluded from both GenPPL and auto-BLEU (SlamKit divides 0 by 0 there).
+auto-BLEU is the mean over every transcript, an empty one counting 0, as in SlamKit; empty transcripts are
+excluded from GenPPL and counted (SlamKit's 0/0 makes GenPPL NaN; see `text_metrics.GENPPL_EMPTY_DIFFERENCE`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from slam_core.atomic import write_text_atomic
 from slam_core.eval.asr import transcribe
-from slam_core.eval.text_metrics import auto_bleu, genppl, transcript_nll
+from slam_core.eval.text_metrics import GENPPL_EMPTY_DIFFERENCE, auto_bleu, genppl, mean_auto_bleu, transcript_nll
 from slam_core.eval.vocoder import Vocoder, vocode, write_wav_16k
 
 log = logging.getLogger(__name__)
@@ -50,18 +52,18 @@ def vocode_generations(
 def summarize_generation(
     transcripts: Sequence[str], per_sample_nll: Sequence[float | None], auto_bleu_n: int = 2,
 ) -> dict[str, Any]:
-    """GenPPL over the scorable transcripts and mean auto-BLEU over the non-empty ones.
+    """GenPPL over the scorable transcripts and mean auto-BLEU over all of them (empty ones count 0).
 
-    Returns {"genppl" (None if nothing scorable), "auto_bleu", "n" (samples scored), "n_samples", "n_empty",
-    "note"}; never NaN.
+    Returns {"genppl" (None if nothing scorable), "auto_bleu" (None for no transcript), "n" (samples scored by
+    GenPPL), "n_samples", "n_empty", "note", "slamkit_difference" (what differs from SlamKit on these
+    transcripts, "" when nothing)}; never NaN.
     """
     if len(transcripts) != len(per_sample_nll):
         raise ValueError(f"{len(transcripts)} transcripts but {len(per_sample_nll)} NLLs")
     ppl = genppl(per_sample_nll)
-    non_empty = [t for t in transcripts if t and t.strip()]
-    bleu = float(np.mean([auto_bleu(t, auto_bleu_n) for t in non_empty])) if non_empty else None
-    return {"genppl": ppl["genppl"], "auto_bleu": bleu, "n": ppl["n"], "n_samples": len(transcripts),
-            "n_empty": ppl["n_empty"], "note": ppl["note"]}
+    return {"genppl": ppl["genppl"], "auto_bleu": mean_auto_bleu(transcripts, auto_bleu_n), "n": ppl["n"],
+            "n_samples": len(transcripts), "n_empty": ppl["n_empty"], "note": ppl["note"],
+            "slamkit_difference": GENPPL_EMPTY_DIFFERENCE if ppl["n_empty"] else ""}
 
 
 def evaluate_generation(
@@ -79,7 +81,7 @@ def evaluate_generation(
     result = summarize_generation(transcripts, nlls, auto_bleu_n)
     result["rows"] = [
         {**row, "wav_path": str(path), "transcript": text, "nll": nll,
-         "auto_bleu": auto_bleu(text, auto_bleu_n) if text.strip() else None}
+         "auto_bleu": auto_bleu(text, auto_bleu_n)}
         for row, path, text, nll in zip(generations, paths, transcripts, nlls)
     ]
     write_text_atomic(Path(out_dir) / RESULT_FILE, json.dumps(result, indent=1) + "\n")

@@ -1,9 +1,11 @@
 """The published modelling sets (sBLIMP, sWUGGY inter/oov, sSC, tSC, SALMon) as pair lists, tokenised by the
-units stage into EVAL_PAIRS_UNITS files (layouts: docs/published-artifacts.md, 'Evaluation sets').
+units stage into EVAL_PAIRS_UNITS files.
 
-A set's pairs are audio references (a WAV file, or a row of a SALMon hub Parquet file); `tokenise_pairs` runs
-them through `slam_core.units.extract.extract_items` (the units stage's decoding and batching) and writes one
-EVAL_PAIRS_UNITS Parquet per set, so pair scoring is the same code for published and built-in sets.
+The sets' file layouts and pairing rules live in `slam_core/corpora/published_layout.py` (shared with the
+corpora stage's layout checks; docs/published-artifacts.md, 'Evaluation sets'). A set's pairs are audio
+references (a WAV file, or a row of a SALMon hub Parquet file); `tokenise_pairs` runs them through
+`slam_core.units.extract.extract_items` (the units stage's decoding and batching) and writes one EVAL_PAIRS_UNITS
+Parquet per set, so pair scoring is the same code for published and built-in sets.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,87 +24,11 @@ import pyarrow.parquet as pq
 
 from slam_core.atomic import atomic_path
 from slam_core.audio.io import BadAudioError, decode_audio_bytes, read_audio
-from slam_core.corpora.eval_sets import find_set_dir
-from slam_core.eval.pairs import load_published_pairs, wilson_interval
+from slam_core.corpora.published_layout import AudioRef, PairSource
+from slam_core.eval.pairs import wilson_interval
 from slam_core.schemas import EVAL_PAIRS_UNITS
 
 log = logging.getLogger(__name__)
-
-# config metric name -> the eval_results rows it produces (salmon: one per part, found on disk, + "salmon")
-PUBLISHED_METRICS: dict[str, tuple[str, ...]] = {
-    "sblimp": ("sblimp",), "swuggy": ("swuggy_inter", "swuggy_oov"), "swuggy_inter": ("swuggy_inter",),
-    "swuggy_oov": ("swuggy_oov",), "ssc": ("ssc",), "tsc": ("tsc",), "salmon": ("salmon",),
-}
-SALMON_AUDIO_COLUMNS = ("positive_audio", "negative_audio")
-
-
-@dataclass(frozen=True)
-class AudioRef:
-    """One utterance: a WAV file, or (`row`, `column`) of a Parquet file holding audio bytes."""
-
-    path: str
-    row: int | None = None
-    column: str | None = None
-
-
-@dataclass(frozen=True)
-class PairSource:
-    pair_id: str
-    positive: AudioRef
-    negative: AudioRef
-
-
-def salmon_part_row(part: str) -> str:
-    return f"salmon/{part}"
-
-
-def published_sets(reference_path: str | Path, metric: str) -> dict[str, list[PairSource]]:
-    """Row name -> ordered pairs for one configured metric (`swuggy` gives swuggy_inter and swuggy_oov; `salmon`
-    gives `salmon/<part>` for every part directory). Raises FileNotFoundError/ValueError naming what is wrong."""
-    if metric not in PUBLISHED_METRICS:
-        raise ValueError(f"unknown published eval set '{metric}' (known: {', '.join(PUBLISHED_METRICS)})")
-    root = Path(reference_path).expanduser()
-    if metric == "salmon":
-        return salmon_sets(find_set_dir(root, "salmon"))
-    out = {}
-    for name in PUBLISHED_METRICS[metric]:
-        set_dir = find_set_dir(root, name)
-        out[name] = [PairSource(pos.relative_to(set_dir).as_posix(), AudioRef(str(pos)), AudioRef(str(neg)))
-                     for pos, neg in load_published_pairs(set_dir, name)]
-    return out
-
-
-def salmon_sets(salmon_dir: Path) -> dict[str, list[PairSource]]:
-    """Every SALMon part under `salmon_dir`: hub Parquet files if the part has any, else the WAV layout."""
-    parts = sorted(p for p in Path(salmon_dir).iterdir() if p.is_dir())
-    if not parts:
-        raise FileNotFoundError(f"{salmon_dir}: no SALMon part directories (e.g. {salmon_dir}/bg_alignment/)")
-    out = {}
-    for part in parts:
-        parquets = sorted(part.rglob("*.parquet"))
-        if parquets:
-            out[salmon_part_row(part.name)] = salmon_parquet_pairs(parquets)
-        else:
-            out[salmon_part_row(part.name)] = [
-                PairSource(pos.name, AudioRef(str(pos)), AudioRef(str(neg)))
-                for pos, neg in load_published_pairs(part, "salmon")]
-    return out
-
-
-def salmon_parquet_pairs(files: Sequence[Path]) -> list[PairSource]:
-    """Pairs of SALMon's hub layout (`<part>/*.parquet`, one row per pair). The column names come from the
-    dataset card, not from a checked file: anything else fails naming the columns that were found."""
-    pairs = []
-    for f in files:
-        schema = pq.read_schema(f)
-        missing = [c for c in SALMON_AUDIO_COLUMNS if c not in schema.names]
-        if missing:
-            raise ValueError(f"{f}: SALMon Parquet without {missing}; columns found: {schema.names}. Expected one "
-                             f"row per pair with {list(SALMON_AUDIO_COLUMNS)} (audio bytes or {{bytes, path}})")
-        n_rows = pq.ParquetFile(f).metadata.num_rows
-        pairs += [PairSource(f"{f.stem}:{i}", AudioRef(str(f), i, SALMON_AUDIO_COLUMNS[0]),
-                             AudioRef(str(f), i, SALMON_AUDIO_COLUMNS[1])) for i in range(n_rows)]
-    return pairs
 
 
 @functools.lru_cache(maxsize=4)
@@ -185,12 +110,6 @@ def salmon_mean(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         half = 1.96 * math.sqrt(float(np.sum(accs * (1 - accs) / ns))) / len(parts)
         low, high = max(0.0, mean - half), min(1.0, mean + half)
     return {"accuracy": mean, "n": int(ns.sum()), "ci_low": low, "ci_high": high}
-
-
-def set_file_name(row_name: str) -> str:
-    """A file-system name for an eval_results row name (`salmon/bg_alignment` -> `salmon-bg_alignment`)."""
-    return row_name.replace("/", "-")
-
 
 
 def tokenise_files(files: Sequence[Path], root: Path, extractor: Any, batch_size: int,

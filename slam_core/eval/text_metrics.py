@@ -1,16 +1,21 @@
-"""Text metrics on ASR transcripts of generated speech: auto-BLEU and GenPPL (docs/published-artifacts.md).
+"""Text metrics on ASR transcripts of generated speech: auto-BLEU and GenPPL, as SlamKit computes them.
 
-auto-BLEU follows SlamKit's `calc_auto_bleu`, which tokenises with `nltk.NLTKWordTokenizer().tokenize(text)`.
-nltk is not a dependency here, so `word_tokens` re-implements the Treebank rules that matter for plain English
-transcripts (see its docstring); GenPPL is exp(mean over samples of the per-sample mean NLL).
+auto-BLEU is SlamKit's `calc_auto_bleu` (`slamkit/utils/calculation_utils.py`): tokens from
+`nltk.tokenize.NLTKWordTokenizer().tokenize(text)` (NLTK itself, pinned in pyproject.toml), bigrams, and the
+fraction of bigram positions whose bigram occurs at another position; a text without bigrams scores 0, and the
+corpus score is the mean over every transcript, empty ones included as 0 (`asr_perplexity` in
+`slamkit/metric/generative_metric.py`). GenPPL is exp(mean over transcripts of the per-transcript mean NLL),
+whitespace-only transcripts scored like any other. One difference is kept: an empty transcript has no token to
+score, which SlamKit turns into a 0/0 NaN that makes the whole GenPPL NaN; here it is excluded, counted in
+`n_empty` and named in the result row (`slamkit_difference`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,43 +28,20 @@ from slam_core.eval.pairs import score_sequences
 
 log = logging.getLogger(__name__)
 
-# Treebank substitutions, in NLTKWordTokenizer order; applied to plain text, then split on whitespace.
-_TREEBANK_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r'^"'), " `` "),
-    (re.compile(r'(``)'), r" \1 "),
-    (re.compile(r'([ (\[{<])("|\'{2})'), r"\1 `` "),
-    (re.compile(r"([:,])([^\d])"), r" \1 \2"),
-    (re.compile(r"([:,])$"), r" \1 "),
-    (re.compile(r"\.\.\."), " ... "),
-    (re.compile(r"[;@#$%&]"), r" \g<0> "),
-    # only the text-final period is split off: NLTKWordTokenizer runs without sentence splitting
-    (re.compile(r'([^\.])(\.)([\]\)}>"\']*)\s*$'), r"\1 \2\3 "),
-    (re.compile(r"[?!]"), r" \g<0> "),
-    (re.compile(r"([^'])' "), r"\1 ' "),
-    (re.compile(r"[\]\[\(\)\{\}<>]"), r" \g<0> "),
-    (re.compile(r"--"), " -- "),
-]
-_ENDING_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r'"'), " '' "),
-    (re.compile(r"([^' ])('[sSmMdD]|') "), r"\1 \2 "),
-    (re.compile(r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) "), r"\1 \2 "),
-]
+GENPPL_EMPTY_DIFFERENCE = ("empty transcripts are excluded from GenPPL and counted in n_empty; SlamKit scores "
+                           "them as 0/0, which makes its GenPPL NaN")
+
+
+@functools.lru_cache(maxsize=1)
+def _nltk_tokenizer() -> Any:
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 def word_tokens(text: str) -> list[str]:
-    """NLTK-style word tokens of plain text (a regex port of NLTKWordTokenizer's main rules).
-
-    Splits punctuation (, ; : ? ! brackets quotes), clitics ('s 'm 'd 'll 're 've n't) and the final period;
-    keeps hyphenated words, decimal numbers and "1,000" whole. Not ported: the special-case splits of
-    "cannot"/"gonna"-style words, which do not change auto-BLEU on ASR transcripts in practice.
-    """
-    out = text
-    for pattern, repl in _TREEBANK_RULES:
-        out = pattern.sub(repl, out)
-    out = f" {out} "
-    for pattern, repl in _ENDING_RULES:
-        out = pattern.sub(repl, out)
-    return out.split()
+    """NLTK's word tokens of a text (`NLTKWordTokenizer().tokenize`, as SlamKit's auto-BLEU uses them)."""
+    return _nltk_tokenizer().tokenize(text)
 
 
 def auto_bleu(text: str, n: int = 2) -> float:
@@ -72,9 +54,9 @@ def auto_bleu(text: str, n: int = 2) -> float:
     return sum(1 for g in ngrams if counts[g] > 1) / len(ngrams)
 
 
-def mean_auto_bleu(texts: Sequence[str], n: int = 2) -> float:
-    """Mean auto-BLEU over samples (SlamKit's corpus score); 0 for no samples."""
-    return float(np.mean([auto_bleu(t, n) for t in texts])) if texts else 0.0
+def mean_auto_bleu(texts: Sequence[str], n: int = 2) -> float | None:
+    """Mean auto-BLEU over every transcript, an empty one counting 0 (SlamKit's corpus score); None for none."""
+    return float(np.mean([auto_bleu(t, n) for t in texts])) if texts else None
 
 
 def genppl(per_sample_mean_nll: Sequence[float | None]) -> dict[str, Any]:
@@ -100,7 +82,8 @@ def genppl(per_sample_mean_nll: Sequence[float | None]) -> dict[str, Any]:
 def transcript_nll(
     lm: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 8, device: str | None = None,
 ) -> list[float | None]:
-    """Per-sample mean NLL of each text under a causal LM, over the tokens after BOS (None for empty text).
+    """Per-sample mean NLL of each text under a causal LM, over the tokens after BOS (None for an empty text, or
+    one the tokenizer turns into no token; a whitespace-only text is scored, as in SlamKit).
 
     BOS comes from the tokenizer's special tokens (Llama adds it); if the tokenizer adds none, its
     `bos_token_id` is prepended so the first word is a target too.
@@ -109,7 +92,7 @@ def transcript_nll(
     seqs: list[np.ndarray] = []
     keep: list[int] = []
     for i, text in enumerate(texts):
-        if not text or not text.strip():
+        if not text:
             continue
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         bos = getattr(tokenizer, "bos_token_id", None)
@@ -125,7 +108,7 @@ def transcript_nll(
         for i, lp in zip(keep, mean_logprob):
             out[i] = float(-lp)
     if len(keep) < len(texts):
-        log.info("transcript_nll: %d of %d transcripts empty", len(texts) - len(keep), len(texts))
+        log.info("transcript_nll: %d of %d transcripts empty (no token to score)", len(texts) - len(keep), len(texts))
     return out
 
 
