@@ -21,7 +21,7 @@ import torch
 
 from slam_core.config import SynthConfig
 from slam_core.synth import get_backend
-from slam_core.synth.jobs import spokenswag_jobs
+from slam_core.synth.jobs import SHARD_FUNCTIONS, spokenswag_jobs
 from slam_core.synth.shards import run_recorded_shards
 
 TEXTS = [
@@ -111,10 +111,10 @@ def _aggregate(cfg: SynthConfig, voices: list[str], workers: int, n_pairs: int) 
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: start the worker processes and load the backend in each (one-off cost, not throughput)
         warm = spokenswag_jobs(triples[:workers], cfg.model_copy(update={"shard_rows": 1}), voices, 1, tmp, "warm")
-        run_recorded_shards(warm, workers, Path(tmp) / "catalog.duckdb")
+        run_recorded_shards(warm, workers, Path(tmp) / "catalog.duckdb", shard_functions=SHARD_FUNCTIONS)
         jobs = spokenswag_jobs(triples, cfg, voices, 0, tmp, "bench")
         t0 = time.perf_counter()
-        records = run_recorded_shards(jobs, workers, Path(tmp) / "catalog.duckdb")
+        records = run_recorded_shards(jobs, workers, Path(tmp) / "catalog.duckdb", shard_functions=SHARD_FUNCTIONS)
         wall = time.perf_counter() - t0
     audio_s = sum(r["audio_seconds"] for r in records)
     return {"workers": workers, "pairs": n_pairs, "audio_s": round(audio_s, 1), "wall_s": round(wall, 2),

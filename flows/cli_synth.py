@@ -45,13 +45,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     from slam_core.paths import catalog_path
-    from slam_core.synth.jobs import run_synthesis
+    from slam_core.synth.jobs import SHARD_FUNCTIONS, run_synthesis
     from slam_core.synth.shards import run_recorded_shards
 
     args.preset_backend = _preset_backend(args.preset)
     cfg, seed = synth_config(args)
     result = run_synthesis(args.kind, args.input, cfg.synth, seed, cfg.data_root,
-                           lambda jobs: run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root)),
+                           lambda jobs: run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root),
+                                                            shard_functions=SHARD_FUNCTIONS),
                            args.out, args.split, limit=args.limit)
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -38,7 +38,7 @@ def test_slam_preset_reads_where_slam_synth_writes_and_missing_shards_fail_first
 def test_run_synthesis_quarantines_planning_skips_and_summarises(tmp_path):
     from slam_core.corpora.builtin import write_parquet_atomic
     from slam_core.schemas import STORIES
-    from slam_core.synth.jobs import run_synthesis
+    from slam_core.synth.jobs import SHARD_FUNCTIONS, run_synthesis
     from slam_core.synth.shards import run_recorded_shards
 
     stories = write_parquet_atomic(
@@ -47,7 +47,7 @@ def test_run_synthesis_quarantines_planning_skips_and_summarises(tmp_path):
         STORIES, tmp_path / "stories.parquet")
     catalog = tmp_path / "root" / "catalog.duckdb"
     out = run_synthesis("stinystories", stories, SynthConfig(voices=["en-us"]), 3, tmp_path / "root",
-                        lambda jobs: run_recorded_shards(jobs, 1, catalog))
+                        lambda jobs: run_recorded_shards(jobs, 1, catalog, shard_functions=SHARD_FUNCTIONS))
     assert out["out"] == str(default_out_dir(tmp_path / "root", "stinystories"))
     assert out["rows"] == 1 and out["quarantined"] == {"empty_text": 1} and out["reused_shards"] == 0
     assert [(q["path"], q["reason"], q["fingerprint"]) for q in Catalog(catalog).quarantined("synth")] == [

@@ -17,7 +17,7 @@ from slam_core.corpora.builtin import prepare_builtin_corpus, write_parquet_atom
 from slam_core.corpora.hub import write_hub_audio_shard
 from slam_core.schemas import PREFERENCE_AUDIO, SEGMENTS, STINYSTORIES_AUDIO, STORIES, TRIPLES
 from slam_core.synth import get_backend
-from slam_core.synth.jobs import plan_jobs
+from slam_core.synth.jobs import SHARD_FUNCTIONS, plan_jobs
 from slam_core.synth.shards import run_recorded_shards
 from slam_core.synth.spokenswag import (
     KOKORO_SPOKENSWAG_VOICES, convert_published_spokenswag, spokenswag_voices, synthesize_spokenswag_shard,
@@ -127,15 +127,16 @@ def test_resume_continues_from_last_complete_shard_with_same_bytes(tmp_path, cor
     catalog = tmp_path / "catalog.duckdb"
     jobs, _, _ = plan_jobs("stinystories", corpus["stories"], cfg, 5, tmp_path / "run")
     assert len(jobs) >= 3
-    first = run_recorded_shards(jobs[:2], 1, catalog)  # "killed" after two shards ...
+    first = run_recorded_shards(jobs[:2], 1, catalog, shard_functions=SHARD_FUNCTIONS)  # "killed" after 2 shards
     Path(jobs[2]["out_path"]).parent.mkdir(parents=True, exist_ok=True)
     Path(jobs[2]["out_path"]).write_bytes(b"half-written by a killed worker, never recorded")
-    again = run_recorded_shards(jobs, 1, catalog)  # ... and started again
+    again = run_recorded_shards(jobs, 1, catalog, shard_functions=SHARD_FUNCTIONS)  # ... and started again
     assert [r["reused"] for r in again] == [True, True] + [False] * (len(jobs) - 2)
     assert [r["rows"] for r in again[:2]] == [r["rows"] for r in first]
     fresh_jobs, _, _ = plan_jobs("stinystories", corpus["stories"], cfg, 5, tmp_path / "fresh")
     assert [j["fingerprint"] for j in fresh_jobs] == [j["fingerprint"] for j in jobs]
-    run_recorded_shards(fresh_jobs, 2, tmp_path / "fresh-catalog.duckdb")  # two worker processes
+    # two worker processes
+    run_recorded_shards(fresh_jobs, 2, tmp_path / "fresh-catalog.duckdb", shard_functions=SHARD_FUNCTIONS)
     for job, fresh in zip(jobs, fresh_jobs):
         assert Path(job["out_path"]).read_bytes() == Path(fresh["out_path"]).read_bytes()
     other_seed, _, _ = plan_jobs("stinystories", corpus["stories"], cfg, 6, tmp_path / "seed6")

@@ -1,13 +1,10 @@
-"""The TTS interface every backend implements, and the factory that picks one from the config."""
+"""The TTS interface every backend implements, and its errors (the factory is `slam_core.synth.backends`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from slam_core.config import SynthConfig
 
 
 class TTSError(Exception):
@@ -55,25 +52,3 @@ def check_text(text: str) -> str:
     if not any(ch.isalnum() for ch in stripped):
         raise TTSError(text, "empty_text", "no letters or digits")
     return stripped
-
-
-def get_backend(cfg: "SynthConfig") -> TTSBackend:
-    """Build the backend named by `cfg.backend` (espeak-ng through ctypes, or Kokoro-82M) and check
-    every voice in `cfg.voices` up front, so a bad voice fails before any audio is made."""
-    backend: TTSBackend
-    if cfg.backend == "espeak":
-        from slam_core.synth.espeak import EspeakBackend
-
-        backend = EspeakBackend(words_per_minute=cfg.words_per_minute)
-    elif cfg.backend == "kokoro":
-        from slam_core.synth.kokoro_tts import KokoroBackend
-
-        from slam_core.device import pick_device
-
-        backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed, device=pick_device(cfg.device).type,
-                                batch_size=cfg.kokoro_batch_size, max_batch_tokens=cfg.kokoro_max_batch_tokens)
-    else:
-        raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")
-    for voice in cfg.voices:
-        backend.check_voice(voice)
-    return backend

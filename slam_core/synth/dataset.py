@@ -20,7 +20,8 @@ from slam_core.atomic import atomic_path, write_bytes_atomic
 from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, encode_flac
 from slam_core.config import SynthConfig
 from slam_core.schemas import EVAL_PAIRS_AUDIO, PREFERENCE_AUDIO, RECORDINGS
-from slam_core.synth.base import TTSBackend, TTSError, get_backend
+from slam_core.synth.backends import get_backend
+from slam_core.synth.base import TTSBackend, TTSError
 from slam_core.synth.shards import speak_16k
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,9 @@
     spokenswag:   TRIPLES Parquet, or SWAG (hub-layout dir) -> <out>/<split>/preferences-NNNNN.parquet;
                   or a published slprl/SpokenSwag dir -> the same PREFERENCE_AUDIO shards, converted
 A job is {"kind", "args", "out_path", "fingerprint", "dataset", "split"}: one shard, one catalog record;
-`SHARD_FUNCTIONS[kind](*args)` writes it. `run_synthesis` is the one entry both `slam synth` and the synthesize
-flow use: plan, quarantine what planning skipped, run the jobs (their own way), summarise.
+`SHARD_FUNCTIONS[kind](*args)` writes it; the runners (`shards.run_recorded_shards`, the synthesize task) are
+handed this table rather than importing it. `run_synthesis` is the one entry both `slam synth` and the
+synthesize flow use: plan, quarantine what planning skipped, run the jobs (their own way), summarise.
 """
 
 from __future__ import annotations
@@ -179,8 +180,6 @@ def run_synthesis(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int
                   split: str = "train", voices: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
     """Plan the shards of `input_path`, quarantine what planning skipped (stage 'synth', fingerprint 'plan'),
     run the jobs with `run_jobs` (worker processes, or Prefect tasks) and summarise their records."""
-    from data_catalog import Catalog
-
     t0 = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else default_out_dir(data_root, kind)
     jobs, bad, info = plan_jobs(kind, input_path, cfg, seed, out_dir, split, voices=voices, limit=limit)

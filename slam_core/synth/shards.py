@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ import soxr
 
 from slam_core.config import SynthConfig
 from slam_core.fingerprint import code_version, fingerprint
-from slam_core.synth.base import TTSBackend, TTSError, TTSSetupError, get_backend
+from slam_core.synth.backends import get_backend
+from slam_core.synth.base import TTSBackend, TTSError, TTSSetupError
 
 log = logging.getLogger(__name__)
 
@@ -131,24 +132,27 @@ def run_shard(fn: Callable[..., dict], args: tuple, workers: int) -> dict:
     return worker_pool(workers).submit(fn, *args).result()
 
 
-def run_recorded_shards(jobs: list[dict], workers: int, catalog_path: str | Path, stage: str = "synth") -> list[dict]:
+def run_recorded_shards(jobs: list[dict], workers: int, catalog_path: str | Path, *,
+                        shard_functions: Mapping[str, Callable[..., dict]], stage: str = "synth") -> list[dict]:
     """Run every job not yet in the catalog (in `workers` processes), recording each as it completes.
 
-    A job is {"kind", "args", "out_path", "fingerprint", "dataset", "split"} (slam_core.synth.jobs); its shard
-    function writes `out_path` atomically and returns {"rows", "audio_seconds", "bad"}. Returns the records
-    in job order.
+    A job is {"kind", "args", "out_path", "fingerprint", "dataset", "split"} (planned by slam_core.synth.jobs,
+    which also owns `shard_functions`, the shard function of each kind); `shard_functions[kind](*args)` writes
+    `out_path` atomically and returns {"rows", "audio_seconds", "bad"}. Returns the records in job order.
     """
     from data_catalog import Catalog, produce_or_reuse
-    from slam_core.synth.jobs import SHARD_FUNCTIONS
 
     catalog = Catalog(catalog_path)
     records: dict[int, dict] = {}
+
+    def produce(job: dict) -> dict:
+        return shard_functions[job["kind"]](*job["args"])
 
     def record(index: int, result: dict | None) -> None:
         job = jobs[index]
         records[index] = produce_or_reuse(catalog, stage=stage, dataset=job["dataset"], split=job["split"],
                                           out_path=job["out_path"], fingerprint=job["fingerprint"],
-                                          produce=lambda: result if result is not None else SHARD_FUNCTIONS[job["kind"]](*job["args"]))
+                                          produce=lambda: result if result is not None else produce(job))
 
     todo = []
     for i, job in enumerate(jobs):
@@ -160,10 +164,10 @@ def run_recorded_shards(jobs: list[dict], workers: int, catalog_path: str | Path
              len(jobs) - len(todo), len(jobs), len(todo), workers)
     if workers <= 1:
         for i in todo:
-            record(i, SHARD_FUNCTIONS[jobs[i]["kind"]](*jobs[i]["args"]))
+            record(i, produce(jobs[i]))
     else:
         pool = worker_pool(workers)
-        futures = {pool.submit(SHARD_FUNCTIONS[jobs[i]["kind"]], *jobs[i]["args"]): i for i in todo}
+        futures = {pool.submit(shard_functions[jobs[i]["kind"]], *jobs[i]["args"]): i for i in todo}
         for future in as_completed(futures):
             record(futures[future], future.result())
     return [records[i] for i in range(len(jobs))]
