@@ -129,7 +129,10 @@ class UnitsConfig(_Section):
         "occupancy, units may differ at rare argmin near-ties).")
     shard_segments: int = Field(256, ge=1, description="Segments per unit shard (one Prefect task each).")
     dedup: bool = Field(True, description="Collapse repeated units, keeping run lengths as durations.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Encoder dtype; auto: fp16 on GPU, fp32 on CPU.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32", description="Encoder dtype on GPU (CPU always runs fp32); auto: fp16 on GPU. fp32 by default: the "
+        "published k-means was fitted on fp32 features, and no measurement yet shows bf16/fp16 units agreeing with "
+        "fp32 ones (bench/bench_units.py records the agreement under dtype_agreement on a GPU).")
 
 
 class ModelConfig(_Section):
@@ -181,14 +184,25 @@ class DpoConfig(_Section):
     enabled: bool = Field(True, description="Run DPO after pre-training.")
     budget_s: float = Field(1_800.0, gt=0, description="Wall-clock DPO budget.")
     max_steps: int | None = Field(None, ge=1, description="Optional cap on DPO steps.")
+    max_epochs: float | None = Field(None, gt=0, description="Optional cap on passes over the preference pairs "
+                                     "(Slam (scaled): 2 epochs, paper §6); None: the budget decides.")
     beta: float = Field(0.1, gt=0, description="DPO inverse temperature.")
     lr: float = Field(5e-5, gt=0, description="Peak DPO learning rate.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps before inverse-sqrt decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps (SlamKit's DPO args: 100, from "
+                              "config/training_args/default.yaml; the paper does not give it).")
+    lr_scheduler: Literal["inverse_sqrt", "constant"] = Field(
+        "inverse_sqrt", description="After warm-up: inverse_sqrt (paper Table 5, HF get_inverse_sqrt_schedule) or "
+        "constant (what SlamKit's config amounts to: cosine_with_min_lr with min_lr = lr = 5e-5).")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas (HF defaults, as SlamKit's DPOConfig).")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon (HF default).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (HF default 0).")
     micro_batch_size: int = Field(4, ge=1, description="Preference pairs per forward pass.")
     grad_accum: int = Field(16, ge=1, description="Micro-batches per optimiser step.")
     grad_clip: float = Field(0.5, gt=0, description="Gradient-norm clip.")
-    max_prompt_tokens: int = Field(256, ge=8, description="Prompt is truncated from the left to this many tokens.")
-    max_completion_tokens: int = Field(512, ge=8, description="Chosen/rejected are truncated to this many tokens.")
+    max_prompt_tokens: int = Field(512, ge=8, description="Prompt is truncated from the left to this many tokens "
+                                   "(TRL DPOConfig's default max_prompt_length, which SlamKit keeps).")
+    max_completion_tokens: int = Field(512, ge=8, description="Chosen/rejected are truncated to this many tokens, so "
+                                       "prompt + completion fit the 1024-token context of paper Table 5.")
     checkpoint_every_s: float = Field(600.0, gt=0, description="Save a resumable DPO checkpoint this often (and at the end).")
 
 
@@ -227,6 +241,9 @@ class EvalConfig(_Section):
         "are recorded as skipped.")
     asr_model: str = Field("large-v3-turbo", description="Whisper model for genppl/judge: an openai-whisper name "
                            "(from ~/.cache/whisper) or a local checkpoint file.")
+    asr_language: str | None = Field(
+        None, description="Language forced on Whisper (e.g. 'en'). None: Whisper detects it per utterance, as SlamKit's "
+        "ASR pipeline does (no language forced); English-only (*.en) models always transcribe English.")
     asr_max_tokens: int | None = Field(None, ge=1, description="Cap on Whisper tokens decoded per transcript "
                                        "(None: whisper's default, n_text_ctx // 2).")
     ppl_lm: str = Field("meta-llama/Llama-3.2-1B", description="Text LM (hub id or local save_pretrained dir with "

@@ -179,7 +179,7 @@ def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalCon
         return record_skip(data_root, run, checkpoint, GENPPL_ROWS, str(err), fingerprint, retry=True)
     gens = json.loads(Path(generations_path).read_text())
     res = gp.evaluate_generation(gens, vocoder, asr, lm, tokenizer, out_dir, batch_size=cfg.batch_size,
-                                 asr_max_tokens=cfg.asr_max_tokens)
+                                 asr_max_tokens=cfg.asr_max_tokens, asr_language=cfg.asr_language)
     details = {"fingerprint": fingerprint, "weights": data_root_checkpoint_digest(data_root, checkpoint),
                "n_samples": res["n_samples"], "n_empty": res["n_empty"],
                "note": res["note"], "slamkit_difference": res["slamkit_difference"],
@@ -214,7 +214,8 @@ def judge_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConf
     except (*_missing_weights(), ValueError) as err:  # ValueError: endpoint/API-key settings
         return record_skip(data_root, run, checkpoint, ["judge"], str(err), fingerprint, retry=True)
     gens = json.loads(Path(generations_path).read_text())
-    res = judge.judge_generations(gens, vocoder, asr, rater, out_dir, asr_max_tokens=cfg.asr_max_tokens)
+    res = judge.judge_generations(gens, vocoder, asr, rater, out_dir, asr_max_tokens=cfg.asr_max_tokens,
+                                  asr_language=cfg.asr_language)
     write_text_atomic(Path(out_dir) / "judge.json", json.dumps(res, indent=1) + "\n")
     catalog_at(data_root).record_eval(
         run, checkpoint, "judge", res["mean_score"], res["n_parsed"],

@@ -121,6 +121,26 @@ def test_load_asr_local_file_and_transcribe_arrays(tiny_whisper_path: Path) -> N
     assert isinstance(transcribe(model, [long_wave], max_tokens=4)[0], str)
 
 
+def test_transcribe_forces_no_language_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SlamKit's ASR pipeline forces no language: a multilingual Whisper detects it per utterance, an English-only
+    one (no language tokens) transcribes English, and eval.asr_language forces one."""
+    import whisper
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(0)
+    dims = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_text_ctx=448,
+                n_text_state=32, n_text_head=2, n_text_layer=1)
+    multilingual = _random_whisper(Whisper, ModelDimensions(n_vocab=51865, **dims)).eval()
+    english_only = _random_whisper(Whisper, ModelDimensions(n_vocab=51864, **dims)).eval()
+    seen = []
+    real_decode = whisper.decode
+    monkeypatch.setattr(whisper, "decode", lambda m, mel, opts: seen.append(opts.language) or real_decode(m, mel, opts))
+    wave = [0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32)]
+    for model, language in ((multilingual, None), (english_only, None), (multilingual, "fr")):
+        assert isinstance(transcribe(model, wave, language=language, max_tokens=2)[0], str)
+    assert seen == [None, "en", "fr"]
+
+
 def test_load_asr_missing_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(AsrModelNotFoundError, match="large-v3-turbo.pt") as err:

@@ -126,3 +126,14 @@ def test_train_dpo_stops_inside_budget_with_fake_clock(setup, tmp_path):
     assert 3 <= out["steps"] and out["elapsed_s"] <= 15.0
     state = (Path(out["final_checkpoint"]) / "state.json").read_text()
     assert f'"step": {out["steps"]}' in state
+
+
+def test_train_dpo_stops_after_max_epochs_and_constant_schedule(setup, tmp_path):
+    """Slam (scaled) trains DPO for 2 epochs (paper §6); the constant schedule is SlamKit's effective one."""
+    cfg = DpoConfig(max_epochs=1.0, budget_s=600, lr=1e-3, warmup_steps=2, lr_scheduler="constant",
+                    micro_batch_size=4, grad_accum=1)
+    out = train_dpo(setup["init"], setup["prefs"], MODEL, cfg, tmp_path / "run", seed=0, device="cpu")
+    n_pairs = len(load_preference_pairs(setup["prefs"], cfg)[0])
+    assert out["pairs_seen"] >= n_pairs > out["pairs_seen"] - 4
+    lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
+    assert lrs[:2] == [5e-4, 1e-3] and set(lrs[2:]) == {1e-3}

@@ -165,3 +165,102 @@ def test_pretrain_resumed_twice_has_the_uninterrupted_lr_curve(tiny_run, tmp_pat
     lrs = [float(r[1]) for r in read(tmp_path / "a")]
     assert lrs[:3] == [0.0, 0.0, 0.0] and lrs[-1] == cfg.min_lr and max(lrs) == cfg.lr
     assert sum(1 for x in lrs if x > 0) == straight["steps"] - 3
+
+
+# ---- Appendix A, value by value, as the `slam` preset resolves (what `slam run` records) -----------------------
+
+TABLE_4 = {  # Slam (-DPO) pre-training recipe
+    "Text Base Model": ("model.base", "Qwen/Qwen2.5-0.5B"),
+    "TWIST initialisation": ("model.twist_init", True),
+    "Train Time (23.5 hours)": ("train.budget_s", 23.5 * 3600),
+    "RoPE theta": ("model.rope_theta", 10_000.0),
+    "Context length": ("model.context_len", 1024),
+    "Per device Batch Size": ("train.micro_batch_size", 8),
+    "Base Learning Rate": ("train.lr", 1e-3),
+    "Warmup Ratio": ("train.warmup_frac", 0.01),
+    "LR Scheduler (cosine with min)": ("train.min_lr", 5e-5),
+    "Max Grad Norm": ("train.grad_clip", 0.5),
+    "Dtype": ("model.dtype", "bfloat16"),
+}
+TABLE_5 = {  # Slam DPO training recipe
+    "Data (SpokenSwag with auto-bleu <= 0.3)": ("corpus.swag_max_auto_bleu", 0.3),
+    "Train Time (0.5 hour)": ("dpo.budget_s", 1800.0),
+    "Per device Batch Size": ("dpo.micro_batch_size", 4),
+    "Gradient Accumulation": ("dpo.grad_accum", 16),
+    "Base Learning Rate": ("dpo.lr", 5e-5),
+    "Learning Rate Scheduler": ("dpo.lr_scheduler", "inverse_sqrt"),
+    "Max Grad Norm": ("dpo.grad_clip", 0.5),
+    "DPO beta": ("dpo.beta", 0.1),
+}
+TABLE_6 = {  # sampling parameters of the generative metrics
+    "Temperature": ("eval.temperature", 0.8),
+    "Top-K": ("eval.top_k", 25),
+    "Max New Tokens": ("eval.max_new_tokens", 150),
+    "Repetition Penalty": ("eval.repetition_penalty", 1.1),
+}
+SLAMKIT_WHERE_THE_PAPER_IS_SILENT = {
+    "warm-up at least 100 steps (config/training_args/default.yaml, cli/train.py)": ("train.warmup_min_steps", 100),
+    "AdamW betas (HF TrainingArguments defaults)": ("train.betas", [0.9, 0.999]),
+    "AdamW epsilon": ("train.eps", 1e-8),
+    "weight decay": ("train.weight_decay", 0.0),
+    "DPO warm-up steps (config/training_args/default.yaml)": ("dpo.warmup_steps", 100),
+    "DPO AdamW betas": ("dpo.betas", [0.9, 0.999]),
+    "DPO AdamW epsilon": ("dpo.eps", 1e-8),
+    "DPO weight decay": ("dpo.weight_decay", 0.0),
+    "speech encoder (config/tokeniser/feature_extractor/mhubert_25.yaml)": ("units.encoder", "slprl/mhubert-base-25hz"),
+    "encoder layer": ("units.layer", 11),
+    "units": ("units.n_units", 500),
+    "deduplicated units (config/tokeniser/unit_hubert_25.yaml)": ("units.dedup", True),
+    "GenPPL prompts (config/metric/asr_perplexity.yaml num_files)": ("eval.n_generate", 1000),
+    "prompt length, s": ("eval.prompt_s", 3.0),
+    "ASR model": ("eval.asr_model", "large-v3-turbo"),
+    "ASR language: not forced": ("eval.asr_language", None),
+    "GenPPL text LM": ("eval.ppl_lm", "meta-llama/Llama-3.2-1B"),
+}
+
+
+def _resolved(name: str = "slam") -> dict:
+    return get_preset(name).resolve()
+
+
+def _at(resolved: dict, dotted: str):
+    node = resolved
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+@pytest.mark.parametrize("table", [TABLE_4, TABLE_5, TABLE_6, SLAMKIT_WHERE_THE_PAPER_IS_SILENT],
+                         ids=["table4", "table5", "table6", "slamkit"])
+def test_slam_preset_resolves_to_the_paper_recipe(table):
+    resolved = _resolved()
+    wrong = {row: (field, _at(resolved, field), want) for row, (field, want) in table.items()
+             if _at(resolved, field) != want}
+    assert not wrong, wrong
+
+
+def test_slam_preset_derived_recipe_values():
+    """Rows of Tables 4 and 5 that are not one field: gradient accumulation per device, ~17,625 steps in 23.5 h
+    at the paper's step time, the DPO context, bf16 DPO (same model dtype), the optimiser and the schedules."""
+    cfg = get_preset("slam")
+    resolved = cfg.resolve()
+    n_gpus = max(1, cfg.parallel.n_gpus)
+    assert cfg.train.grad_accum // n_gpus == 16 and resolved["derived"]["tokens_per_step"] == 8 * 16 * 1024
+    sched = budget_schedule(cfg.train)
+    _run(sched, lambda i: PAPER_STEP_S)
+    assert sched.total_steps == PAPER_STEPS and sched.warmup_steps == 177  # max(100, ceil(1 %))
+    assert cfg.dpo.max_prompt_tokens + cfg.dpo.max_completion_tokens <= cfg.model.context_len == 1024
+    from slam_core.lm.schedule import DPO_SCHEDULES, inverse_sqrt_lr
+    assert DPO_SCHEDULES[cfg.dpo.lr_scheduler] is inverse_sqrt_lr
+    assert cfg.dpo.enabled and cfg.train.budget_s + cfg.dpo.budget_s == 24 * 3600
+    model = torch.nn.Linear(2, 2)
+    from slam_core.lm.train import make_optimizer
+    opt = make_optimizer(model, cfg.train, torch.device("cpu"), cfg.train.lr)
+    assert type(opt) is torch.optim.AdamW
+    assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8 and opt.defaults["weight_decay"] == 0
+
+
+def test_units_default_to_fp32():
+    """Item 7 without a GPU: fp32 HuBERT stays the default (the published k-means was fitted on fp32 features)."""
+    for name in ("slam", "slam_scaled", "slam_large"):
+        assert get_preset(name).units.dtype == "float32"

@@ -81,15 +81,20 @@ WINDOW_S = 30  # Whisper's fixed input window
 
 @torch.no_grad()
 def transcribe(
-    model: Any, waves_16k: Sequence[np.ndarray], language: str = "en", batch_size: int = 8,
+    model: Any, waves_16k: Sequence[np.ndarray], language: str | None = None, batch_size: int = 8,
     max_tokens: int | None = None,
 ) -> list[str]:
-    """English transcripts of 16 kHz mono waves; greedy (temperature 0, no fallback), fp16 only on CUDA.
+    """Transcripts of 16 kHz mono waves; greedy (temperature 0, no fallback), fp16 only on CUDA.
+
+    `language` None: a multilingual Whisper detects the language of each wave (SlamKit forces none); an
+    English-only one has no language tokens and transcribes English.
 
     Waves up to 30 s (all generations) are decoded in batches as one padded window each, without timestamps;
     longer waves go through whisper's sliding-window `transcribe`. `max_tokens` caps the decoded tokens per
     window (whisper's default: n_text_ctx // 2). An empty wave gives "" without running the model.
     """
+    if language is None and not model.is_multilingual:
+        language = "en"
     audios = [np.ascontiguousarray(w, dtype=np.float32).reshape(-1) for w in waves_16k]
     texts = [""] * len(audios)
     short = [i for i, a in enumerate(audios) if 0 < a.size <= WINDOW_S * ASR_SAMPLE_RATE_HZ]
@@ -107,7 +112,7 @@ def transcribe(
     return texts
 
 
-def _decode_windows(model: Any, audios: list[np.ndarray], language: str, max_tokens: int | None) -> list[str]:
+def _decode_windows(model: Any, audios: list[np.ndarray], language: str | None, max_tokens: int | None) -> list[str]:
     import whisper
 
     device = next(model.parameters()).device

@@ -69,6 +69,7 @@ def summarize_generation(
 def evaluate_generation(
     generations: Sequence[dict[str, Any]], vocoder: Vocoder, asr: Any, ppl_lm: torch.nn.Module, ppl_tokenizer: Any,
     out_dir: str | Path, batch_size: int = 8, auto_bleu_n: int = 2, asr_max_tokens: int | None = None,
+    asr_language: str | None = None,
 ) -> dict[str, Any]:
     """GenPPL + auto-BLEU of generation rows ({"pair_id", "prompt_units", "generated_units"}).
 
@@ -76,7 +77,7 @@ def evaluate_generation(
     rows plus "wav_path", "transcript", "nll" and "auto_bleu" (usable by report.write_report).
     """
     paths, waves = vocode_generations(generations, vocoder, out_dir, include_prompt=True)
-    transcripts = transcribe(asr, waves, batch_size=batch_size, max_tokens=asr_max_tokens)
+    transcripts = transcribe(asr, waves, language=asr_language, batch_size=batch_size, max_tokens=asr_max_tokens)
     nlls = transcript_nll(ppl_lm, ppl_tokenizer, transcripts, batch_size=batch_size)
     result = summarize_generation(transcripts, nlls, auto_bleu_n)
     result["rows"] = [

@@ -177,7 +177,7 @@ def judge_transcripts(items: Sequence[tuple[str, str]], judge: Callable[[str], s
 
 def judge_generations(
     generations: Sequence[dict[str, Any]], vocoder: Vocoder, asr: Any, judge: Callable[[str], str],
-    out_dir: str | Path, asr_max_tokens: int | None = None,
+    out_dir: str | Path, asr_max_tokens: int | None = None, asr_language: str | None = None,
 ) -> dict[str, Any]:
     """Vocode prompt and continuation separately (SlamKit remove_prompt=True), write both WAVs to `out_dir`,
     transcribe them and rate each pair; the result rows also carry "pair_id" and both WAV paths."""
@@ -189,7 +189,7 @@ def judge_generations(
         wav_paths.append((write_wav_16k(out_dir / f"judge_{i:04d}_prompt.wav", prompt_wave),
                           write_wav_16k(out_dir / f"judge_{i:04d}_continuation.wav", cont_wave)))
         waves += [prompt_wave, cont_wave]
-    texts = transcribe(asr, waves, max_tokens=asr_max_tokens)
+    texts = transcribe(asr, waves, language=asr_language, max_tokens=asr_max_tokens)
     result = judge_transcripts(list(zip(texts[0::2], texts[1::2])), judge)
     for row, gen, (prompt_wav, cont_wav) in zip(result["rows"], generations, wav_paths):
         row.update(pair_id=gen.get("pair_id"), prompt_wav_path=str(prompt_wav), wav_path=str(cont_wav))

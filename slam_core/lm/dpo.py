@@ -14,6 +14,7 @@ resumed run still has the same reference.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from slam_core.config import DpoConfig, ModelConfig
 from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
 from slam_core.lm.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
 from slam_core.lm.model import load_speech_lm
-from slam_core.lm.schedule import inverse_sqrt_lr
+from slam_core.lm.schedule import DPO_SCHEDULES
 from slam_core.lm.train import MetricsLog, autocast_for
 from slam_core.lm.vocab import BOS_ID, EOS_ID, PAD_ID, UNIT_OFFSET
 
@@ -185,8 +186,10 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
         raise ValueError(f"{preference_path}: no usable preference pairs ({len(skipped)} skipped)")
     reference = _load_or_compute_reference(run_dir, model, pairs, dpo_cfg, dev, dtype)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=dpo_cfg.lr, weight_decay=0.0,
-                                  fused=dev.type == "cuda" or None, foreach=None if dev.type == "cuda" else True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=dpo_cfg.lr, betas=tuple(dpo_cfg.betas), eps=dpo_cfg.eps,
+                                  weight_decay=dpo_cfg.weight_decay, fused=dev.type == "cuda" or None,
+                                  foreach=None if dev.type == "cuda" else True)
+    schedule = DPO_SCHEDULES[dpo_cfg.lr_scheduler]
     order = _PairOrder(len(pairs), seed)
     step, pairs_seen, tokens_seen, elapsed0 = _restore(ckpt, optimizer, order, seed)
     loss, margin = None, None
@@ -201,9 +204,11 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
         return save_checkpoint(run_dir, step, model, trainer_state, info)
 
     saved_step, elapsed_loop0 = (step if ckpt is not None else -1), elapsed
-    while (dpo_cfg.max_steps is None or step < dpo_cfg.max_steps) and elapsed + step_time_s <= dpo_cfg.budget_s:
+    max_pairs = math.inf if dpo_cfg.max_epochs is None else dpo_cfg.max_epochs * len(pairs)
+    while ((dpo_cfg.max_steps is None or step < dpo_cfg.max_steps) and pairs_seen < max_pairs
+           and elapsed + step_time_s <= dpo_cfg.budget_s):
         t0 = clock()
-        lr = inverse_sqrt_lr(step, dpo_cfg.lr, dpo_cfg.warmup_steps)
+        lr = schedule(step, dpo_cfg.lr, dpo_cfg.warmup_steps)  # a function of the step only: resumes exactly
         for group in optimizer.param_groups:
             group["lr"] = lr
         idx = [order.take(dpo_cfg.micro_batch_size) for _ in range(dpo_cfg.grad_accum)]
@@ -219,6 +224,7 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
                         "tokens_per_s": round(n_tokens / max(now - t0, 1e-9), 1), "elapsed_s": round(elapsed, 3)})
         if progress is not None:
             frac = step / dpo_cfg.max_steps if dpo_cfg.max_steps else elapsed / dpo_cfg.budget_s
+            frac = max(frac, pairs_seen / max_pairs)
             progress(min(1.0, frac), f"dpo step {step} loss {loss:.4f}")
         if elapsed - last_ckpt_s >= dpo_cfg.checkpoint_every_s:
             save()
