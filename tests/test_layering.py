@@ -40,7 +40,6 @@ ISSUE_18_CIRCLES = {
 # XPASS (then delete its entry).
 KNOWN_CIRCLES: dict[str, str] = {
     "cli-subcommands": "issue #18: the sub-commands' shared helpers move to flows/cli_common.py",
-    "published-eval-layouts": "issue #18: published-set layouts move to one module used by corpora and eval",
 }
 
 
