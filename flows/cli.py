@@ -129,6 +129,8 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     base = model.resolve_base(cfg.model, cfg.data_root)
     info = model.init_speech_lm(cfg.model, base, Path(args.out), n_units=cfg.units.n_units, seed=cfg.run.seed)
     print(f"{info['path']}: {info['n_params']:,} parameters")
+    for note in info.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 

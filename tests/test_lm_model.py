@@ -85,6 +85,44 @@ def test_twist_other_families_keep_first_rows(tmp_path, kind):
     assert model(ids).logits.shape == (1, 6, 502)
 
 
+def _table7_base(family: str) -> torch.nn.Module:
+    """A tiny text LM of each Table 7 family, with the family's own position scheme and tying (positions for
+    the default 1024-token context)."""
+    common = dict(vocab_size=600, hidden_size=32, num_attention_heads=4, max_position_embeddings=2048)
+    if family == "OPT":
+        return OPTForCausalLM(OPTConfig(**common, ffn_dim=64, num_hidden_layers=2, word_embed_proj_dim=32))
+    if family == "Pythia":
+        return GPTNeoXForCausalLM(GPTNeoXConfig(**common, intermediate_size=64, num_hidden_layers=2,
+                                                rotary_pct=0.25, tie_word_embeddings=False))
+    if family == "Qwen2.5":
+        return AutoModelForCausalLM.from_config(Qwen2Config(**common, intermediate_size=64, num_hidden_layers=2,
+                                                            num_key_value_heads=2, rope_theta=1_000_000.0,
+                                                            tie_word_embeddings=True))
+    # SmolLM2 is a Llama; MobileLLM's hub code is a Llama too (deep and thin, grouped-query attention,
+    # shared embeddings), so its stand-in is a deep, thin, tied Llama
+    layers, kv_heads = (2, 4) if family == "SmolLM2" else (6, 1)
+    return LlamaForCausalLM(LlamaConfig(**common, intermediate_size=64, num_hidden_layers=layers,
+                                        num_key_value_heads=kv_heads, rope_theta=100_000.0, tie_word_embeddings=True))
+
+
+@pytest.mark.parametrize("family", ["OPT", "Pythia", "SmolLM2", "MobileLLM", "Qwen2.5"])
+def test_slam_model_init_with_default_settings_for_every_table7_family(tmp_path, family, capsys):
+    from flows.cli import main
+
+    torch.manual_seed(0)
+    _table7_base(family).save_pretrained(tmp_path / "base")
+    assert main(["model", "init", "--base", str(tmp_path / "base"), "--out", str(tmp_path / "init"),
+                 "--data-root", str(tmp_path / "root")]) == 0
+    printed = capsys.readouterr().out
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "init")
+    assert model.config.vocab_size == 502 and model(torch.tensor([[1, 5, 501, 1]])).logits.shape == (1, 4, 502)
+    if family == "OPT":  # learned positions: the default θ override is skipped, and the user is told
+        assert "note: model.rope_theta=10000 skipped: opt has no rotary position embeddings" in printed
+        assert getattr(model.config, "rope_parameters", None) is None
+    else:  # the paper's θ = 10,000 replaces the base's
+        assert "note:" not in printed and model.config.rope_parameters["rope_theta"] == 10_000.0
+
+
 def test_random_init_is_seeded_and_not_twist(tmp_path):
     base = resolve_base(TINY, tmp_path)
     cfg = TINY.model_copy(update={"twist_init": False})

@@ -17,7 +17,7 @@ from slam_core.corpora.builtin import prepare_builtin_corpus, write_parquet_atom
 from slam_core.corpora.hub import write_hub_audio_shard
 from slam_core.schemas import PREFERENCE_AUDIO, SEGMENTS, STINYSTORIES_AUDIO, STORIES, TRIPLES
 from slam_core.synth import get_backend
-from slam_core.synth.jobs import SHARD_FUNCTIONS, plan_jobs
+from slam_core.synth.jobs import SHARD_FUNCTIONS, input_kind, plan_jobs
 from slam_core.synth.shards import run_recorded_shards
 from slam_core.synth.spokenswag import (
     KOKORO_SPOKENSWAG_VOICES, convert_published_spokenswag, spokenswag_voices, synthesize_spokenswag_shard,
@@ -156,6 +156,29 @@ def test_slam_synth_command_resumes_and_reports(tmp_path, corpus, capsys):
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["reused_shards"] == 2
     assert main(["synth", "spokenswag", "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_slam_synth_spokenswag_accepts_the_official_swag_csv_file(tmp_path, capsys):
+    # rowanz/swagaf data/train.csv: an unnamed index column first, then the 'regular' columns
+    from flows.cli import main
+
+    header = ",video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label"
+    rows = [f'{i},anetv_{i},{i},"A dog runs. It","A dog runs {i}.",It,{gold},"barks loudly.","sleeps.","jumps high.",'
+            f'"eats food.",{i % 4}' for i, gold in enumerate(["gold", "gold", "gen", "gold"])]
+    csv = tmp_path / "train.csv"
+    csv.write_text("\n".join([header, *rows]) + "\n")
+    argv = ["synth", "spokenswag", "--input", str(csv), "--out", str(tmp_path / "out"), "--backend", "espeak",
+            "--voices", "en-us", "--workers", "1", "--data-root", str(tmp_path / "root")]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == 3  # the 'gen' row is not a gold row
+    shard = pq.read_table(result["shards"][0]["path"] if isinstance(result["shards"][0], dict) else result["shards"][0])
+    assert shard.num_rows == 3 and set(shard.column("pair_id").to_pylist()) == {
+        "swag-train-000000", "swag-train-000001", "swag-train-000003"}
+    assert input_kind("spokenswag", csv) == "swag"
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="notes.txt: neither .* SWAG .*train.csv"):
+        input_kind("spokenswag", tmp_path / "notes.txt")
 
 
 def test_kokoro_alignment_long_sentence_split_and_spokenswag_voices(tmp_path, one_torch_thread):  # noqa: F811

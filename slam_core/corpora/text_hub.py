@@ -154,7 +154,12 @@ def download_swag(dest_dir: str | Path, repo_id: str = "allenai/swag", revision:
 
 
 def swag_files(root: str | Path) -> list[Path]:
-    """The 'regular' config's train/validation files (parquet, else csv)."""
+    """The 'regular' config's train/validation files (parquet, else csv); a single file (the official
+    `train.csv` / `val.csv` of rowanz/swagaf, or a hub Parquet) is used as given."""
+    if Path(root).is_file():
+        if Path(root).suffix not in (".csv", ".parquet"):
+            raise ValueError(f"{root}: a SWAG file must be .csv (rowanz/swagaf train.csv/val.csv) or .parquet")
+        return [Path(root)]
     files = _local_files(Path(root), (".parquet", ".csv"), "SWAG")
     regular = [f for f in files if "full" not in f.relative_to(root).parts] or files
     chosen = [f for f in regular if f.suffix == ".parquet"] or regular
@@ -204,13 +209,14 @@ def build_swag_triples(rows: list[dict], split: str, seed: int, max_auto_bleu: f
 
 def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_bleu: float = 0.3,
                  max_rows: int | None = None) -> dict:
-    """TRIPLES Parquet from a SWAG directory; returns rows per split and dropped counts."""
+    """TRIPLES Parquet from a SWAG directory or file; returns rows per split and dropped counts."""
     triples: list[dict] = []
     dropped: Counter[str] = Counter()
     per_split: Counter[str] = Counter()
     by_split: dict[str, list[dict]] = {}
     for path in swag_files(root):
-        by_split.setdefault(split_of(path), []).extend(_read_swag(path))
+        # a single file whose name says no split (e.g. swag.csv) is training data
+        by_split.setdefault(split_of(path) or "train", []).extend(_read_swag(path))
     for split in sorted(by_split):
         rows, drop = build_swag_triples(by_split[split], split, seed, max_auto_bleu, max_rows)
         triples += rows

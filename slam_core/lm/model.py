@@ -100,20 +100,37 @@ def speech_lm_config(base_config: PretrainedConfig, cfg: ModelConfig, n_units: i
     for key, value in config.to_dict().items():
         if ("dropout" in key or "layerdrop" in key or key.endswith("_pdrop")) and isinstance(value, float):
             setattr(config, key, 0.0)
-    if cfg.rope_theta is not None:
+    note = rope_override_note(config, cfg.rope_theta)
+    if cfg.rope_theta is not None and not note:
         _set_rope_theta(config, cfg.rope_theta)
+    elif note:
+        log.info(note)
     _ensure_context(config, cfg.context_len)
     return config
+
+
+def has_rope(config: PretrainedConfig) -> bool:
+    """Whether the architecture uses rotary position embeddings (Qwen2.5, SmolLM2/Llama, Pythia/GPT-NeoX; OPT
+    has a learned position table instead)."""
+    rope = getattr(config, "rope_parameters", None)
+    return (isinstance(rope, dict) and "rope_theta" in rope) or hasattr(config, "rope_theta")
+
+
+def rope_override_note(config: PretrainedConfig, rope_theta: float | None) -> str:
+    """Why model.rope_theta is not applied to this base ("" when it is applied or not set): the override is
+    the paper's θ = 10,000 for RoPE models (Section 4.1) and means nothing without RoPE."""
+    if rope_theta is None or has_rope(config):
+        return ""
+    return (f"model.rope_theta={rope_theta:g} skipped: {config.model_type} has no rotary position embeddings "
+            "(learned positions), so there is no θ to override")
 
 
 def _set_rope_theta(config: PretrainedConfig, theta: float) -> None:
     rope = getattr(config, "rope_parameters", None)
     if isinstance(rope, dict) and "rope_theta" in rope:
         config.rope_parameters = {**rope, "rope_theta": float(theta)}
-    elif hasattr(config, "rope_theta"):
-        config.rope_theta = float(theta)
     else:
-        raise ValueError(f"model.rope_theta is set but {config.model_type} has no RoPE; set model.rope_theta=null")
+        config.rope_theta = float(theta)
 
 
 def _ensure_context(config: PretrainedConfig, context_len: int) -> None:
@@ -161,14 +178,16 @@ def build_speech_lm(cfg: ModelConfig, base: str, n_units: int = 500, seed: int =
 
 
 def init_speech_lm(cfg: ModelConfig, base: str, out_dir: Path, n_units: int = 500, seed: int = 0) -> dict:
-    """Build the speech LM from `base` and save it as a plain HF directory. Returns {"path", "n_params"}."""
+    """Build the speech LM from `base` and save it as a plain HF directory. Returns {"path", "n_params", "notes"}
+    (notes: settings that did not apply to this base, e.g. a RoPE override on a model without RoPE)."""
     model = build_speech_lm(cfg, base, n_units, seed)
+    note = rope_override_note(load_base_config(base), cfg.rope_theta)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
     n_params = count_parameters(model)
     log.info("speech LM from %s (twist=%s): %d params -> %s", base, cfg.twist_init, n_params, out_dir)
-    return {"path": str(out_dir), "n_params": n_params}
+    return {"path": str(out_dir), "n_params": n_params, "notes": [note] if note else []}
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -65,12 +65,14 @@ def input_kind(kind: str, input_path: str | Path) -> str:
         raise ValueError(f"unknown synthesis kind {kind!r} (known: {', '.join(KINDS)})")
     if {"pair_id", "prompt_text", "chosen_text", "rejected_text"} <= names and "prompt_audio" not in names:
         return "triples"
-    if set(text_hub.SWAG_COLUMNS) <= names or (path.is_dir() and any(path.rglob("*.csv"))):
+    if set(text_hub.SWAG_COLUMNS) <= names or path.suffix == ".csv" or (path.is_dir() and any(path.rglob("*.csv"))):
         return "swag"
     if first is not None:
         spokenswag.published_columns(sorted(names), str(first))  # raises naming the columns found
         return "published_spokenswag"
-    raise ValueError(f"{path}: neither TRIPLES Parquet, SWAG files nor a published SpokenSwag copy")
+    raise ValueError(f"{path}: neither TRIPLES Parquet, SWAG files nor a published SpokenSwag copy; give the "
+                     "official SWAG train.csv / val.csv, a folder of them (or the hub's Parquet), TRIPLES Parquet "
+                     "or a published SpokenSwag folder")
 
 
 def text_table(kind: str, input_path: str | Path, work_dir: str | Path, seed: int, limit: int | None = None,
