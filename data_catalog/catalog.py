@@ -234,3 +234,20 @@ class Catalog:
             cur = con.execute(query, args)
             cols = [d[0] for d in cur.description]
             return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def read_only_totals(path: str | Path) -> list[dict[str, Any]]:
+    """Shards, rows, tokens, hours and bytes per (stage, dataset, split), read without writing anything (no schema
+    creation, no lock, no directory): for `slam plan`. Empty when there is no catalog yet."""
+    if not Path(path).is_file():
+        return []
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        cur = con.execute(
+            """SELECT stage, dataset, split, count(*) AS shards, sum(rows) AS rows, sum(tokens) AS tokens,
+                      sum(audio_seconds) / 3600.0 AS hours, sum(bytes) AS bytes
+               FROM artifacts GROUP BY stage, dataset, split ORDER BY stage, dataset, split""")
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+    finally:
+        con.close()

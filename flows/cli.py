@@ -2,6 +2,7 @@
 
     slam run reproduce --preset smoke [--set train.budget_s=60 ...] [--data-root DIR]
     slam catalog summary [--data-root DIR]
+    slam plan --preset slam [--set KEY=VALUE ...] [--gpu H100] [--json]
     slam units extract --audio DIR --out DIR [--centroids FILE] [--preset smoke] [--batch-size N]
     slam units convert-kmeans --pickle FILE --out FILE.npy --allow-unpickle
     slam model init --base <hub id|dir> --out DIR [--preset slam]
@@ -215,9 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from flows.cli_data import add_data_parser
     from flows.cli_eval_extra import add_vocode_parser
+    from flows.cli_plan import add_plan_parser
     from flows.cli_synth import add_synth_parser
 
     add_data_parser(sub)
+    add_plan_parser(sub)
     add_vocode_parser(sub)
     add_synth_parser(sub)
     return parser

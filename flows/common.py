@@ -28,8 +28,10 @@ def load_config(preset: str, overrides: dict[str, Any] | None = None, data_root:
 
 def save_resolved(cfg: SlamConfig, name: str) -> Path:
     """Write the resolved config beside the run's outputs (the receipt of what ran)."""
+    from slam_core.plan import recorded_config
+
     out = cfg.data_root / "runs" / cfg.run.name / f"{name}.config.json"
-    resolved = cfg.resolve() | {"code_version": code_version()}
+    resolved = recorded_config(cfg)
     write_text_atomic(out, json.dumps(resolved, indent=2, sort_keys=True))
     return out
 

@@ -123,8 +123,8 @@ def _prepare_hub(src: Source, subsets, local_dir, root: Path, data_root: str) ->
     for pq_file in hub_lib.list_parquet_files(snapshot):
         shard_fp = _fp("segments", source=src.name, file=pq_file.name, size=pq_file.stat().st_size)
         futures.append(corpora.hub_audio_shard.submit(
-            src.name, str(pq_file), str(raw_dir / "audio" / pq_file.stem), str(seg_dir / f"{pq_file.stem}.parquet"),
-            split, dict(src.extra), shard_fp, data_root))
+            src.name, str(pq_file), str(seg_dir / f"{pq_file.stem}.parquet"), split, dict(src.extra), shard_fp,
+            data_root))
     return _summarise(gather_with_progress(futures, f"{src.name} audio shards"))
 
 

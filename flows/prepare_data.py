@@ -67,17 +67,17 @@ def spokenswag_shards(cfg: SlamConfig) -> list[Path]:
 
 
 def submit_stinystories_segments(files: list[Path], root: str) -> list[tuple[Any, str]]:
-    """(future, fingerprint) per sTinyStories shard: its utterances decoded to FLAC and listed as SEGMENTS.
-    Paths and keys are those of `slam data prepare stinystories`, so segments it made are reused."""
+    """(future, fingerprint) per sTinyStories shard: its utterances listed as SEGMENTS that point into the shard
+    (read in place, not re-encoded). Paths and keys are those of `slam data prepare stinystories`, so segments it
+    made are reused."""
     src = get_source("stinystories")
-    raw_dir, seg_dir = stage_dir(Path(root), "raw", src.name), stage_dir(Path(root), "segments", src.name, "train")
+    seg_dir = stage_dir(Path(root), "segments", src.name, "train")
     out = []
     for f in files:
         shard_fp = fingerprint("segments", {"source": src.name, "file": f.name, "size": f.stat().st_size},
                                code=code_version(SOURCE_CODE_SCOPE))
-        out.append((corpora.hub_audio_shard.submit(src.name, str(f), str(raw_dir / "audio" / f.stem),
-                                                   str(seg_dir / f"{f.stem}.parquet"), "train", dict(src.extra),
-                                                   shard_fp, root), shard_fp))
+        out.append((corpora.hub_audio_shard.submit(src.name, str(f), str(seg_dir / f"{f.stem}.parquet"), "train",
+                                                   dict(src.extra), shard_fp, root), shard_fp))
     return out
 
 

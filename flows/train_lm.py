@@ -34,10 +34,13 @@ def train_lm(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     print(f"speech LM initialised from {cfg.model.base}: {init['n_params']:,} parameters")
 
     # 2. Pre-training, the schedule fitted to the wall-clock budget (called directly: main thread).
-    pre_fp = fp("pretrain", cfg, ("model", "train"), init_fp, *prepared["unit_fingerprints"])
+    # The training sets are mixed by train.dataset_weights; each held-out set is scored on its own.
+    val_shards = prepared.get("val_unit_shards", {})
+    pre_fp = fp("pretrain", cfg, ("model", "train"), init_fp, *prepared["unit_fingerprints"],
+                *prepared.get("val_unit_fingerprints", []))
     run_dir = str(stage_dir(cfg.data_root, "checkpoints", cfg.run.name) / f"pretrain-{pre_fp}")
     pre = train.pretrain(init_dir, prepared["unit_shards"], cfg.model, cfg.train, run_dir, seed, dev, pre_fp, root,
-                         cfg.parallel)
+                         cfg.parallel, val_shards or None)
     result = {"init": init_dir, "pretrain": pre, "final_checkpoint": pre["checkpoint"], "final_fingerprint": pre_fp}
 
     # 3. DPO on the spoken preference triples, reference log-probs precomputed.

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -33,6 +33,12 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Compute device; auto picks cuda when available.")
     skip_preflight: bool = Field(
         False, description="Skip the disk/memory/GPU preflight check that refuses a run the machine cannot hold.")
+
+
+PretrainSet = Literal["librilight", "librispeech", "stinystories"]
+LibriSpeechPart = Literal["train-clean-100", "train-clean-360", "train-other-500", "dev-clean", "dev-other",
+                          "test-clean", "test-other"]
+LibriLightSubset = Literal["small", "medium", "large"]
 
 
 class CorpusConfig(_Section):
@@ -67,6 +73,28 @@ class CorpusConfig(_Section):
         None, description="SpokenSwag shards (every preferences-*.parquet in it, sorted: `slam synth spokenswag` "
         "output, synthesised or converted from the published set) that become the DPO pairs; relative to the data "
         "root unless absolute. None: the corpus preference triples are spoken into one file.")
+    pretrain_sets: list[PretrainSet] = Field(
+        [], description="Speech sets mixed for pre-training, as Table 4 of the paper (librilight, librispeech, "
+        "stinystories; each becomes unit shards under units/<set>/<split>/). Empty: the corpus stories only "
+        "(spoken by synth.backend, or corpus.stinystories_dir when set).")
+    librispeech_dir: str | None = Field(
+        None, description="Local LibriSpeech copy (a folder holding LibriSpeech/<part>/ or <part>/); None: the "
+        "parts are downloaded from OpenSLR 12 into raw/librispeech/ and checked against the published checksums.")
+    librispeech_train_parts: list[LibriSpeechPart] = Field(
+        ["train-clean-100", "train-clean-360", "train-other-500"],
+        description="LibriSpeech parts trained on (the paper: all 960 h).")
+    librispeech_val_parts: list[LibriSpeechPart] = Field(
+        ["dev-clean", "dev-other"], description="LibriSpeech parts used as validation sets (the paper, Appendix C), "
+        "each reported as its own validation loss.")
+    librilight_dir: str | None = Field(
+        None, description="Local Libri-Light copy (a folder holding <subset>/<speaker>/<book>/*.flac + .json); "
+        "None: the subsets are downloaded into raw/librilight/.")
+    librilight_subsets: list[LibriLightSubset] = Field(
+        ["small", "medium", "large"], description="Libri-Light subsets used (all three: 57.7k h of audio, about the "
+        "paper's 50k h once its voice activity is kept; Table 8).")
+    librilight_val_fraction: float = Field(
+        0.01, ge=0, lt=1, description="Fraction of Libri-Light files held out as its validation set (the paper: 1 %, "
+        "chosen at random; here the files with the smallest seeded hash of their path, at least one file).")
 
     @model_validator(mode="after")
     def _check_sentences(self) -> "CorpusConfig":
@@ -178,6 +206,23 @@ class TrainConfig(_Section):
                                "after the first step).")
     compile: bool = Field(False, description="torch.compile the model (CUDA: faster steps after a compile warm-up).")
     val_fraction: float = Field(0.02, ge=0, lt=0.5, description="Fraction of training documents held out for validation loss.")
+    dataset_weights: dict[str, float] | None = Field(
+        None, description="Pre-training mix: dataset name (librilight, librispeech, stinystories, ...) -> probability "
+        "weight of drawing its next document (sample-level ratios, normalised). SlamKit mixes its `train_path` list "
+        "the same way: `train_ratios` -> datasets.interleave_datasets(probabilities, seed=0), with repetitions [1] "
+        "and stopping_strategy first_exhausted (config/data/pretrain_multi_ds.yaml, slamkit/data/hf_dataset.py); "
+        "the Slam ratios are not published, so None (default) weights each set by its number of documents: the mix "
+        "is a uniform shuffle of all training documents and every set runs out at the same time (first_exhausted "
+        "drops nothing). Sets that run out start a new, reshuffled epoch; a budgeted run sees < 1 epoch at paper scale.")
+
+
+    @field_validator("dataset_weights")
+    @classmethod
+    def _check_weights(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        bad = {k: v for k, v in (weights or {}).items() if not v > 0}
+        if bad:
+            raise ValueError(f"every weight must be > 0 (got {bad})")
+        return weights
 
 
 class DpoConfig(_Section):

@@ -75,11 +75,27 @@ def speech_hours(cfg: SlamConfig) -> float:
 
 
 def written_speech_hours(cfg: SlamConfig) -> float:
-    """Hours of FLAC the run writes itself: sTinyStories shards are decoded into segment files once; SpokenSwag
-    shards are read where they are."""
+    """Hours of FLAC the run writes itself: sTinyStories and SpokenSwag shards are read where they are."""
     hours = speech_hours(cfg)
-    pair_bytes = shard_bytes(cfg, cfg.corpus.spokenswag_dir, "preferences-*.parquet")
-    return hours - (pair_bytes / FLAC_BYTES_PER_S / 3600 if pair_bytes is not None else 0.0)
+    for value, pattern in ((cfg.corpus.stinystories_dir, "**/*.parquet"),
+                           (cfg.corpus.spokenswag_dir, "preferences-*.parquet")):
+        if (read_in_place := shard_bytes(cfg, value, pattern)) is not None:
+            hours -= read_in_place / FLAC_BYTES_PER_S / 3600
+    return max(hours, 0.0)
+
+
+def corpus_hours(cfg: SlamConfig) -> float:
+    """Hours of the real-speech pre-training sets (LibriSpeech, Libri-Light: the paper's Table 8 sizes)."""
+    from slam_core.data_mix import planned_sets
+
+    return sum(s.hours for s in planned_sets(cfg) if s.name in ("librilight", "librispeech"))
+
+
+def download_bytes(cfg: SlamConfig) -> float:
+    """Archives still to fetch, kept beside their extracted audio (about the same size again)."""
+    from slam_core.data_mix import pending_downloads
+
+    return 2.0 * sum(d["bytes"] for d in pending_downloads(cfg))
 
 
 def model_params(cfg: SlamConfig) -> int:
@@ -101,10 +117,11 @@ def model_params(cfg: SlamConfig) -> int:
 
 def estimate(cfg: SlamConfig) -> dict[str, dict[str, float]]:
     """Bytes of disk and memory (and GPU memory) the config needs, each with its parts."""
-    hours = speech_hours(cfg)
+    hours = speech_hours(cfg) + corpus_hours(cfg)
     params = model_params(cfg)
     ckpt_bytes = params * (4 + 8)  # fp32 weights + AdamW moments in trainer_state.pt
     disk = {
+        "corpus archives + extracted audio": download_bytes(cfg),
         "synthetic speech (FLAC)": written_speech_hours(cfg) * 3600 * FLAC_BYTES_PER_S,
         "units": hours * 3600 * UNIT_BYTES_PER_S,
         "pre-training checkpoints": ckpt_bytes * (cfg.train.keep_checkpoints + 1),

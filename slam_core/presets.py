@@ -46,15 +46,20 @@ def slam() -> SlamConfig:
         run=RunConfig(name="slam", seed=42, device="cuda"),
         # Speech comes from sharded sets, as in the paper: `slam synth stinystories|spokenswag --preset slam`
         # writes them here (synthesised with Kokoro, or the published SpokenSwag converted).
+        # Table 4's mix: Libri-Light (1 % of files held out), LibriSpeech 960 h (dev-clean and dev-other held
+        # out), sTinyStories train; validation loss is reported per held-out set, so no training document is
+        # held out besides them (train.val_fraction 0).
         corpus=CorpusConfig(source="tinystories", stinystories_dir="synth/stinystories/train",
-                            spokenswag_dir="synth/spokenswag/train"),
+                            spokenswag_dir="synth/spokenswag/train",
+                            pretrain_sets=["librilight", "librispeech", "stinystories"]),
         synth=SynthConfig(backend="kokoro", voices=["af_heart"], kokoro_model="hexgrad/Kokoro-82M"),
         vad=VadConfig(),
         units=UnitsConfig(encoder="slprl/mhubert-base-25hz", layer=11, n_units=500, batch_size=32, shard_segments=4096),
         model=ModelConfig(base="Qwen/Qwen2.5-0.5B", twist_init=True, rope_theta=10_000.0, context_len=1024,
                           dtype="bfloat16"),
         train=TrainConfig(budget_s=23.5 * 3600, lr=1e-3, min_lr=5e-5, warmup_frac=0.01, warmup_min_steps=100,
-                          micro_batch_size=8, grad_accum=16, grad_clip=0.5, checkpoint_every_s=1800.0),
+                          micro_batch_size=8, grad_accum=16, grad_clip=0.5, checkpoint_every_s=1800.0,
+                          val_fraction=0.0),
         dpo=DpoConfig(budget_s=1800.0, beta=0.1, lr=5e-5, micro_batch_size=4, grad_accum=16, grad_clip=0.5),
         eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1),
         parallel=ParallelConfig(n_gpus=1),

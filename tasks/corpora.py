@@ -81,13 +81,13 @@ def fetch_hub_dataset(repo_id: str, revision: str | None, dest_dir: str, local_d
 
 
 @task(name="hub-audio-shard", retries=1, **CACHED)
-def hub_audio_shard(source: str, parquet_path: str, audio_dir: str, out_path: str, split: str,
-                    options: dict[str, Any], fingerprint: str, data_root: str) -> dict[str, Any]:
-    """Decode one hub audio Parquet shard to FLAC files and a SEGMENTS shard."""
+def hub_audio_shard(source: str, parquet_path: str, out_path: str, split: str, options: dict[str, Any],
+                    fingerprint: str, data_root: str) -> dict[str, Any]:
+    """A SEGMENTS shard of one hub audio Parquet shard whose rows point into it (the audio stays where it is)."""
     return produce_or_reuse(
         catalog_at(data_root), stage="segments", dataset=source, split=split, out_path=out_path,
         fingerprint=fingerprint,
-        produce=lambda: hub.write_hub_audio_shard(parquet_path, audio_dir, out_path, source, split,
+        produce=lambda: hub.write_hub_audio_shard(parquet_path, out_path, source, split,
                                                   options.get("audio_column", "audio"), options.get("text_column")))
 
 

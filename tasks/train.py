@@ -37,8 +37,10 @@ def init_speech_lm(cfg: ModelConfig, n_units: int, seed: int, out_dir: str, fing
 @task(name="pretrain", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
 def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: str,
              seed: int, device: str, fingerprint: str, data_root: str,
-             parallel_cfg: ParallelConfig | None = None) -> dict[str, Any]:
-    """Pre-train against the wall-clock budget; resumes from the last checkpoint in `run_dir`.
+             parallel_cfg: ParallelConfig | None = None,
+             val_shards: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Pre-train against the wall-clock budget; resumes from the last checkpoint in `run_dir`. The training
+    shards are mixed by train_cfg.dataset_weights; `val_shards` (name -> shards) are scored at the end.
 
     With more than one training process (parallel.n_gpus > 1, or 0 with several visible GPUs) it runs
     torchrun (DDP, or FSDP2 with parallel.fsdp) as a subprocess; a retry relaunches it and it resumes too.
@@ -50,11 +52,12 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
     def produce() -> dict[str, Any]:
         progress = progress_reporter("pre-training")
         args = (Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg, Path(run_dir), seed)
+        held_out = {k: [Path(p) for p in v] for k, v in (val_shards or {}).items()}
         if world_size > 1:
             summary.update(launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
-                                                  progress=progress))
+                                                  progress=progress, val_shards=held_out))
         else:
-            summary.update(train.pretrain(*args, device=device, progress=progress))
+            summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out))
         return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 
     rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="train",

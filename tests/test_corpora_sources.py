@@ -18,6 +18,7 @@ from corpus_fixtures import (FileServer, flac_bytes, librilight_members, librisp
                              write_tree)
 
 from data_catalog import Catalog
+from slam_core.audio.io import decode_audio_bytes, read_segment_audio
 from slam_core.config import VadConfig
 from slam_core.corpora import hub, librilight, librispeech, sources
 from slam_core.corpora.download import ChecksumMismatchError
@@ -106,8 +107,12 @@ def test_prepare_source_flow_librispeech_over_http_and_hub_local_dir(prefect_har
     assert hub_result["segments"] == 3 and hub_result["quarantined"][0][1] == "unreadable"
     hub_rows = pq.read_table(hub_result["shards"][0]).to_pylist()
     assert [r["text"] for r in hub_rows] == hub_texts
-    wave, rate = sf.read(hub_rows[1]["source_path"])
-    assert rate == 16_000 and len(wave) / rate == pytest.approx(hub_rows[1]["end_s"], abs=1e-3)
+    # read in place from the Parquet cell: no FLAC copy is written anywhere under the data root
+    assert hub_rows[1]["source_path"] == f"{(hub_dir / 'data' / 'data-00000-of-00001.parquet').resolve()}#audio:1"
+    wave = read_segment_audio(hub_rows[1]["source_path"], hub_rows[1]["start_s"], hub_rows[1]["end_s"])
+    expected = decode_audio_bytes(pq.read_table(hub_dir / "data").column("audio").to_pylist()[1]["bytes"])
+    assert np.array_equal(wave, expected) and len(wave) / 16_000 == pytest.approx(hub_rows[1]["end_s"], abs=1e-3)
+    assert not [f for f in root.rglob("*.flac") if "stinystories" in str(f)]
 
 
 def test_hub_without_local_copy_offline_names_repo_and_local_dir(tmp_path):

@@ -114,6 +114,20 @@ def test_mixing_follows_weights(tmp_path):
     assert 0.72 < frac_big < 0.78
 
 
+def test_default_mix_weights_sets_by_documents_and_weights_must_name_every_set(tmp_path):
+    """Unset train.dataset_weights: each set is drawn in proportion to its documents (a uniform shuffle of the
+    union, as SlamKit's interleave_datasets with size-proportional ratios), so all sets run out together."""
+    a = write_shard(tmp_path / "units" / "big" / "train" / "s.parquet", {f"a{i}": [1, 2] for i in range(300)})
+    b = write_shard(tmp_path / "units" / "small" / "train" / "s.parquet", {f"b{i}": [3] for i in range(100)})
+    sources = sources_from_paths([a, b])
+    assert [(s.name, s.weight) for s in sources] == [("big", 300.0), ("small", 100.0)]
+    loader = PackedLoader(sources, 64, 1, seed=0)
+    docs = [loader._next_doc() for _ in range(400)]  # one pass' worth of documents
+    assert 0.70 < np.mean([len(d) == 4 for d in docs]) < 0.80
+    with pytest.raises(ValueError, match="train.dataset_weights: no weight for dataset.*small"):
+        sources_from_paths([a, b], weights={"big": 1.0})
+
+
 def test_bad_rows_skipped_and_bad_shard_named(tmp_path):
     shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", {"x": [4, 5], "y": None, "z": [], "w": [7]})
     loader = PackedLoader([DataSource("a", [shard])], 16, 1, seed=0, split="val", val_fraction=0.999999)

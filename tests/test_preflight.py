@@ -73,8 +73,8 @@ def test_prepare_flow_refuses_before_writing_anything(tmp_path, monkeypatch):
 
 
 def test_sharded_speech_sets_are_measured_not_estimated(tmp_path):
-    """With corpus.stinystories_dir / spokenswag_dir the speech hours come from the shards' bytes; SpokenSwag
-    shards are read in place, so they add units but no FLAC to write."""
+    """With corpus.stinystories_dir / spokenswag_dir the speech hours come from the shards' bytes; both are read
+    in place, so they add units but no FLAC to write."""
     root = tmp_path / "root"
     (root / "synth" / "st" / "train").mkdir(parents=True)
     (root / "synth" / "sw").mkdir(parents=True)
@@ -87,7 +87,7 @@ def test_sharded_speech_sets_are_measured_not_estimated(tmp_path):
     c = base.corpus
     eval_s = (c.n_swag_heldout + c.n_heldout_stories) * pf.SPEECH_S_PER_STORY  # held-out pairs are still spoken
     assert pf.speech_hours(sharded) * 3600 == pytest.approx(300 + eval_s)
-    assert pf.written_speech_hours(sharded) * 3600 == pytest.approx(200 + eval_s)
-    assert pf.estimate(sharded)["disk"]["synthetic speech (FLAC)"] == pytest.approx((200 + eval_s) * pf.FLAC_BYTES_PER_S)
+    assert pf.written_speech_hours(sharded) * 3600 == pytest.approx(eval_s)
+    assert pf.estimate(sharded)["disk"]["synthetic speech (FLAC)"] == pytest.approx(eval_s * pf.FLAC_BYTES_PER_S)
     empty = apply_overrides(base, {"corpus.stinystories_dir": "synth/missing"})
     assert pf.speech_hours(empty) < pf.speech_hours(base)  # no shards yet: nothing counted for stories

@@ -75,7 +75,7 @@ def test_stinystories_shard_matches_published_layout_and_feeds_segments(tmp_path
         words = [(w["word"], w["start_time"], w["end_time"]) for w in row["aligned_text"]]
         check_alignment(words, len(wave) / 16000)
         assert len(words) == len(row["text"].split())
-    seg = write_hub_audio_shard(out["path"], tmp_path / "audio", tmp_path / "segments.parquet", "stinystories", "train")
+    seg = write_hub_audio_shard(out["path"], tmp_path / "segments.parquet", "stinystories", "train")
     segs = pq.read_table(seg["path"])
     assert segs.schema.equals(SEGMENTS) and seg["rows"] == len(rows) and seg["bad"] == []
     assert segs.column("text").to_pylist() == [r["text"] for r in rows]

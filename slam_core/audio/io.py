@@ -7,6 +7,8 @@ can quarantine the file, count it in the catalog and go on.
 from __future__ import annotations
 
 import io
+import threading
+from collections import OrderedDict
 from typing import Any
 from pathlib import Path
 
@@ -96,3 +98,82 @@ def encode_flac(wave: np.ndarray, sample_rate_hz: int = TARGET_SAMPLE_RATE_HZ) -
 def list_audio_files(root: str | Path) -> list[Path]:
     """All audio files under `root`, recursively, in a stable order."""
     return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+# ---- utterances read in place from audio Parquet shards (sTinyStories): no second copy as FLAC files ----------
+# A SEGMENTS row's source_path `<file>.parquet#<column>:<row>` names one cell of an HF `Audio` column
+# ({bytes, path} struct) or of a plain binary column.
+_ROW_GROUPS_KEPT = 4
+_row_group_cache: OrderedDict[tuple[str, str, int], list[Any]] = OrderedDict()
+_row_group_offsets: dict[str, list[int]] = {}
+_cache_lock = threading.Lock()
+
+
+def parquet_audio_ref(path: str | Path, column: str, row: int) -> str:
+    return f"{path}#{column}:{row}"
+
+
+def parse_parquet_audio_ref(source_path: str) -> tuple[Path, str, int] | None:
+    """(parquet file, column, row) of an in-place reference, or None for a plain audio file path."""
+    path, sep, cell = str(source_path).rpartition("#")
+    column, colon, row = cell.rpartition(":")
+    if not sep or not colon or not path.endswith(".parquet") or not row.isdigit():
+        return None
+    return Path(path), column, int(row)
+
+
+def cell_audio_bytes(cell: object) -> bytes | None:
+    """HF `Audio` cells are {bytes, path} structs; plain binary columns are accepted too."""
+    if isinstance(cell, dict):
+        return cell.get("bytes")
+    return bytes(cell) if isinstance(cell, (bytes, bytearray)) else None
+
+
+def read_parquet_audio_bytes(path: Path, column: str, row: int) -> bytes:
+    """The audio bytes of one row; the row group is read once and kept while its neighbours are read."""
+    import pyarrow.parquet as pq
+
+    key = str(path)
+    with _cache_lock:
+        if key not in _row_group_offsets:
+            meta = pq.ParquetFile(path).metadata
+            _row_group_offsets[key] = list(np.cumsum([0] + [meta.row_group(i).num_rows
+                                                             for i in range(meta.num_row_groups)]))
+        offsets = _row_group_offsets[key]
+        group = int(np.searchsorted(offsets, row, side="right")) - 1
+        if not 0 <= row < offsets[-1]:
+            raise BadAudioError(f"{path}#{column}:{row}", "unreadable", f"no row {row} (the file has {offsets[-1]})")
+        cached = _row_group_cache.get((key, column, group))
+        if cached is None:
+            cached = pq.ParquetFile(path).read_row_group(group, columns=[column]).column(0).to_pylist()
+            _row_group_cache[(key, column, group)] = cached
+            while len(_row_group_cache) > _ROW_GROUPS_KEPT:
+                _row_group_cache.popitem(last=False)
+        else:
+            _row_group_cache.move_to_end((key, column, group))
+    return cell_audio_bytes(cached[row - offsets[group]]) or b""
+
+
+def probe_audio_bytes_s(data: bytes, source: str = "<bytes>") -> float:
+    """Duration in seconds from the header of FLAC/WAV bytes (nothing decoded)."""
+    if not data:
+        raise BadAudioError(source, "empty", "zero bytes")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as err:
+        raise BadAudioError(source, "unreadable", str(err).splitlines()[0][:200]) from None
+    if info.frames <= 0:
+        raise BadAudioError(source, "empty", "zero frames")
+    return info.frames / info.samplerate
+
+
+def read_segment_audio(source_path: str | Path, start_s: float | None = None, end_s: float | None = None
+                       ) -> np.ndarray:
+    """A SEGMENTS row's audio as 16 kHz mono float32: a slice of an audio file, or a Parquet cell read in place."""
+    ref = parse_parquet_audio_ref(str(source_path))
+    if ref is None:
+        return read_audio(source_path, start_s, end_s)
+    wave = decode_audio_bytes(read_parquet_audio_bytes(*ref), str(source_path))
+    start = int(round((start_s or 0.0) * TARGET_SAMPLE_RATE_HZ))
+    stop = None if end_s is None else int(round(end_s * TARGET_SAMPLE_RATE_HZ))
+    return wave[start:stop]

@@ -1,5 +1,6 @@
 """Hugging Face Hub datasets (sTinyStories, SpokenSwag, SALMon): a snapshot at a pinned commit, or a local
-directory already in hub layout; then audio Parquet shards -> FLAC files + SEGMENTS rows.
+directory already in hub layout; then audio Parquet shards -> SEGMENTS rows that point into the shards (the
+audio is read in place, never copied).
 
 Pinning works like a lock file: a commit hash is used as given; a branch or tag is resolved to its commit by
 the first fetch and recorded beside the files, and every later fetch into that directory reads that commit.
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from slam_core.atomic import write_bytes_atomic, write_text_atomic
-from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, decode_audio_bytes, encode_flac
+from slam_core.atomic import write_text_atomic
+from slam_core.audio.io import BadAudioError, cell_audio_bytes, parquet_audio_ref, probe_audio_bytes_s
 from slam_core.corpora.local import write_segments
 
 log = logging.getLogger(__name__)
@@ -95,18 +96,13 @@ def fetch_hub_dataset(repo_id: str, dest_dir: str | Path, revision: str | None =
     return Path(path)
 
 
-def _audio_bytes(cell: object) -> bytes | None:
-    """HF `Audio` cells are {bytes, path} structs; plain binary columns are accepted too."""
-    if isinstance(cell, dict):
-        return cell.get("bytes")
-    return cell if isinstance(cell, (bytes, bytearray)) else None
-
-
-def write_hub_audio_shard(parquet_path: str | Path, audio_dir: str | Path, out_path: str | Path, dataset: str,
-                          split: str, audio_column: str = "audio", text_column: str | None = "text") -> dict:
-    """Decode one audio Parquet shard to 16 kHz FLAC files under `audio_dir` and write one SEGMENTS row per
-    utterance (whole file, text when the column exists). Undecodable rows are skipped and listed."""
-    parquet_path, audio_dir = Path(parquet_path), Path(audio_dir)
+def write_hub_audio_shard(parquet_path: str | Path, out_path: str | Path, dataset: str, split: str,
+                          audio_column: str = "audio", text_column: str | None = "text") -> dict:
+    """One SEGMENTS row per utterance of an audio Parquet shard (whole utterance, text when the column exists),
+    pointing at the Parquet cell itself (`<file>#<column>:<row>`, read in place by `read_segment_audio`): the
+    audio is not written again. Durations come from each cell's header; rows whose audio is missing or unreadable
+    are skipped and listed."""
+    parquet_path = Path(parquet_path).resolve()
     pf = pq.ParquetFile(parquet_path)
     names = pf.schema_arrow.names
     if audio_column not in names:
@@ -118,17 +114,15 @@ def write_hub_audio_shard(parquet_path: str | Path, audio_dir: str | Path, out_p
     index = 0
     for batch in pf.iter_batches(batch_size=256, columns=columns):
         for record in batch.to_pylist():
-            item = f"{parquet_path}#{index}"
+            ref = parquet_audio_ref(parquet_path, audio_column, index)
             seg_id = f"{parquet_path.stem}-{index:06d}"
             index += 1
             try:
-                wave = decode_audio_bytes(_audio_bytes(record[audio_column]) or b"", item)
+                duration_s = probe_audio_bytes_s(cell_audio_bytes(record[audio_column]) or b"", ref)
             except BadAudioError as err:
-                bad.append((item, err.reason, err.detail))
+                bad.append((ref, err.reason, err.detail))
                 continue
-            flac = write_bytes_atomic(audio_dir / f"{seg_id}.flac", encode_flac(wave, TARGET_SAMPLE_RATE_HZ))
-            duration_s = len(wave) / TARGET_SAMPLE_RATE_HZ
-            rows.append({"segment_id": seg_id, "dataset": dataset, "split": split, "source_path": str(flac),
+            rows.append({"segment_id": seg_id, "dataset": dataset, "split": split, "source_path": ref,
                          "start_s": 0.0, "end_s": round(duration_s, 4), "speaker": dataset,
                          "text": record.get(text_column) if text_column else None})
             seconds += duration_s

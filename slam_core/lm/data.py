@@ -12,8 +12,9 @@ Layout of a packed row (exactly `context_len` tokens, no padding except at the e
 
 Shuffling is per source and per epoch: the order of row groups, then the order of rows inside each row
 group, is a permutation seeded by (seed, source, epoch[, row group]). Only one row group per source is in
-memory. Sources are mixed per document with probabilities = weights, drawn from a counter-based RNG, so the
-loader's whole position is a few integers plus the unfinished document (`state_dict`).
+memory. Sources are mixed per document with probabilities = weights (sample-level ratios, as SlamKit's
+`interleave_datasets(probabilities)`; by default proportional to each source's documents), drawn from a
+counter-based RNG, so the loader's whole position is a few integers plus the unfinished document (`state_dict`).
 """
 
 from __future__ import annotations
@@ -359,11 +360,18 @@ class PrefetchingLoader:
 def sources_from_paths(shard_paths: Sequence[Path], weights: dict[str, float] | None = None) -> list[DataSource]:
     """Group shard paths into one source per dataset directory (units/<dataset>/<split>/*.parquet).
 
-    `weights` maps dataset name -> mixing weight (default 1 each).
+    `weights` maps dataset name -> mixing weight (probability of drawing that set's next document, normalised);
+    it must name every dataset. None weights each dataset by its number of documents, so the mix is a uniform
+    shuffle of all documents, as SlamKit's `interleave_datasets` with ratios proportional to the sets' sizes.
     """
     groups: dict[str, list[Path]] = {}
     for path in sorted(Path(p) for p in shard_paths):
         name = path.parent.parent.name if path.parent.parent.name else path.parent.name
         groups.setdefault(name, []).append(path)
-    weights = weights or {}
-    return [DataSource(name, paths, float(weights.get(name, 1.0))) for name, paths in sorted(groups.items())]
+    if weights is None:
+        return [DataSource(name, paths, float(max(1, _row_groups(paths)[1]))) for name, paths in sorted(groups.items())]
+    missing = sorted(set(groups) - set(weights))
+    if missing:
+        raise ValueError(f"train.dataset_weights: no weight for dataset(s) {', '.join(missing)} "
+                         f"(give every one of {', '.join(sorted(groups))}, or leave it unset to weight by documents)")
+    return [DataSource(name, paths, float(weights[name])) for name, paths in sorted(groups.items())]

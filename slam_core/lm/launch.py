@@ -44,7 +44,8 @@ def torchrun_command(nproc: int, spec_path: Path) -> list[str]:
 def launch_pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, train_cfg: TrainConfig,
                     run_dir: Path, seed: int, device: str, nproc: int, fsdp: bool = False,
                     progress: Callable[[float, str], None] | None = None,
-                    stop_after_steps: int | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+                    stop_after_steps: int | None = None, env: dict[str, str] | None = None,
+                    val_shards: dict[str, list[Path]] | None = None) -> dict[str, Any]:
     """Run `train.pretrain` in `nproc` torchrun processes and return rank 0's summary (+ "rank_param_checksums")."""
     from slam_core.lm.distributed import per_rank_grad_accum
 
@@ -54,7 +55,8 @@ def launch_pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelCon
     spec = {"init_dir": str(init_dir), "shard_paths": [str(p) for p in shard_paths],
             "model_cfg": model_cfg.model_dump(mode="json"), "train_cfg": train_cfg.model_dump(mode="json"),
             "run_dir": str(run_dir), "seed": seed, "device": device, "fsdp": fsdp,
-            "stop_after_steps": stop_after_steps}
+            "stop_after_steps": stop_after_steps,
+            "val_shards": {k: [str(p) for p in v] for k, v in (val_shards or {}).items()}}
     result_path = run_dir / RESULT_FILE
     result_path.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="slam-launch-") as tmp:
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                                  ModelConfig.model_validate(spec["model_cfg"]),
                                  TrainConfig.model_validate(spec["train_cfg"]), Path(spec["run_dir"]), spec["seed"],
                                  device=spec["device"], progress=_print_progress,
-                                 stop_after_steps=spec["stop_after_steps"], dist_env=env)
+                                 stop_after_steps=spec["stop_after_steps"], dist_env=env,
+                                 val_shards={k: [Path(p) for p in v] for k, v in spec.get("val_shards", {}).items()})
         checksums = [None] * env.world_size
         if env.enabled:
             dist.all_gather_object(checksums, summary["param_checksum"])

@@ -25,7 +25,7 @@ from slam_core.config import ModelConfig, TrainConfig
 from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
 from slam_core.lm import distributed
 from slam_core.lm.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
-from slam_core.lm.data import IGNORE_INDEX, PackedLoader, PrefetchingLoader, sources_from_paths
+from slam_core.lm.data import IGNORE_INDEX, DataSource, PackedLoader, PrefetchingLoader, sources_from_paths
 from slam_core.lm.distributed import DistEnv
 from slam_core.lm.metrics import (  # noqa: F401  (re-exported: dpo and tests import them from here)
     METRIC_FIELDS, MetricsLog, device_peak_flops, mfu, model_flops_per_token,
@@ -94,11 +94,14 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
              progress: Callable[[float, str], None] | None = None, *,
              clock: Callable[[], float] = time.monotonic, stop_after_steps: int | None = None,
              dataset_weights: dict[str, float] | None = None, dist_env: DistEnv | None = None,
-             tensorboard: bool = True) -> dict:
+             tensorboard: bool = True, val_shards: dict[str, list[Path]] | None = None) -> dict:
     """Pre-train from `init_dir` (or resume from run_dir's latest checkpoint) within train_cfg.budget_s.
 
     Shards are grouped into one data source per dataset directory (units/<dataset>/<split>/); documents
-    are mixed by `dataset_weights` (dataset name -> weight, default 1 each).
+    are mixed by `dataset_weights` (dataset name -> weight; default train_cfg.dataset_weights, and when that is
+    unset each dataset's number of documents). `val_shards` (name -> shards, e.g. "librispeech/dev-clean") are
+    held-out sets whose loss is reported one column each (`val_loss/<name>`), besides `val_loss` of
+    train_cfg.val_fraction.
     `stop_after_steps` ends this call after that many steps with a checkpoint, as a pre-emption would
     (drills/tests); a later call resumes. `dist_env`: this rank of a torchrun job (default: one process).
     Metrics go to run_dir/metrics.csv and, with `tensorboard`, run_dir/tensorboard/.
@@ -119,7 +122,9 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     wrapped = distributed.wrap_model(model, env, dev)
     forward_model = torch.compile(wrapped) if train_cfg.compile else wrapped
     optimizer = make_optimizer(model, train_cfg, dev, train_cfg.lr)  # after wrapping: FSDP2 params are DTensors
-    sources = sources_from_paths(shard_paths, dataset_weights)
+    sources = sources_from_paths(shard_paths, dataset_weights if dataset_weights is not None
+                                 else train_cfg.dataset_weights)
+    val_sets = {name: [Path(p) for p in paths] for name, paths in sorted((val_shards or {}).items())}
     loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "train",
                           train_cfg.val_fraction, vocab_size=model.config.vocab_size, rank=env.rank,
                           world_size=env.world_size)
@@ -127,7 +132,8 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     if dev.type == "cuda":  # pack on a CPU thread while the GPU computes
         loader = PrefetchingLoader(loader, depth=2 * accum, pin_memory=True)
     sched = budget_schedule(train_cfg, step, sched_state)
-    metrics = (MetricsLog(run_dir / "metrics.csv", step, tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
+    metrics = (MetricsLog(run_dir / "metrics.csv", step, METRIC_FIELDS + [f"val_loss/{n}" for n in val_sets],
+                          tensorboard_dir=run_dir / "tensorboard" if tensorboard else None)
                if env.is_main else None)
     peak = device_peak_flops(dev, dtype)
     tokens_per_step = train_cfg.grad_accum * train_cfg.micro_batch_size * model_cfg.context_len  # global batch
@@ -184,13 +190,16 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             loader.close()
     finished = stop_after_steps is None or steps_this_call < stop_after_steps
     val_loss = _final_val_loss(model, sources, model_cfg, train_cfg, seed, dev, dtype, flatten) if finished else None
+    set_losses = ({name: _held_out_loss(model, paths, model_cfg, train_cfg, seed, dev, dtype, flatten)
+                   for name, paths in val_sets.items()} if finished else {})
     if metrics is not None:
-        if val_loss is not None:
-            metrics.append({"step": step, "val_loss": round(val_loss, 6), "tokens_seen": tokens_seen,
-                            "elapsed_s": round(elapsed, 3)})
+        if val_loss is not None or any(v is not None for v in set_losses.values()):
+            metrics.append({"step": step, "val_loss": None if val_loss is None else round(val_loss, 6),
+                            **{f"val_loss/{n}": round(v, 6) for n, v in set_losses.items() if v is not None},
+                            "tokens_seen": tokens_seen, "elapsed_s": round(elapsed, 3)})
         metrics.close()
     return {"final_checkpoint": str(final), "steps": step, "tokens_seen": tokens_seen, "elapsed_s": elapsed,
-            "final_loss": loss, "val_loss": val_loss, "skipped": loader.skipped_items(),
+            "final_loss": loss, "val_loss": val_loss, "val_losses": set_losses, "skipped": loader.skipped_items(),
             "param_checksum": distributed.param_checksum(model)}
 
 
@@ -259,3 +268,11 @@ def _final_val_loss(model: torch.nn.Module, sources: list, model_cfg: ModelConfi
     val_loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "val",
                               train_cfg.val_fraction, vocab_size=model.config.vocab_size)
     return evaluate_loss(model, val_loader, device, dtype, flatten)
+
+
+def _held_out_loss(model: torch.nn.Module, shards: list[Path], model_cfg: ModelConfig, train_cfg: TrainConfig,
+                   seed: int, device: torch.device, dtype: torch.dtype, flatten: bool) -> float | None:
+    """Loss on a whole held-out set (every document of its shards: val_fraction 1), capped like the val split."""
+    loader = PackedLoader([DataSource("held-out", shards)], model_cfg.context_len, train_cfg.micro_batch_size, seed,
+                          "val", 1.0, vocab_size=model.config.vocab_size)
+    return evaluate_loss(model, loader, device, dtype, flatten)

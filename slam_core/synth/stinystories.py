@@ -3,7 +3,7 @@
 Rows: `audio` {bytes: 16 kHz FLAC, path: "<utterance id>_<speaker>.flac"}, `text`, `aligned_text` (one
 {word, start_time, end_time} per spoken word, seconds from the start of the audio) and `split_sentence`
 (True when the story was longer than `synth.max_utterance_chars` and was cut at sentence, clause or word
-ends into several rows). The same `hub.write_hub_audio_shard` turns these shards and the published ones
+ends into several rows). The same `hub.write_hub_audio_shard` lists these shards and the published ones
 into SEGMENTS, so everything downstream is shared.
 
 Text is normalised first (NFKC, symbols spelled, unknown characters dropped); a story with nothing left to

@@ -30,6 +30,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from slam_core.atomic import atomic_path
 from slam_core.audio.io import (
     AUDIO_SUFFIXES, TARGET_SAMPLE_RATE_HZ, BadAudioError, decode_audio_bytes, list_audio_files, read_audio,
+    read_segment_audio,
 )
 from slam_core.config import UnitsConfig
 from slam_core.schemas import EVAL_PAIRS_AUDIO, EVAL_PAIRS_UNITS, PREFERENCE_AUDIO, PREFERENCE_UNITS, UNITS
@@ -291,7 +292,7 @@ def fit_kmeans_from_segments(
             r = rows[i]
             src = Path(audio_root, r["source_path"]) if audio_root is not None else Path(r["source_path"])
             try:
-                waves.append(read_audio(src, r["start_s"], r["end_s"]))
+                waves.append(read_segment_audio(src, r["start_s"], r["end_s"]))
             except BadAudioError as err:
                 log.warning("k-means sample: skipped %s: %s", r["segment_id"], err)
         feats += [f for f in extractor.features(waves) if len(f)]
@@ -355,7 +356,7 @@ def extract_segment_shard(
     def loader(row: dict) -> Loader:
         src = Path(row["source_path"])
         src = Path(audio_root, src) if audio_root is not None and not src.is_absolute() else src
-        return lambda: read_audio(src, row["start_s"], row["end_s"])
+        return lambda: read_segment_audio(src, row["start_s"], row["end_s"])
 
     results, bad = extract_items([(r["segment_id"], loader(r)) for r in seg], extractor, batch_size)
     kept = [r for r in seg if r["segment_id"] in results]

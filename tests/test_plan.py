@@ -1,0 +1,112 @@
+"""`slam plan`: the whole paper run (Table 4's data mix, Appendix A values, budget, stage ETAs) printed before any
+work, and nothing written under the data root, whether it is empty or already holds a catalog."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root with its size and mtime (ns)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def _plan(capsys, *args: str) -> dict:
+    capsys.readouterr()
+    assert main(["plan", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_of_the_paper_preset_shows_the_table4_mix_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ./slam-data must not appear either
+    monkeypatch.delenv("SLAM_DATA_ROOT", raising=False)
+    root = tmp_path / "fresh-root"
+    plan = _plan(capsys, "--preset", "slam", "--data-root", str(root), "--gpu", "H100")
+    assert not root.exists() and not (tmp_path / "slam-data").exists() and list(tmp_path.iterdir()) == []
+
+    rows = {(d["name"], d["role"], d["split"]) for d in plan["datasets"]}
+    assert {("librilight", "train", "train"), ("librispeech", "train", "train-clean-100"),
+            ("librispeech", "train", "train-clean-360"), ("librispeech", "train", "train-other-500"),
+            ("stinystories", "train", "train"), ("librispeech", "validation", "dev-clean"),
+            ("librispeech", "validation", "dev-other"), ("librilight", "validation", "validation")} <= rows
+    assert plan["mix"]["train_sets"] == ["librilight", "librispeech", "stinystories"]
+    by_key = {(d["name"], d["split"]): d for d in plan["datasets"]}
+    # Table 8: Libri-Light 50K h / 3.5B tokens (1 % held out), LibriSpeech 960 h / 67M, sTinyStories 30K h / 2.2B
+    assert by_key[("librilight", "train")]["tokens"] == pytest.approx(3.5e9 * 0.99)
+    assert by_key[("librilight", "validation")]["hours"] == pytest.approx(500)
+    train_ls = sum(d["tokens"] for d in plan["datasets"] if d["name"] == "librispeech" and d["role"] == "train")
+    assert train_ls == pytest.approx(67e6, rel=0.01)
+    assert by_key[("stinystories", "train")]["tokens"] == pytest.approx(2.2e9)
+    assert all({"name", "role", "split", "hours", "tokens"} <= set(d) for d in plan["datasets"])
+
+    # the resolved config as `slam run` records it, with the Appendix A values (Tables 4-6)
+    cfg = plan["config"]
+    assert cfg["model"]["base"] == "Qwen/Qwen2.5-0.5B" and cfg["model"]["twist_init"] is True
+    assert cfg["model"]["rope_theta"] == 10_000 and cfg["model"]["context_len"] == 1024
+    assert cfg["model"]["dtype"] == "bfloat16"
+    t = cfg["train"]
+    assert (t["budget_s"], t["micro_batch_size"], t["grad_accum"], t["lr"], t["min_lr"], t["warmup_frac"],
+            t["grad_clip"]) == (23.5 * 3600, 8, 16, 1e-3, 5e-5, 0.01, 0.5)
+    d = cfg["dpo"]
+    assert (d["budget_s"], d["micro_batch_size"], d["grad_accum"], d["lr"], d["beta"], d["grad_clip"]) == (
+        1800, 4, 16, 5e-5, 0.1, 0.5)
+    assert (cfg["eval"]["temperature"], cfg["eval"]["top_k"], cfg["eval"]["max_new_tokens"]) == (0.8, 25, 150)
+    assert cfg["corpus"]["pretrain_sets"] == ["librilight", "librispeech", "stinystories"]
+    assert cfg["derived"]["tokens_per_step"] == 128 * 1024 and "code_version" in cfg
+
+    # budget on the named GPU from the project's FLOP count (2.414 GFLOP/token) and the stated MFU
+    b = plan["budget"]
+    assert b["flops_per_token"] == pytest.approx(2.414e9, rel=1e-3) and b["assumed_mfu"] == 0.4
+    assert plan["device"]["name"] == "H100" and plan["device"]["how"] == "named (--gpu)"
+    assert b["steps"] == math.floor(84_600 * 0.4 * 989.4e12 / b["flops_per_token"] / (128 * 1024))
+    assert b["paper"]["steps"] == 17_625
+
+    stages = {s["name"]: s for s in plan["stages"]}
+    assert {"fetch corpora", "segments + units", "k-means", "pre-training", "DPO", "evaluation"} <= set(stages)
+    assert all("eta_s" in s and s["basis"] for s in plan["stages"])
+    assert stages["pre-training"]["eta_s"] == 84_600 and stages["DPO"]["eta_s"] == 1_800
+    assert stages["fetch corpora"]["eta_s"] > 0 and stages["segments + units"]["eta_s"] > 0
+    assert plan["resources"]["disk"]["parts"]["corpus archives + extracted audio"] > 6e12  # Libri-Light is huge
+
+
+def test_plan_reads_an_existing_catalog_without_touching_it(tmp_path, capsys):
+    from data_catalog import Artifact, Catalog
+
+    root = tmp_path / "root"
+    shard = root / "units" / "librispeech" / "dev-clean" / "units-00000.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"x" * 100)
+    Catalog(root / "catalog.duckdb").record_artifact(Artifact(
+        "units", "librispeech", "dev-clean", str(shard), "fp1", rows=10, tokens=1234, audio_seconds=360.0))
+    ls_dir = tmp_path / "LibriSpeech"
+    ls_dir.mkdir()
+    before = _tree(tmp_path)
+    os.sync()
+    plan = _plan(capsys, "--preset", "slam", "--data-root", str(root), "--set", f"corpus.librispeech_dir={ls_dir}",
+                 "--set", "corpus.librilight_subsets=[\"small\"]")
+    assert _tree(tmp_path) == before
+    dev_clean = next(d for d in plan["datasets"] if d["split"] == "dev-clean")
+    assert dev_clean["in_catalog"] == {"unit_shards": 1, "tokens": 1234, "hours": pytest.approx(0.1)}
+    assert dev_clean["tokens"] == 1234 and dev_clean["estimate"].startswith("catalog")
+    # a local LibriSpeech copy is not downloaded; Libri-Light 'small' still is
+    assert plan["stages"][0]["parts"] == ["librilight/small"]
+    small = next(d for d in plan["datasets"] if d["name"] == "librilight" and d["role"] == "train")
+    assert small["hours"] == pytest.approx(50_000 * 577 / 57_704 * 0.99, rel=1e-3)
+
+
+def test_plan_human_output_and_cpu_without_throughput(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["plan", "--preset", "smoke", "--data-root", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "Datasets" in out and "Stages" in out and "pre-training" in out and "nothing was" in out
+    assert not (tmp_path / "r").exists()
+    plan = _plan(capsys, "--preset", "smoke", "--data-root", str(tmp_path / "r"), "--tokens-per-s", "16000")
+    assert plan["budget"]["steps"] == math.floor(120 * 16000 / (8 * 512))
+    assert [d["name"] for d in plan["datasets"] if d["role"] == "train"] == ["stories"]
