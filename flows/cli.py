@@ -18,36 +18,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
+
+from flows.cli_common import (
+    non_negative_int, parse_overrides, positive_int, quiet_offline_env, report_rejected, run_reporting_errors,
+    split_debug_flag,
+)
 
 FLOWS = ("reproduce", "prepare-data", "train-lm", "evaluate")
 
 
-def _quiet_offline_env() -> None:
-    """Telemetry off and a patient ephemeral server, before Prefect is imported (docs/offline-standins.md)."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "slam_core,data_catalog")
-
-
-def _overrides(items: list[str]) -> dict[str, str] | None:
-    from slam_core.config import parse_override
-
-    return dict(parse_override(o) for o in items) or None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    _quiet_offline_env()
+    from flows.common import load_config
+
+    overrides = parse_overrides(args.overrides)
+    load_config(args.preset, overrides, args.data_root)  # the whole config and the files it names, before any flow
+    quiet_offline_env()
     from flows.evaluate import evaluate
     from flows.prepare_data import prepare_data
     from flows.reproduce import reproduce
     from flows.train_lm import train_lm
 
     flow = {"reproduce": reproduce, "prepare-data": prepare_data, "train-lm": train_lm, "evaluate": evaluate}[args.flow]
-    result = flow(preset=args.preset, overrides=_overrides(args.overrides), data_root=args.data_root)
+    result = flow(preset=args.preset, overrides=overrides, data_root=args.data_root)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -84,11 +78,20 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
     from slam_core.corpora.local import probe_duration_s, write_segments
     from slam_core.units import extract
 
-    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    from slam_core.input_checks import check_centroids_file
+
+    cfg = load_config(args.preset, parse_overrides(args.overrides), args.data_root)
     if args.batch_size:
         cfg.units.batch_size = args.batch_size
+    audio = Path(args.audio)
+    if not audio.is_dir():
+        raise FileNotFoundError(f"audio folder not found — --audio {audio} — pass a directory of wav/flac/mp3/ogg files")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output is an existing file — --out {out} — pass a directory (new or of unit shards)")
     centroids = Path(args.centroids or cfg.units.kmeans_path or out / "centroids.npy")
+    if args.centroids or cfg.units.kmeans_path or centroids.exists():
+        check_centroids_file(centroids, cfg.units.n_units, "--centroids" if args.centroids else "units.kmeans_path")
     if not centroids.exists():  # fit on the input itself: whole files as segments, seeded frame sample
         rows = []
         for path in list_audio_files(args.audio):
@@ -99,8 +102,8 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
             except BadAudioError as err:
                 print(f"skipping {err}", file=sys.stderr)
         if not rows:
-            print(f"slam: error: no readable audio under {args.audio}", file=sys.stderr)
-            return 2
+            raise FileNotFoundError(f"no readable audio — --audio {args.audio} — add wav/flac/mp3/ogg files that "
+                                    f"decode (the skipped ones are listed above)")
         segments = write_segments(rows, out / "kmeans-input-segments.parquet")
         fitter = extract.build_extractor(cfg.units, cfg.data_root, centroids=None, device=cfg.run.device)
         extract.fit_kmeans_from_segments([segments], fitter, cfg.units, cfg.run.seed, centroids)
@@ -125,35 +128,52 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     from flows.common import load_config
     from slam_core.lm import model
 
-    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output is an existing file (left untouched) — --out {out} — pass a new directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise FileExistsError(f"output directory holds other files (left untouched) — --out {out} — pass a new or "
+                              f"empty directory, or a model directory to replace")
+    cfg = load_config(args.preset, parse_overrides(args.overrides), args.data_root)
     cfg.model.base = args.base
     base = model.resolve_base(cfg.model, cfg.data_root)
-    info = model.init_speech_lm(cfg.model, base, Path(args.out), n_units=cfg.units.n_units, seed=cfg.run.seed)
-    print(f"{info['path']}: {info['n_params']:,} parameters")
+    replacing = (out / "config.json").is_file()
+    info = model.init_speech_lm(cfg.model, base, out, n_units=cfg.units.n_units, seed=cfg.run.seed)
+    print(f"{info['path']}: {info['n_params']:,} parameters" + (" (replaced the model that was there)" if replacing
+                                                                   else ""))
     for note in info.get("notes", []):
         print(f"note: {note}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    _quiet_offline_env()
-    from flows.evaluate import evaluate
+    from flows.common import load_config
+    from slam_core.discovery import split_usable_checkpoints
 
-    overrides = _overrides(args.overrides) or {}
+    overrides = parse_overrides(args.overrides) or {}
     if args.metrics:
         overrides["eval.metrics"] = json.dumps([m.strip() for m in args.metrics.split(",") if m.strip()])
     for key, value in (("eval.reference_path", args.reference_path), ("eval.vocoder", args.vocoder)):
         if value:
             overrides[key] = str(Path(value).expanduser().resolve())
-    result = evaluate(preset=args.preset, overrides=overrides or None, data_root=args.data_root,
-                      checkpoints=[str(Path(c).resolve()) for c in args.checkpoint])
+    cfg = load_config(args.preset, overrides or None, args.data_root)
+    usable, rejected = split_usable_checkpoints([str(Path(c).expanduser().resolve()) for c in args.checkpoint],
+                                                cfg.vocab_size)
+    report_rejected(rejected)  # a bad checkpoint is reported; the good ones beside it are still evaluated
+    if not usable:
+        return 2
+    quiet_offline_env()
+    from flows.evaluate import evaluate
+
+    result = evaluate(preset=args.preset, overrides=overrides or None, data_root=args.data_root, checkpoints=usable)
     print(json.dumps(result, indent=2, default=str))
-    return 0
+    return 2 if rejected else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slam", description="Train speech language models the Slamming way.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", "--debug", dest="verbose", action="store_true",
+                        help="debug logging, and the traceback of an error (accepted anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, preset: str = "smoke") -> None:
@@ -181,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--centroids", default=None,
                      help="k-means centroids (.npy/.safetensors); default units.kmeans_path, else fitted on the input "
                           "audio and saved as OUT/centroids.npy")
-    ext.add_argument("--batch-size", type=int, default=None, help="segments per encoder batch")
+    ext.add_argument("--batch-size", type=positive_int, default=None, help="segments per encoder batch (>= 1)")
     common(ext)
     ext.set_defaults(func=cmd_units_extract)
     conv = units_sub.add_parser("convert-kmeans",
@@ -227,36 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
+    args.verbose = args.verbose or debug
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        if isinstance(err, _user_facing_errors()):
-            print(f"slam: error: {err}", file=sys.stderr)
-            return 2
-        raise
-
-
-def _user_facing_errors() -> tuple[type[Exception], ...]:
-    """Errors whose message already says what is wrong and what to do: print it, no traceback."""
-    from slam_core.config import ConfigError
-    from slam_core.corpora.archive import ArchiveError
-    from slam_core.corpora.download import ChecksumMismatchError, DownloadError
-    from slam_core.corpora.hub import HubUnavailableError
-    from slam_core.eval.pairs import CheckpointNotFoundError
-    from slam_core.eval.vocoder import VocoderNotFoundError
-    from slam_core.lm.model import BaseModelUnavailable
-    from slam_core.atomic import DiskFullError
-    from slam_core.units.encoder import EncoderNotAvailableError
-    from slam_core.preflight import PreflightError
-    from slam_core.synth.base import TTSSetupError
-    from slam_core.units.quantizer import KmeansError
-
-    return (ConfigError, FileNotFoundError, ArchiveError, ChecksumMismatchError, DownloadError, HubUnavailableError,
-            CheckpointNotFoundError, VocoderNotFoundError, BaseModelUnavailable, EncoderNotAvailableError,
-            KmeansError, DiskFullError, PreflightError, TTSSetupError)
+    return run_reporting_errors(args.func, args, debug=args.verbose)
 
 
 if __name__ == "__main__":

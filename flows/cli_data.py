@@ -35,9 +35,9 @@ def format_plan(plan: list[dict]) -> str:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from flows.cli import _quiet_offline_env
+    from flows.cli_common import quiet_offline_env
 
-    _quiet_offline_env()
+    quiet_offline_env()
     from flows.data_sources import plan_source, prepare_source
 
     if args.dry_run:  # no flow run (and no Prefect server) just to list a plan

@@ -94,10 +94,10 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from flows.common import load_config
-    from flows.cli import _overrides
+    from flows.cli_common import parse_overrides
     from slam_core.plan import build_plan
 
-    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    cfg = load_config(args.preset, parse_overrides(args.overrides), args.data_root)
     plan = build_plan(cfg, gpu=args.gpu, mfu=args.mfu, tokens_per_s=args.tokens_per_s)
     if args.json:
         print(json.dumps(plan, indent=2, default=str))

@@ -11,14 +11,16 @@ import argparse
 import json
 from typing import Any
 
+from flows.cli_common import non_negative_int, positive_int
+
 
 def synth_config(args: argparse.Namespace):
     """(SlamConfig, seed) from the preset, --set overrides and the synth options given on the command line."""
-    from flows.cli import _overrides
+    from flows.cli_common import parse_overrides
     from flows.common import load_config
     from slam_core.synth.jobs import default_voices
 
-    cfg = load_config(args.preset, _overrides(args.overrides), args.data_root)
+    cfg = load_config(args.preset, parse_overrides(args.overrides), args.data_root)
     options = {"backend": args.backend, "workers": args.workers, "shard_rows": args.shard_rows,
                "max_utterance_chars": args.max_chars, "kokoro_model": args.kokoro_model}
     for key, value in options.items():
@@ -33,9 +35,11 @@ def synth_config(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from flows.cli import _quiet_offline_env
+    from flows.cli_common import quiet_offline_env
 
-    _quiet_offline_env()
+    args.preset_backend = _preset_backend(args.preset)
+    cfg, seed = synth_config(args)  # the whole config, validated before any shard or flow starts
+    quiet_offline_env()
     if args.prefect:
         from flows.synthesize import synthesize
 
@@ -48,8 +52,6 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from slam_core.synth.jobs import SHARD_FUNCTIONS, run_synthesis
     from slam_core.synth.shards import run_recorded_shards
 
-    args.preset_backend = _preset_backend(args.preset)
-    cfg, seed = synth_config(args)
     result = run_synthesis(args.kind, args.input, cfg.synth, seed, cfg.data_root,
                            lambda jobs: run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root),
                                                             shard_functions=SHARD_FUNCTIONS),
@@ -66,9 +68,9 @@ def _preset_backend(preset: str) -> str:
 
 def _overrides_dict(args: argparse.Namespace) -> dict[str, Any] | None:
     """--set overrides plus the synth options the flow takes as config (shard size, split length, model)."""
-    from flows.cli import _overrides
+    from flows.cli_common import parse_overrides
 
-    overrides: dict[str, Any] = _overrides(args.overrides) or {}
+    overrides: dict[str, Any] = parse_overrides(args.overrides) or {}
     for key, value in (("shard_rows", args.shard_rows), ("max_utterance_chars", args.max_chars),
                        ("kokoro_model", args.kokoro_model)):
         if value is not None:
@@ -90,12 +92,12 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     syn.add_argument("--voices", nargs="+", default=None,
                      help="voices drawn per story/pair from the seed (default: one voice for stinystories; "
                           "af_heart am_fenrir bf_emma bm_george for spokenswag on kokoro)")
-    syn.add_argument("--seed", type=int, default=None, help="seed for voices and decoder noise (default: the preset's)")
-    syn.add_argument("--workers", type=int, default=None, help="worker processes (default synth.workers)")
+    syn.add_argument("--seed", type=non_negative_int, default=None, help="seed for voices and decoder noise (default: the preset's)")
+    syn.add_argument("--workers", type=positive_int, default=None, help="worker processes (default synth.workers)")
     syn.add_argument("--split", default="train", help="split of the text table to speak: train, heldout or all")
-    syn.add_argument("--limit", type=int, default=None, help="at most this many stories/pairs (per split for text input)")
-    syn.add_argument("--shard-rows", type=int, default=None, help="utterances or pairs per shard (default synth.shard_rows)")
-    syn.add_argument("--max-chars", type=int, default=None, help="split stories longer than this many characters")
+    syn.add_argument("--limit", type=positive_int, default=None, help="at most this many stories/pairs (per split for text input)")
+    syn.add_argument("--shard-rows", type=positive_int, default=None, help="utterances or pairs per shard (default synth.shard_rows)")
+    syn.add_argument("--max-chars", type=positive_int, default=None, help="split stories longer than this many characters")
     syn.add_argument("--kokoro-model", default=None, help="Kokoro hub id or local dir (config.json, *.pth, voices/)")
     syn.add_argument("--prefect", action="store_true", help="run through the Prefect `synthesize` flow")
     syn.add_argument("--preset", default="smoke", help="preset whose synth config is the starting point (default smoke)")

@@ -11,6 +11,7 @@ from slam_core.atomic import write_text_atomic
 from slam_core.config import ParallelConfig, SlamConfig, apply_overrides
 from slam_core.device import pick_device
 from slam_core.fingerprint import code_version, fingerprint
+from slam_core.input_checks import check_config_inputs
 from slam_core.presets import get_preset
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def load_config(preset: str, overrides: dict[str, Any] | None = None, data_root:
         cfg.run.data_root = str(Path(data_root).expanduser().resolve())
     cfg.run.data_root = str(cfg.data_root)  # freeze: tasks must never depend on the worker's cwd or env
     cfg.resolve()
+    check_config_inputs(cfg)  # files the config names: refused now, not minutes into a flow
     return cfg
 
 
@@ -127,9 +129,12 @@ def fp(stage: str, cfg: SlamConfig, sections: tuple[str, ...], *upstream: str, *
 
 
 def run_from_command_line(flow_fn: Any, doc: str | None) -> None:
-    """`python -m flows.<name> --preset P [--data-root DIR] [--set k=v ...]` for any slam flow."""
+    """`python -m flows.<name> --preset P [--data-root DIR] [--set k=v ...]` for any slam flow; the config is
+    validated before the flow starts, and a user error is one line (exit 2), as with `slam run`."""
     import argparse
+    import sys
 
+    from flows.cli_common import error_line
     from slam_core.config import parse_override
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,6 +143,13 @@ def run_from_command_line(flow_fn: Any, doc: str | None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. train.budget_s=60 (repeatable)")
     args = parser.parse_args()
-    overrides = dict(parse_override(o) for o in args.overrides) or None
+    try:
+        overrides = dict(parse_override(o) for o in args.overrides) or None
+        load_config(args.preset, overrides, args.data_root)
+    except Exception as err:
+        if (line := error_line(err)) is None:
+            raise
+        print(line, file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(flow_fn(preset=args.preset, overrides=overrides, data_root=args.data_root), indent=2,
                      default=str))

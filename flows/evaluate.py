@@ -22,7 +22,9 @@ from prefect import flow
 from flows.common import device_name, fp, load_config, save_resolved
 from flows.prepare_data import prepare_data
 from slam_core.config import SlamConfig
-from slam_core.discovery import data_root_checkpoint_digest, find_checkpoints, newest_metrics_csv
+from slam_core.discovery import (
+    data_root_checkpoint_digest, find_checkpoints, newest_metrics_csv, split_usable_checkpoints,
+)
 from slam_core.device import set_cpu_threads
 from slam_core.corpora.published_layout import PUBLISHED_METRICS, published_sets, set_file_name
 from slam_core.eval.published import sources_digest
@@ -53,6 +55,9 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
 
     # 1. Which checkpoints need work: those without a (current) result for some configured metric.
     targets = checkpoints or [str(p) for p in find_checkpoints(stage_dir(cfg.data_root, "checkpoints", run))]
+    targets, rejected = split_usable_checkpoints(targets, cfg.vocab_size)  # a bad one never stops the others
+    for checkpoint, reason in rejected:
+        print(f"not evaluated: {reason}")
     catalog = catalog_at(root)
     rows = {(r["checkpoint"], r["metric"]): r for r in catalog.eval_results(run=run)}
     skip_fp = fp("eval", cfg, ("eval",), "skip")
@@ -111,7 +116,8 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
     out_html = str(stage_dir(cfg.data_root, "reports", run) / "index.html")
     rep = ev.write_report(run, out_html, metrics_csv, samples, cfg.resolve(), report_fp, root, audio_note)
     return {"results": results, "other": other, "computed": len(computed),
-            "generations": gen_paths.get(newest) if newest else None, "report": rep["report"]}
+            "generations": gen_paths.get(newest) if newest else None, "report": rep["report"],
+            "rejected": [{"checkpoint": c, "reason": r} for c, r in rejected]}
 
 
 def _done(row: dict[str, Any] | None, skip_fp: str, weights: str) -> bool:

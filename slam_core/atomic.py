@@ -86,6 +86,9 @@ def write_text_atomic(final: str | os.PathLike, text: str) -> Path:
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success fsync its files and rename it to `final` (replacing it)."""
     final = Path(final)
+    if final.exists() and not final.is_dir():  # never move a user's file aside to put a directory there
+        raise FileExistsError(f"a file is in the way of an output directory (left untouched) — {final} — move it "
+                              f"away or choose another output path")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:

@@ -26,7 +26,8 @@ class _Section(BaseModel):
 
 class RunConfig(_Section):
     name: str = Field("smoke", description="Run name: checkpoints, eval results and the report are filed under it.")
-    seed: int = Field(1234, description="Master seed; every stage derives its own seed from it.")
+    seed: int = Field(1234, ge=0, le=2**32 - 1,
+                      description="Master seed (0 .. 2**32-1, as numpy accepts); every stage derives its own from it.")
     data_root: str | None = Field(
         None, description="Artifact root. None: $SLAM_DATA_ROOT, else ./slam-data."
     )
@@ -300,6 +301,9 @@ class EvalConfig(_Section):
                                        "for the judge; nothing remote is contacted unless set.")
     judge_api_key_env: str | None = Field(None, description="Name of the environment variable holding the judge "
                                           "endpoint's API key (the key itself is never stored in the config).")
+    judge_allow_insecure: bool = Field(False, description="Allow sending the judge API key over plain http to a "
+                                       "host other than this machine (only on a network you trust; https and "
+                                       "127.0.0.1 endpoints need no opt-in).")
 
 
 class ParallelConfig(_Section):
@@ -377,19 +381,33 @@ def apply_overrides(cfg: SlamConfig, overrides: list[str] | dict[str, Any] | Non
     for key, value in items:
         node = data
         *parents, leaf = key.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{key}: unknown config section '{part}'")
+                raise ConfigError(f"unknown config section '{part}' — --set {key} — "
+                                  f"{_did_you_mean(part, node, '.'.join(parents[:depth]))}")
             node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"{key}: unknown config field '{leaf}'")
+        if leaf not in node or not parents:
+            raise ConfigError(f"unknown config field '{leaf}' — --set {key} — "
+                              f"{_did_you_mean(leaf, node, '.'.join(parents))}")
         node[leaf] = _parse_value(value) if isinstance(value, str) else value
     return validate_config(data)
 
 
+def _did_you_mean(name: str, node: dict[str, Any], prefix: str) -> str:
+    """A hint naming the closest known key(s) at this level, else listing them."""
+    import difflib
+
+    known = sorted(node)
+    dotted = [f"{prefix}.{k}" if prefix else k for k in known]
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(f"{prefix}.{c}" if prefix else c for c in close) + "?"
+    return "known: " + ", ".join(dotted[:40]) + (" …" if len(dotted) > 40 else "")
+
+
 def parse_override(text: str) -> tuple[str, str]:
     if "=" not in text:
-        raise ConfigError(f"override '{text}': expected key=value, e.g. train.budget_s=60")
+        raise ConfigError(f"malformed override (expected key=value) — --set {text} — write it as e.g. train.budget_s=60")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
 
@@ -401,4 +419,5 @@ def validate_config(data: dict[str, Any]) -> SlamConfig:
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{field}: {first['msg']} (got {first.get('input')!r})") from None
+        raise ConfigError(f"{field}: {first['msg']} (got {first.get('input')!r}) — {field} — "
+                          f"set a valid value with --set {field}=…") from None

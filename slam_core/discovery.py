@@ -129,3 +129,20 @@ def newest_metrics_csv(checkpoints_root: str | Path) -> Path | None:
     """The most recently written training metrics file below `checkpoints_root`, if any."""
     found = sorted(Path(checkpoints_root).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def split_usable_checkpoints(paths: list[str], vocab_size: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """(checkpoints that can be evaluated, [(checkpoint, reason)] for those that cannot): a missing folder,
+    not a causal LM, truncated weights or another vocabulary is reported, and the others still go on."""
+    from slam_core.errors import InputError
+    from slam_core.lm.model_check import check_causal_lm_dir
+
+    usable, rejected = [], []
+    for path in paths:
+        try:
+            check_causal_lm_dir(path, "checkpoint", vocab_size)
+            usable.append(path)
+        except InputError as err:
+            log.debug("not evaluating %s: %s", path, err)
+            rejected.append((path, str(err)))
+    return usable, rejected

@@ -198,7 +198,8 @@ def build_judge(cfg: EvalConfig, device: str) -> Any:
     from slam_core.eval import judge
 
     if cfg.judge_endpoint:
-        return judge.EndpointJudge(cfg.judge_endpoint, cfg.judge_model or "", api_key_env=cfg.judge_api_key_env)
+        return judge.EndpointJudge(cfg.judge_endpoint, cfg.judge_model or "", api_key_env=cfg.judge_api_key_env,
+                                   allow_insecure=cfg.judge_allow_insecure)
     return judge.load_local_judge(str(cfg.judge_model), device=device)
 
 

@@ -9,11 +9,13 @@ never dropped from the denominator silently (SlamKit does).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slam_core.errors import InputError
 from slam_core.eval.asr import transcribe
 from slam_core.eval.vocoder import Vocoder, vocode, write_wav_16k
 
@@ -60,17 +63,39 @@ def parse_score(answer: str | None) -> int | None:
     return int(digits.pop()) if len(digits) == 1 else None
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL's host is this machine (localhost, 127.0.0.0/8, ::1): traffic that never leaves it."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(base_url: str, allow_insecure: bool = False) -> None:
+    """Refuse to send an API key as a bearer token in clear text (plain http) to another machine: anyone on the
+    path could read and reuse it. Loopback endpoints (a local server) and https are fine."""
+    if base_url.startswith("http://") and not is_loopback_url(base_url) and not allow_insecure:
+        raise InputError(
+            "the judge API key would be sent unencrypted (plain http) to another machine", "eval.judge_endpoint",
+            f"use https:// for {urllib.parse.urlsplit(base_url).hostname}, a 127.0.0.1 endpoint, no key "
+            f"(eval.judge_api_key_env=null), or, on a network you trust, --set eval.judge_allow_insecure=true")
+
+
 class EndpointJudge:
     """POSTs the judge prompt to an OpenAI-compatible chat-completions endpoint and returns the reply text."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout_s: float = 60.0,
-                 temperature: float = 0.0, max_tokens: int = 512) -> None:
+                 temperature: float = 0.0, max_tokens: int = 512, allow_insecure: bool = False) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"judge endpoint: base_url must be an explicit http(s) URL, got {base_url!r}")
         if not model:
             raise ValueError("judge endpoint: a model name is required")
         self.api_key = None
         if api_key_env:
+            check_key_transport(base_url, allow_insecure)
             self.api_key = os.environ.get(api_key_env)
             if not self.api_key:
                 raise ValueError(f"judge endpoint: environment variable {api_key_env} (API key) is not set")

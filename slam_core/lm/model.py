@@ -17,7 +17,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig, PreTrainedModel
 
 from slam_core.atomic import atomic_dir
+from slam_core.lm.model_check import check_weights_complete, is_causal_lm_config
 from slam_core.config import ModelConfig
+from slam_core.errors import InputError
 from slam_core.lm.vocab import BOS_ID, EOS_ID, PAD_ID, vocab_size
 
 log = logging.getLogger(__name__)
@@ -86,9 +88,14 @@ def load_base_config(base: str) -> PretrainedConfig:
     if Path(base).is_dir() and not (Path(base) / "config.json").exists():
         raise BaseModelUnavailable(f"base LM directory '{base}' has no config.json (expected a save_pretrained dir)")
     try:
-        return AutoConfig.from_pretrained(base)
+        config = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
         raise _unavailable(base, err) from None
+    if not is_causal_lm_config(config.to_dict()):
+        kind = ", ".join(config.architectures or []) or config.model_type
+        raise BaseModelUnavailable(f"base LM is not a causal (next-token) language model ({kind}) — model.base={base} "
+                                   f"— pass a decoder-only LM such as Qwen/Qwen2.5-0.5B, or 'tiny-qwen2' offline")
+    return config
 
 
 def speech_lm_config(base_config: PretrainedConfig, cfg: ModelConfig, n_units: int = 500) -> PretrainedConfig:
@@ -138,9 +145,9 @@ def _ensure_context(config: PretrainedConfig, context_len: int) -> None:
     if max_pos is None or max_pos >= context_len:
         return
     if config.model_type in _LEARNED_POSITION_TYPES:
-        raise ValueError(
-            f"model.context_len={context_len} exceeds the learned position table ({max_pos}) of {config.model_type}"
-        )
+        raise InputError(
+            f"model.context_len={context_len} exceeds the learned position table ({max_pos}) of {config.model_type}",
+            "model.context_len", f"set model.context_len={max_pos} or less")
     config.max_position_embeddings = context_len
 
 
@@ -166,6 +173,8 @@ def build_speech_lm(cfg: ModelConfig, base: str, n_units: int = 500, seed: int =
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if cfg.twist_init:
+        if Path(base).is_dir():  # truncated or random weights: one line naming the file, not a loader traceback
+            check_weights_complete(Path(base), "base LM")
         try:
             base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         except OSError as err:

@@ -71,11 +71,20 @@ def load_centroids(path: Path) -> np.ndarray:
     if not path.is_file():
         raise KmeansError(f"{path}: centroid file not found (set units.kmeans_path, or leave it empty to fit k-means)")
     if path.suffix == ".npy":
-        c = np.load(path, allow_pickle=False)
+        try:
+            c = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:  # pickled objects, truncated or random bytes
+            raise KmeansError(f"{path}: not a plain .npy array of centroids ({str(err).split('.')[0]}); write "
+                              f"plain float centroids, or convert a trusted k-means pickle with `slam units "
+                              f"convert-kmeans`") from None
     elif path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise KmeansError(f"{path}: not a readable safetensors file ({err}); write the centroids again") from None
         if _SAFETENSORS_KEY not in tensors:
             raise KmeansError(f"{path}: no '{_SAFETENSORS_KEY}' tensor (found {sorted(tensors)})")
         c = tensors[_SAFETENSORS_KEY]

@@ -1,0 +1,119 @@
+"""What every `slam` sub-command shares: the offline environment, `--set` parsing, and the one error path.
+
+Every user error (a bad option, file, config value or model) ends in one line on stderr,
+`slam: error: <what> — <file or field> — <how to fix>`, and exit status 2; `--debug` (or `-v`) shows the
+traceback instead. Anything else is a bug in slam and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+DEBUG_FLAGS = ("-v", "--verbose", "--debug")
+USER_ERROR_EXIT = 2
+
+
+def quiet_offline_env() -> None:
+    """Telemetry off and a patient ephemeral server; must run before Prefect is imported."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "slam_core,data_catalog")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str] | None:
+    """`--set key=value` strings as a dict (None when there are none); a malformed one raises ConfigError."""
+    from slam_core.config import parse_override
+
+    return dict(parse_override(o) for o in items) or None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (batch sizes, workers, limits)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of seeds and indices."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Errors whose message already says what is wrong and what to do (imported late: slam_core pulls torch)."""
+    from pydantic import ValidationError
+    from safetensors import SafetensorError
+
+    from slam_core.atomic import DiskFullError
+    from slam_core.audio.io import BadAudioError
+    from slam_core.config import ConfigError
+    from slam_core.corpora.archive import ArchiveError
+    from slam_core.corpora.download import ChecksumMismatchError, DownloadError
+    from slam_core.corpora.hub import HubUnavailableError
+    from slam_core.errors import InputError
+    from slam_core.eval.pairs import CheckpointNotFoundError
+    from slam_core.eval.vocoder import VocoderNotFoundError
+    from slam_core.lm.model import BaseModelUnavailable
+    from slam_core.preflight import PreflightError
+    from slam_core.synth.base import TTSSetupError
+    from slam_core.units.encoder import EncoderNotAvailableError
+    from slam_core.units.quantizer import KmeansError
+
+    return (InputError, ConfigError, ValidationError, SafetensorError, FileNotFoundError, FileExistsError,
+            NotADirectoryError, IsADirectoryError, PermissionError, BadAudioError, ArchiveError,
+            ChecksumMismatchError, DownloadError, HubUnavailableError, CheckpointNotFoundError, VocoderNotFoundError,
+            BaseModelUnavailable, EncoderNotAvailableError, KmeansError, DiskFullError, PreflightError, TTSSetupError)
+
+
+def error_line(err: BaseException) -> str | None:
+    """The one-line message of a user error, or None when `err` is not one (a bug: keep the traceback)."""
+    if not isinstance(err, _user_error_types()):
+        return None
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or err.title
+        return (f"slam: error: invalid value {first.get('input')!r} ({first['msg']}) — {err.title}.{field} — "
+                f"pass a value that satisfies it (`slam <command> --help` lists the options)")
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"slam: error: {text}"
+
+
+def split_debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    """(argv without -v/--verbose/--debug, whether one was given): accepted before or after the sub-command."""
+    return [a for a in argv if a not in DEBUG_FLAGS], any(a in DEBUG_FLAGS for a in argv)
+
+
+def run_reporting_errors(command: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+                         debug: bool) -> int:
+    """Run a sub-command; a user error becomes one line on stderr and exit status 2 (its traceback with --debug)."""
+    try:
+        return command(args)
+    except Exception as err:
+        line = error_line(err)
+        if line is None or debug:
+            raise
+        print(line, file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def report_rejected(items: list[tuple[Any, str]]) -> None:
+    """One `slam: error:` line per input refused while the others went on (e.g. a bad checkpoint among good)."""
+    for item, reason in items:
+        print(f"slam: error: {reason}" if str(item) in reason else f"slam: error: {item}: {reason}", file=sys.stderr)
