@@ -106,7 +106,10 @@ def test_bad_files_are_reported_with_a_reason_not_fatal(tmp_path):
     assert rows and {r["source_path"] for r in rows} == {str(REAL_SPEECH / "audio1.flac")}
 
 
-def test_duplicate_ids_are_refused(tmp_path):
-    a, b = tmp_path / "x" / "s.wav", tmp_path / "x" / "s.flac"
-    with pytest.raises(ValueError, match="same id"):
-        segment_audio_files([a, b], VadConfig(), tmp_path / "o.parquet", "user", "train")
+def test_same_stem_files_get_distinct_ids():
+    from slam_core.audio.vad import recording_sources
+
+    paths = [Path("/a/x/s.wav"), Path("/a/x/s.flac"), Path("/b/x/t.wav"), Path("/c/x/t.wav"), Path("/a/x/u.wav")]
+    ids = [i for i, _, _ in recording_sources(paths)]
+    assert len(set(ids)) == len(ids)
+    assert ids[0] == "x-s-wav" and ids[1] == "x-s-flac" and ids[4] == "x-u"  # unique ids stay as they were

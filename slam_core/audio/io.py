@@ -30,17 +30,32 @@ class BadAudioError(Exception):
         super().__init__(f"{self.path}: {reason}" + (f" ({detail})" if detail else ""))
 
 
+# Float audio is nominally in [-1, 1]; far beyond it (a float WAV of ±3e38) the encoder's float32 arithmetic
+# overflows into NaN features, which nearest-centroid search turns into unit -1 (65535 as uint16).
+MAX_ABS_SAMPLE = 1e3
+
+
+def check_samples(wave: np.ndarray, source: str, stage: str) -> None:
+    """BadAudioError unless every sample is finite and within ±MAX_ABS_SAMPLE."""
+    if not np.isfinite(wave).all():
+        raise BadAudioError(source, "non_finite", f"NaN or Inf samples {stage}")
+    peak = float(np.abs(wave).max(initial=0.0))
+    if peak > MAX_ABS_SAMPLE:
+        raise BadAudioError(source, "out_of_range", f"peak |sample| {peak:.3g} > {MAX_ABS_SAMPLE:g} {stage}")
+
+
 def to_mono_16k(wave: np.ndarray, sample_rate_hz: int, source: str = "<array>") -> np.ndarray:
-    """Down-mix to mono, resample to 16 kHz and check the samples are usable."""
-    wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=1, dtype=np.float32)
+    """Down-mix to mono, resample to 16 kHz and check the samples are usable, before and after resampling."""
+    wave = np.asarray(wave)
     if wave.size == 0:
         raise BadAudioError(source, "empty", "zero samples")
-    if not np.isfinite(wave).all():
-        raise BadAudioError(source, "non_finite", "NaN or Inf samples")
+    check_samples(wave, source, "in the file")
+    wave = wave.astype(np.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=1, dtype=np.float32)
     if sample_rate_hz != TARGET_SAMPLE_RATE_HZ:
         wave = soxr.resample(wave, sample_rate_hz, TARGET_SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
+    check_samples(wave, source, "after resampling to 16 kHz")
     return wave
 
 

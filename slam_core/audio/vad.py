@@ -8,8 +8,10 @@ longest inner pause; any remainder still too long is cut into equal parts).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -123,8 +125,16 @@ def segment_recordings(recordings_path: Path, cfg: VadConfig, out_path: Path, da
 
 def segment_audio_files(paths: list[Path], cfg: VadConfig, out_path: Path, dataset: str, split: str) -> dict:
     """Segment arbitrary audio files (a user's folder); speaker = parent directory name, id = parent-stem."""
-    sources = [(f"{Path(p).parent.name}-{Path(p).stem}", str(p), Path(p).parent.name) for p in paths]
-    ids = [s[0] for s in sources]
-    if len(set(ids)) != len(ids):
-        raise ValueError("segment_audio_files: two files map to the same id (same parent dir name and stem)")
-    return _segment_sources(sources, cfg, Path(out_path), dataset, split)
+    return _segment_sources(recording_sources(paths), cfg, Path(out_path), dataset, split)
+
+
+def recording_sources(paths: list[Path]) -> list[tuple[str, str, str]]:
+    """(recording id, path, speaker) per file: id `<parent dir>-<stem>`; files whose ids would collide (`x.wav`
+    beside `x.flac`, or two `spk/x.wav` in different trees) get the extension and, if still needed, a digest of
+    the full path appended, so every file keeps its own segments."""
+    base = [f"{Path(p).parent.name}-{Path(p).stem}" for p in paths]
+    counts = Counter(base)
+    ids = [b if counts[b] == 1 else f"{b}-{Path(p).suffix.lstrip('.').lower()}" for b, p in zip(base, paths)]
+    counts = Counter(ids)
+    ids = [i if counts[i] == 1 else f"{i}-{hashlib.sha256(str(p).encode()).hexdigest()[:8]}" for i, p in zip(ids, paths)]
+    return [(i, str(p), Path(p).parent.name) for i, p in zip(ids, paths)]

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from slam_core.config import CorpusConfig
 from slam_core.corpora.builtin import write_parquet_atomic
 from slam_core.corpora.hub import HubUnavailableError, fetch_hub_dataset
+from slam_core.errors import InputError
 from slam_core.schemas import STORIES, TRIPLES
 from slam_core.synth.text_norm import normalise_text, split_sentences
 
@@ -176,15 +177,27 @@ def _read_swag(path: Path) -> list[dict]:
 
 def swag_triple(row: dict, pair_id: str, split: str, seed: int) -> dict | None:
     """The TRIPLES row of one SWAG row, or None when it is not a labelled gold row."""
-    label = row.get("label")
-    if row.get("gold-source") != "gold" or label is None or not 0 <= int(label) <= 3:
+    label = swag_label(row.get("label"))
+    if row.get("gold-source") != "gold" or label is None:
         return None
     endings = [row[f"ending{i}"] for i in range(4)]
-    wrong = [e for i, e in enumerate(endings) if i != int(label)]
+    if not all(isinstance(t, str) for t in (row["sent1"], row["sent2"], *endings)):
+        return None
+    wrong = [e for i, e in enumerate(endings) if i != label]
     rejected = random.Random(f"swag-{seed}-{pair_id}").choice(wrong)
     return {"pair_id": pair_id, "split": split, "prompt_text": row["sent1"].strip(),
-            "chosen_text": f"{row['sent2'].strip()} {endings[int(label)].strip()}",
+            "chosen_text": f"{row['sent2'].strip()} {endings[label].strip()}",
             "rejected_text": f"{row['sent2'].strip()} {rejected.strip()}"}
+
+
+def swag_label(value: object) -> int | None:
+    """The gold ending 0-3 of a SWAG row, or None for a missing, non-numeric or out-of-range label ("2" and 2.0
+    are fine: CSV readers type the column differently)."""
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() and 0 <= number <= 3 else None
 
 
 def build_swag_triples(rows: list[dict], split: str, seed: int, max_auto_bleu: float = 0.3,
@@ -199,7 +212,7 @@ def build_swag_triples(rows: list[dict], split: str, seed: int, max_auto_bleu: f
             break
         triple = swag_triple(row, f"swag-{split}-{index:06d}", split, seed)
         if triple is None:
-            dropped["not_gold"] += 1
+            dropped["not_gold" if row.get("gold-source") != "gold" else "bad_label_or_text"] += 1
         elif auto_bleu(f"{triple['prompt_text']} {triple['chosen_text']}", 2) >= max_auto_bleu:
             dropped["repetitive"] += 1
         else:
@@ -214,9 +227,21 @@ def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_ble
     dropped: Counter[str] = Counter()
     per_split: Counter[str] = Counter()
     by_split: dict[str, list[dict]] = {}
-    for path in swag_files(root):
-        # a single file whose name says no split (e.g. swag.csv) is training data
-        by_split.setdefault(split_of(path) or "train", []).extend(_read_swag(path))
+    unreadable: dict[str, str] = {}
+    files = swag_files(root)
+    for path in files:
+        split = split_of(path) or "train"  # a single file whose name says no split (e.g. swag.csv) is training data
+        try:
+            rows = _read_swag(path)
+        except (ValueError, OSError) as err:  # empty, not UTF-8, not CSV/Parquet, a column missing
+            reason = " ".join(str(err).split())[:300]
+            if split == "train" or len(files) == 1:
+                raise InputError(f"unreadable SWAG {split} file ({reason})", path,
+                                 "replace it with the official file (rowanz/swagaf or allenai/swag)") from None
+            log.warning("SWAG: skipping the %s file %s (%s); the train split goes on", split, path, reason)
+            unreadable[str(path)] = reason
+            continue
+        by_split.setdefault(split, []).extend(rows)
     for split in sorted(by_split):
         rows, drop = build_swag_triples(by_split[split], split, seed, max_auto_bleu, max_rows)
         triples += rows
@@ -224,7 +249,8 @@ def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_ble
         per_split[split] = len(rows)
     path = write_parquet_atomic(triples, TRIPLES, Path(out_path))
     log.info("SWAG: %s triples, dropped %s", dict(per_split), dict(dropped))
-    return {"path": str(path), "rows": len(triples), "per_split": dict(per_split), "dropped": dict(dropped)}
+    return {"path": str(path), "rows": len(triples), "per_split": dict(per_split), "dropped": dict(dropped),
+            "unreadable": unreadable}
 
 
 def prepare_text_corpus(cfg: CorpusConfig, seed: int, out_dir: str | Path, download_dir: str | Path) -> dict:

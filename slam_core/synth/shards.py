@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import soxr
 
+from slam_core.audio.io import BadAudioError, check_samples
 from slam_core.config import SynthConfig
 from slam_core.fingerprint import code_version, fingerprint
 from slam_core.synth.backends import get_backend
@@ -93,6 +94,11 @@ def speak_many_16k(backend: TTSBackend, requests: Sequence[tuple[str, str]], sam
         wave, words = result
         if backend.sample_rate_hz != sample_rate_hz:
             wave = soxr.resample(wave, backend.sample_rate_hz, sample_rate_hz, quality="HQ")
+        try:  # a backend's NaN or runaway output is a failed utterance, never audio in a shard
+            check_samples(np.asarray(wave), "synthesised utterance", "after resampling")
+        except BadAudioError as err:
+            out.append(TTSError(str(err)))
+            continue
         out.append((np.asarray(wave, dtype=np.float32), words if aligned else []))
     return out
 

@@ -37,6 +37,7 @@ from slam_core.schemas import EVAL_PAIRS_AUDIO, EVAL_PAIRS_UNITS, PREFERENCE_AUD
 from slam_core.device import pick_device, pick_dtype
 from slam_core.units.encoder import PAD_SAMPLES, frames_for_samples, load_encoder, resolve_encoder
 from slam_core.units.quantizer import assign_units, fit_kmeans, load_centroids, save_centroids
+from slam_core.units.validate import check_unit_table, item_units_problem
 
 log = logging.getLogger(__name__)
 
@@ -197,13 +198,13 @@ class UnitExtractor:
 
     def units(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(units uint16, durations uint16) per wave; without dedup every duration is 1."""
-        result = []
-        for f in self.frames(waves, batch_size):
-            if self.dedup:
-                result.append(dedup_units(f))
-            else:
-                result.append((f.astype(np.uint16), np.ones(len(f), np.uint16)))
-        return result
+        return [self.to_units(f) for f in self.frames(waves, batch_size)]
+
+    def to_units(self, frame_units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-frame unit ids -> (units uint16, durations uint16), deduplicated when configured."""
+        if self.dedup:
+            return dedup_units(frame_units)
+        return frame_units.astype(np.uint16), np.ones(len(frame_units), np.uint16)
 
 
 def build_extractor(
@@ -259,8 +260,14 @@ def extract_items(
                 bad.append((item_id, "too_short", f"{len(value)} samples < one frame"))
             else:
                 good.append((item_id, value))
-        units = extractor.units([w for _, w in good], batch_size)
-        for (item_id, wave), (u, d) in zip(good, units):
+        frames = extractor.frames([w for _, w in good], batch_size)
+        for (item_id, wave), f in zip(good, frames):
+            # checked before the uint16 cast: a -1 from NaN features must not become unit 65535
+            problem = item_units_problem(f, np.ones(len(f), np.int64), extractor.n_units)
+            if problem:
+                bad.append((item_id, "invalid_units", problem))
+                continue
+            u, d = extractor.to_units(f)
             results[item_id] = (u, d, int(d.sum(dtype=np.int64)), len(wave) / TARGET_SAMPLE_RATE_HZ)
     for item_id, reason, detail in bad:
         log.warning("skipped %s: %s (%s)", item_id, reason, detail)
@@ -317,7 +324,8 @@ def _unit_list(arrays: Sequence[np.ndarray]) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.uint16()))
 
 
-def _write_parquet(table: pa.Table, out_path: Path) -> Path:
+def _write_parquet(table: pa.Table, out_path: Path, n_units: int) -> Path:
+    check_unit_table(table, n_units, str(out_path))  # the commit point: an invalid shard is never written
     with atomic_path(out_path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
     return Path(out_path)
@@ -363,7 +371,7 @@ def extract_segment_shard(
     table = _units_table(
         [r["segment_id"] for r in kept], [r["dataset"] for r in kept], [r["split"] for r in kept], results
     )
-    _write_parquet(table, out_path)
+    _write_parquet(table, out_path, extractor.n_units)
     return _shard_summary(out_path, table, bad)
 
 
@@ -386,7 +394,7 @@ def extract_audio_dir(
         ids = [i for i, _ in items if i in results]
         table = _units_table(ids, [dataset] * len(ids), [split] * len(ids), results)
         out_path = Path(out_dir) / f"units-{shard:05d}.parquet"
-        summaries.append(_shard_summary(_write_parquet(table, out_path), table, bad))
+        summaries.append(_shard_summary(_write_parquet(table, out_path, extractor.n_units), table, bad))
     return summaries
 
 
@@ -427,5 +435,5 @@ def extract_pair_units(audio_path: Path, out_path: Path, extractor: UnitExtracto
         if f"{s}_durations" in out_schema.names:
             columns[f"{s}_durations"] = _unit_list([results[f"{r['pair_id']}/{s}"][1] for r in kept])
     out = pa.Table.from_arrays([columns[n] for n in out_schema.names], schema=out_schema)
-    _write_parquet(out, out_path)
+    _write_parquet(out, out_path, extractor.n_units)
     return {"path": str(out_path), "rows": out.num_rows, "kind": kind, "bad": bad}
