@@ -28,7 +28,8 @@ from slam_core.device import pick_attn_implementation
 from slam_core.lm.data import PackedLoader, PrefetchingLoader, sources_from_paths
 from slam_core.lm.distributed import DistEnv
 from slam_core.lm.metrics import device_peak_flops, mfu, model_flops_per_token
-from slam_core.lm.train import _train_step, make_optimizer
+from slam_core.lm.attention import register_packed_attention
+from slam_core.lm.step import make_optimizer, train_step
 from slam_core.lm.vocab import encode_units
 from slam_core.schemas import UNITS
 
@@ -49,6 +50,7 @@ def _setup(device: torch.device) -> dict:
 def _model(setup: dict, attn: str, device: torch.device) -> Qwen2ForCausalLM:
     cfg = Qwen2Config(vocab_size=502, tie_word_embeddings=True, rope_theta=10_000.0, use_cache=False,
                       max_position_embeddings=max(1024, setup["context_len"]), **setup["shape"])
+    register_packed_attention()
     cfg._attn_implementation = attn
     torch.manual_seed(0)
     return Qwen2ForCausalLM(cfg).to(device).train()  # fp32 master weights; bf16 via autocast
@@ -97,8 +99,8 @@ def run_ours(setup: dict, shard: Path, device: torch.device, compile_model: bool
     ends = []
     try:
         for _ in range(setup["warmup_steps"] + setup["timed_steps"]):
-            _train_step(forward_model, model, model, optimizer, loader, setup["grad_accum"], cfg.grad_clip, device,
-                        dtype, attn == "flash_attention_2", DistEnv())
+            train_step(forward_model, model, model, optimizer, loader, setup["grad_accum"], cfg.grad_clip, device,
+                       dtype, attn, DistEnv())
             _sync(device)
             ends.append(time.perf_counter())
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -170,8 +170,12 @@ class ModelConfig(_Section):
     rope_theta: float | None = Field(10_000.0, description="RoPE base override (Qwen default is 1e6); None keeps the base's.")
     context_len: int = Field(1024, ge=16, description="Training sequence length in tokens.")
     dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Autocast/training dtype on GPU (CPU trains fp32).")
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
-        "auto", description="auto: flash_attention_2 when importable on CUDA, else sdpa."
+    attn_implementation: Literal["auto", "packed_fa2", "packed_varlen", "packed_flex", "packed_sdpa", "sdpa", "eager",
+                                 "flash_attention_2"] = Field(
+        "auto", description="Attention for training on packed rows. auto: a packed kernel (no dense mask, no host "
+        "sync): on CUDA packed_fa2 (flash-attn, when importable), else packed_varlen (torch varlen_attn), else "
+        "packed_flex (FlexAttention); on CPU packed_sdpa (SDPA with a per-micro-batch document mask). sdpa/eager/"
+        "flash_attention_2: transformers' own implementations, packing derived from position_ids."
     )
     tiny_hidden_size: int = Field(128, ge=8, description="'tiny-qwen2' only: hidden size.")
     tiny_layers: int = Field(4, ge=1, description="'tiny-qwen2' only: number of layers.")
@@ -187,7 +191,13 @@ class TrainConfig(_Section):
     warmup_min_steps: int = Field(0, ge=0, description="Warm-up lasts at least this many steps: SlamKit warms up "
                                   "max(100 steps, 1 %) (config/training_args/default.yaml, cli/train.py); the paper "
                                   "presets set 100, which 1 % of 17,625 steps (176) exceeds anyway.")
-    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass.")
+    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        8, description="Sequences per forward pass. auto (needs batch_size): on CUDA the largest that fits, "
+        "probed at start and cached per GPU model under the data root, with the micro-batches per step derived so "
+        "the effective batch stays batch_size; on CPU batch_size / grad_accum.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Sequences per optimiser step over all GPUs (the recipe's batch, 128 for Slam). "
+        "None: micro_batch_size x grad_accum. Required when micro_batch_size is auto.")
     grad_accum: int = Field(16, ge=1, description="Micro-batches per optimiser step, summed over all GPUs (each of W "
                                                   "GPUs runs grad_accum / W; must divide evenly), so the effective "
                                                   "batch micro_batch_size x grad_accum x context_len is the same on "
@@ -203,9 +213,14 @@ class TrainConfig(_Section):
     calibration_steps: int = Field(5, ge=1, description="Steps timed (after the untimed ones) to fit the total "
                                    "steps to the budget; until then the LR is held at the smallest any fit could give.")
     untimed_steps: int = Field(1, ge=1, description="First steps of a fresh run not timed for the fit: their time "
-                               "includes compilation and allocator warm-up (raise it when torch.compile recompiles "
-                               "after the first step).")
-    compile: bool = Field(False, description="torch.compile the model (CUDA: faster steps after a compile warm-up).")
+                               "includes allocator warm-up and any recompilation (compilation itself happens before "
+                               "the first step, see compile).")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="Regional torch.compile of the decoder layers (dynamic=False). auto: on CUDA only. The "
+        "compile time counts against budget_s and is reported; the schedule calibrates after it.")
+    liger_kernels: bool = Field(
+        False, description="Apply liger-kernel's fused RMSNorm, SwiGLU and RoPE (CUDA; needs the 'liger' extra). "
+        "Fused linear cross-entropy is not used: the 502-token head is too small to gain from it.")
     val_fraction: float = Field(0.02, ge=0, lt=0.5, description="Fraction of training documents held out for validation loss.")
     dataset_weights: dict[str, float] | None = Field(
         None, description="Pre-training mix: dataset name (librilight, librispeech, stinystories, ...) -> probability "
@@ -224,6 +239,29 @@ class TrainConfig(_Section):
         if bad:
             raise ValueError(f"every weight must be > 0 (got {bad})")
         return weights
+
+    @model_validator(mode="after")
+    def _batch_is_defined(self) -> "TrainConfig":
+        if self.micro_batch_size == "auto":
+            if self.batch_size is None:
+                raise ValueError("train.micro_batch_size=auto needs train.batch_size (sequences per optimiser step)")
+            if self.batch_size % self.grad_accum:
+                raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.grad_accum="
+                                 f"{self.grad_accum} (the CPU split of micro_batch_size=auto)")
+        elif self.batch_size is not None and self.batch_size != self.micro_batch_size * self.grad_accum:
+            raise ValueError(f"train.batch_size={self.batch_size} != micro_batch_size x grad_accum = "
+                             f"{self.micro_batch_size * self.grad_accum}; set one of them consistently")
+        return self
+
+    @property
+    def sequences_per_step(self) -> int:
+        """The effective batch in sequences (over all GPUs), whatever the micro-batch."""
+        return self.batch_size or int(self.micro_batch_size) * self.grad_accum
+
+    @property
+    def configured_micro_batch(self) -> int:
+        """The micro-batch when nothing is probed (CPU, or a preflight estimate)."""
+        return self.micro_batch_size if isinstance(self.micro_batch_size, int) else self.sequences_per_step // self.grad_accum
 
 
 class DpoConfig(_Section):
@@ -250,6 +288,9 @@ class DpoConfig(_Section):
     max_completion_tokens: int = Field(512, ge=8, description="Chosen/rejected are truncated to this many tokens, so "
                                        "prompt + completion fit the 1024-token context of paper Table 5.")
     checkpoint_every_s: float = Field(600.0, gt=0, description="Save a resumable DPO checkpoint this often (and at the end).")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="Regional torch.compile of the decoder layers after the reference pass (auto: on CUDA "
+        "only); its time counts against budget_s.")
 
 
 class EvalConfig(_Section):
@@ -341,7 +382,7 @@ class SlamConfig(_Section):
 
     @property
     def tokens_per_step(self) -> int:
-        return self.train.micro_batch_size * self.train.grad_accum * self.model.context_len  # global: any n_gpus
+        return self.train.sequences_per_step * self.model.context_len  # global: any n_gpus, any micro-batch
 
     def resolve(self) -> dict[str, Any]:
         """Validate cross-field constraints and return the config plus derived values as plain JSON."""

@@ -33,9 +33,17 @@ def flash_attn_available() -> bool:
 
 
 def pick_attn_implementation(requested: str, device: torch.device) -> str:
-    """flash_attention_2 when importable on CUDA, else sdpa (both honour packed position_ids)."""
+    """auto: the fastest packed kernel that can train on `device` (slam_core.lm.attention); an explicit name is
+    checked against what this machine has."""
+    from slam_core.lm.attention import available_kernels, is_packed
+
+    usable = available_kernels(device)
     if requested == "auto":
-        return "flash_attention_2" if device.type == "cuda" and flash_attn_available() else "sdpa"
+        return usable[0]
+    if is_packed(requested) and requested not in usable:
+        raise RuntimeError(f"model.attn_implementation={requested} cannot train on {device.type} here (usable: "
+                           f"{', '.join(usable)}); packed_fa2 needs flash-attn (pip install 'slam[gpu]'), packed_varlen "
+                           f"and packed_flex need CUDA")
     if requested == "flash_attention_2" and not flash_attn_available():
         raise RuntimeError("attn_implementation=flash_attention_2 but flash-attn is not importable: pip install 'slam[gpu]'")
     return requested

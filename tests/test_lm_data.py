@@ -16,7 +16,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from slam_core.lm.data import (IGNORE_INDEX, BadShardError, DataSource, PackedLoader, PrefetchingLoader,
                                is_validation_doc, sources_from_paths)
-from slam_core.lm.train import packed_loss_sum
+from slam_core.lm.step import packed_loss_sum
 from slam_core.lm.vocab import encode_units
 from slam_core.schemas import UNITS
 
@@ -159,8 +159,8 @@ def test_packed_forward_equals_per_document_forward(tmp_path, attn):
     model = Qwen2ForCausalLM(config).eval()
     with torch.no_grad():
         packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-        loss_sum, n_targets = packed_loss_sum(model, batch)
-        flat_sum, flat_n = packed_loss_sum(model, batch, flatten=True)  # the flash_attention_2 layout [1, B*L]
+        loss_sum, n_targets = packed_loss_sum(model, batch, attn)
+        flat_sum, flat_n = packed_loss_sum(model, batch, "flash_attention_2")  # the flash_attention_2 layout [1, B*L]
         max_diff, doc_loss_sum, doc_tokens = 0.0, 0.0, 0
         for r in range(2):
             pos = batch["position_ids"][r].numpy()

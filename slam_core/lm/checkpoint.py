@@ -100,3 +100,16 @@ def load_trainer_state(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     trainer_state = torch.load(Path(ckpt) / TRAINER_STATE_FILE, weights_only=True, map_location="cpu")
     info = json.loads((Path(ckpt) / STATE_JSON).read_text())
     return trainer_state, info
+
+
+def restore_or_seed(ckpt: Path | None, seed: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Start of every trainer (pre-training and DPO alike): a fresh run seeds torch and returns None; a resumed
+    one restores the checkpoint's RNG states and returns its (trainer_state, state.json contents), whose
+    optimiser/data-position parts the caller loads into its own objects."""
+    if ckpt is None:
+        torch.manual_seed(seed)
+        return None
+    state, info = load_trainer_state(ckpt)
+    set_rng_state(state["rng"])
+    log.info("resuming from %s (step %d, %.1f s of budget used)", ckpt, info["step"], info["elapsed_s"])
+    return state, info

@@ -8,7 +8,9 @@ Layout of a packed row (exactly `context_len` tokens, no padding except at the e
 - `position_ids` restart at 0 at every document start and at every row start (a continued piece is a new
   segment, like a SlamKit chunk; this keeps positions < context_len);
 - `labels` are the input ids with -100 at every segment start, so no token is predicted across documents;
-- no attention_mask: HF builds the block-diagonal causal mask from the restarting position_ids.
+- no attention_mask: each micro-batch also carries `cu_seqlens`, the segment starts over the flattened
+  [B, L] tokens padded to a bucketed length (`slam_core.lm.attention`), computed here (on the prefetch thread
+  when prefetching) so the packed attention kernels need neither a dense mask nor a host sync.
 
 Shuffling is per source and per epoch: the order of row groups, then the order of rows inside each row
 group, is a permutation seeded by (seed, source, epoch[, row group]). Only one row group per source is in
@@ -31,6 +33,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from slam_core.lm.attention import cu_seqlens_from_positions
 from slam_core.lm.vocab import PAD_ID, UNIT_OFFSET, encode_units
 
 log = logging.getLogger(__name__)
@@ -182,7 +185,8 @@ class _SourceReader:
 
 
 class PackedLoader:
-    """Yields micro-batches {"input_ids", "labels", "position_ids"} of shape [micro_batch_size, context_len].
+    """Yields micro-batches {"input_ids", "labels", "position_ids"} of shape [micro_batch_size, context_len]
+    and their "cu_seqlens" (int32 segment boundaries, see the module docstring).
 
     split="train" repeats sources forever (epochs); split="val" makes one pass and pads the last row.
     """
@@ -298,7 +302,8 @@ class PackedLoader:
         if not rows:
             return None
         ids, labels, pos = (torch.from_numpy(np.stack(parts)) for parts in zip(*rows))
-        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+        return {"input_ids": ids, "labels": labels, "position_ids": pos,
+                "cu_seqlens": cu_seqlens_from_positions(pos, self.micro_batch_size)}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while (batch := self.next_batch()) is not None:

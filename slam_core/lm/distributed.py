@@ -141,6 +141,18 @@ def max_across(values: list[float], env: DistEnv, device: torch.device) -> list[
     return _reduce(values, env, device, dist.ReduceOp.MAX)
 
 
+def sum_tensor_across(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum of a device tensor over ranks, left on the device (no host sync)."""
+    if env.enabled:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def min_int_across(value: int, env: DistEnv, device: torch.device) -> int:
+    """The smallest of every rank's `value` (ranks must agree on sizes that shape collectives)."""
+    return -int(max_across([-float(value)], env, device)[0])
+
+
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()

@@ -2,9 +2,11 @@
 
 Tokens follow SlamKit's `tokenize_row`: prompt `[1] + (u + 2)`, chosen/rejected `(u + 2) + [1]`. The prompt
 is cut from the left to `max_prompt_tokens` (keeping BOS and the end, the part next to the continuation);
-completions are cut from the right to `max_completion_tokens`. Sequences are right-padded with PAD and run
-without attention mask (causal attention never looks right, so right padding cannot change earlier logits);
-only completion tokens are scored.
+completions are cut from the right to `max_completion_tokens`. Sequences are right-padded with PAD (to a
+multiple of `PAD_MULTIPLE` on CUDA, so compiled layers see few shapes) and run without attention mask, each
+row one segment for the packed kernels (causal attention never looks right, so right padding cannot change
+earlier logits); only completion tokens are scored. Same speed path as pre-training: packed attention,
+regional compile (dpo.compile), one host sync per step, metrics written off the training thread.
 
 The reference model is the initial policy. Its log-probs of every chosen/rejected completion are computed
 ONCE before training and stored in `run_dir/reference_logps.pt`, so no second model is kept in memory and a
@@ -27,15 +29,19 @@ import torch.nn.functional as F
 from slam_core.atomic import atomic_path
 from slam_core.config import DpoConfig, ModelConfig
 from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
-from slam_core.lm.checkpoint import latest_checkpoint, load_trainer_state, rng_state, save_checkpoint, set_rng_state
+from slam_core.lm import tuning
+from slam_core.lm.attention import cu_seqlens_from_positions, is_packed, packed_kwargs
+from slam_core.lm.checkpoint import latest_checkpoint, restore_or_seed, rng_state, save_checkpoint
+from slam_core.lm.metrics import BackgroundReporter, MetricsLog
 from slam_core.lm.model import load_speech_lm
 from slam_core.lm.schedule import DPO_SCHEDULES
-from slam_core.lm.train import MetricsLog, autocast_for
+from slam_core.lm.step import autocast_for, weight_cast_scope
 from slam_core.lm.vocab import BOS_ID, EOS_ID, PAD_ID, UNIT_OFFSET
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FILE = "reference_logps.pt"
+PAD_MULTIPLE = 256  # CUDA: sequence widths rounded up to this, so compiled layers see at most a few shapes
 METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "reward_margin", "reward_accuracy", "tokens_per_s", "elapsed_s"]
 
 
@@ -77,8 +83,10 @@ def load_preference_pairs(path: Path, cfg: DpoConfig, vocab_size: int | None = N
     return pairs, skipped
 
 
-def collate_pairs(pairs: Sequence[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """2B right-padded sequences (B chosen then B rejected) and a mask of scored target positions."""
+def collate_pairs(pairs: Sequence[tuple[list[int], list[int], list[int]]], pad_multiple: int = 1
+                  ) -> dict[str, torch.Tensor]:
+    """2B right-padded sequences (B chosen then B rejected), a mask of scored target positions, position ids
+    and the segment boundaries of the packed kernels (one segment per row)."""
     seqs, starts = [], []
     for prompt, chosen, _ in pairs:
         seqs.append(prompt + chosen)
@@ -86,19 +94,24 @@ def collate_pairs(pairs: Sequence[tuple[list[int], list[int], list[int]]]) -> di
     for prompt, _, rejected in pairs:
         seqs.append(prompt + rejected)
         starts.append(len(prompt))
-    width = max(len(s) for s in seqs)
+    width = -(-max(len(s) for s in seqs) // pad_multiple) * pad_multiple
     ids = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, (seq, start) in enumerate(zip(seqs, starts)):
         ids[i, :len(seq)] = torch.tensor(seq)
         mask[i, start:len(seq)] = True
-    return {"input_ids": ids, "completion_mask": mask}
+    pos = torch.arange(width).expand(len(seqs), -1).contiguous()
+    return {"input_ids": ids, "completion_mask": mask, "position_ids": pos, "cu_seqlens": cu_seqlens_from_positions(pos)}
 
 
-def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def sequence_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor], attn_implementation: str = "sdpa"
+                   ) -> torch.Tensor:
     """Sum of log p(token | prefix) over the completion tokens of each sequence, shape [2B]."""
     ids = batch["input_ids"]
-    logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+    kwargs = {}
+    if is_packed(attn_implementation):
+        kwargs = {"position_ids": batch["position_ids"], **packed_kwargs(attn_implementation, batch, ids.shape[1])}
+    logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, :-1].float()
     token_logps = torch.gather(F.log_softmax(logits, dim=-1), 2, ids[:, 1:, None]).squeeze(2)
     return (token_logps * batch["completion_mask"][:, 1:]).sum(dim=1)
 
@@ -115,16 +128,17 @@ def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: fl
 
 @torch.no_grad()
 def compute_reference_logps(model: torch.nn.Module, pairs: Sequence, micro_batch_size: int,
-                            device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+                            device: torch.device, dtype: torch.dtype, attn_implementation: str = "sdpa"
+                            ) -> torch.Tensor:
     """[n_pairs, 2] (chosen, rejected) completion log-probs under `model` (the initial policy)."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(pairs), micro_batch_size):
         chunk = pairs[i:i + micro_batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk).items()}
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, _pad_multiple(device)).items()}
         with autocast_for(device, dtype):
-            logps = sequence_logps(model, batch).cpu()
+            logps = sequence_logps(model, batch, attn_implementation).cpu()
         out.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1))
     model.train(was_training)
     return torch.cat(out).to(torch.float32)
@@ -148,15 +162,19 @@ class _PairOrder:
         return out
 
 
+def _pad_multiple(device: torch.device) -> int:
+    return PAD_MULTIPLE if device.type == "cuda" else 1
+
+
 def _load_or_compute_reference(run_dir: Path, model: torch.nn.Module, pairs: Sequence, cfg: DpoConfig,
-                               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+                               device: torch.device, dtype: torch.dtype, attn_implementation: str) -> torch.Tensor:
     path = run_dir / REFERENCE_FILE
     if path.exists():
         ref = torch.load(path, weights_only=True)
         if ref.shape[0] != len(pairs):
             raise ValueError(f"{path} has {ref.shape[0]} pairs but the preference file has {len(pairs)}")
         return ref
-    ref = compute_reference_logps(model, pairs, cfg.micro_batch_size, device, dtype)
+    ref = compute_reference_logps(model, pairs, cfg.micro_batch_size, device, dtype, attn_implementation)
     with atomic_path(path) as tmp:
         torch.save(ref, tmp)
     return ref
@@ -169,7 +187,7 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
     """DPO from `init_checkpoint` (or resume from run_dir's latest checkpoint) within budget_s / max_steps.
 
     Returns {"final_checkpoint", "steps", "pairs_seen", "tokens_seen", "elapsed_s", "final_loss",
-    "reward_margin", "skipped"}.
+    "reward_margin", "skipped", "compile_s", "attn_implementation"}.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -184,20 +202,34 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
     pairs, skipped = load_preference_pairs(Path(preference_path), dpo_cfg, model.config.vocab_size)
     if not pairs:
         raise ValueError(f"{preference_path}: no usable preference pairs ({len(skipped)} skipped)")
-    reference = _load_or_compute_reference(run_dir, model, pairs, dpo_cfg, dev, dtype)
+    reference = _load_or_compute_reference(run_dir, model, pairs, dpo_cfg, dev, dtype, attn)
     model.train()
+    compile_s = 0.0
+    if tuning.compile_enabled(dpo_cfg.compile, dev):  # after the (eager, no-grad) reference pass
+        tuning.compile_decoder_layers(model)
+        width = -(-(dpo_cfg.max_prompt_tokens + dpo_cfg.max_completion_tokens) // PAD_MULTIPLE) * PAD_MULTIPLE
+        compile_s = tuning.warm_up(model, 2 * dpo_cfg.micro_batch_size, width, attn, dev, dtype)
+        log.info("DPO: compiled the decoder layers in %.1f s (counted in the budget)", compile_s)
     optimizer = torch.optim.AdamW(model.parameters(), lr=dpo_cfg.lr, betas=tuple(dpo_cfg.betas), eps=dpo_cfg.eps,
                                   weight_decay=dpo_cfg.weight_decay, fused=dev.type == "cuda" or None,
                                   foreach=None if dev.type == "cuda" else True)
     schedule = DPO_SCHEDULES[dpo_cfg.lr_scheduler]
     order = _PairOrder(len(pairs), seed)
-    step, pairs_seen, tokens_seen, elapsed0 = _restore(ckpt, optimizer, order, seed)
+    step, pairs_seen, tokens_seen, elapsed0 = 0, 0, 0, 0.0
+    restored = restore_or_seed(ckpt, seed)
+    if restored is not None:
+        state, info = restored
+        optimizer.load_state_dict(state["optimizer"])
+        order.epoch, order.pos = int(state["order"][0]), int(state["order"][1])
+        step, pairs_seen, tokens_seen, elapsed0 = info["step"], info["pairs_seen"], info["tokens_seen"], info["elapsed_s"]
     loss, margin = None, None
     metrics = MetricsLog(run_dir / "metrics.csv", step if ckpt is not None else -1, METRIC_FIELDS)
+    reporter = BackgroundReporter()
     t_start = (clock_start if ckpt is None else clock()) - elapsed0
     elapsed, last_ckpt_s, step_time_s, steps_this_call = clock() - t_start, elapsed0, 0.0, 0
 
     def save() -> Path:
+        reporter.flush()
         trainer_state = {"optimizer": optimizer.state_dict(), "rng": rng_state(), "order": [order.epoch, order.pos]}
         info = {"pairs_seen": pairs_seen, "tokens_seen": tokens_seen, "elapsed_s": elapsed, "total_steps":
                 dpo_cfg.max_steps, "loss": loss}
@@ -205,65 +237,62 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
 
     saved_step, elapsed_loop0 = (step if ckpt is not None else -1), elapsed
     max_pairs = math.inf if dpo_cfg.max_epochs is None else dpo_cfg.max_epochs * len(pairs)
-    while ((dpo_cfg.max_steps is None or step < dpo_cfg.max_steps) and pairs_seen < max_pairs
-           and elapsed + step_time_s <= dpo_cfg.budget_s):
-        t0 = clock()
-        lr = schedule(step, dpo_cfg.lr, dpo_cfg.warmup_steps)  # a function of the step only: resumes exactly
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        idx = [order.take(dpo_cfg.micro_batch_size) for _ in range(dpo_cfg.grad_accum)]
-        loss, margin, grad_norm, n_tokens = _dpo_step(model, optimizer, pairs, reference, idx, dpo_cfg, dev, dtype)
-        step, pairs_seen, tokens_seen = step + 1, pairs_seen + sum(map(len, idx)), tokens_seen + n_tokens
-        now = clock()
-        elapsed, steps_this_call = now - t_start, steps_this_call + 1
-        # predict the next step from the larger of the last and the mean step time, to stay inside the budget
-        step_time_s = max(now - t0, (elapsed - elapsed_loop0) / steps_this_call)
-        metrics.append({"step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
-                        "reward_margin": round(float(margin.mean()), 6),
-                        "reward_accuracy": round(float((margin > 0).float().mean()), 4),
-                        "tokens_per_s": round(n_tokens / max(now - t0, 1e-9), 1), "elapsed_s": round(elapsed, 3)})
-        if progress is not None:
-            frac = step / dpo_cfg.max_steps if dpo_cfg.max_steps else elapsed / dpo_cfg.budget_s
-            frac = max(frac, pairs_seen / max_pairs)
-            progress(min(1.0, frac), f"dpo step {step} loss {loss:.4f}")
-        if elapsed - last_ckpt_s >= dpo_cfg.checkpoint_every_s:
-            save()
-            saved_step, last_ckpt_s = step, elapsed
-    final = save() if saved_step != step else latest_checkpoint(run_dir)
+    try:
+        while ((dpo_cfg.max_steps is None or step < dpo_cfg.max_steps) and pairs_seen < max_pairs
+               and elapsed + step_time_s <= dpo_cfg.budget_s):
+            t0 = clock()
+            lr = schedule(step, dpo_cfg.lr, dpo_cfg.warmup_steps)  # a function of the step only: resumes exactly
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            idx = [order.take(dpo_cfg.micro_batch_size) for _ in range(dpo_cfg.grad_accum)]
+            loss, margin, grad_norm, n_tokens = _dpo_step(model, optimizer, pairs, reference, idx, dpo_cfg, dev, dtype,
+                                                          attn)
+            step, pairs_seen, tokens_seen = step + 1, pairs_seen + sum(map(len, idx)), tokens_seen + n_tokens
+            now = clock()
+            elapsed, steps_this_call = now - t_start, steps_this_call + 1
+            # predict the next step from the larger of the last and the mean step time, to stay inside the budget
+            step_time_s = max(now - t0, (elapsed - elapsed_loop0) / steps_this_call)
+            reporter.submit(metrics.append, {
+                "step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+                "reward_margin": round(float(margin.mean()), 6),
+                "reward_accuracy": round(float((margin > 0).float().mean()), 4),
+                "tokens_per_s": round(n_tokens / max(now - t0, 1e-9), 1), "elapsed_s": round(elapsed, 3)})
+            if progress is not None:
+                frac = step / dpo_cfg.max_steps if dpo_cfg.max_steps else elapsed / dpo_cfg.budget_s
+                frac = max(frac, pairs_seen / max_pairs)
+                reporter.submit(progress, min(1.0, frac), f"dpo step {step} loss {loss:.4f}")
+            if elapsed - last_ckpt_s >= dpo_cfg.checkpoint_every_s:
+                save()
+                saved_step, last_ckpt_s = step, elapsed
+        final = save() if saved_step != step else latest_checkpoint(run_dir)
+    finally:
+        reporter.close()
     return {"final_checkpoint": str(final), "steps": step, "pairs_seen": pairs_seen, "tokens_seen": tokens_seen,
             "elapsed_s": elapsed, "final_loss": loss,
-            "reward_margin": float(margin.mean()) if margin is not None else None, "skipped": skipped}
-
-
-def _restore(ckpt: Path | None, optimizer: torch.optim.Optimizer, order: _PairOrder, seed: int
-             ) -> tuple[int, int, int, float]:
-    """Load optimiser/RNG/data-order state (or seed a fresh run); returns (step, pairs, tokens, elapsed_s)."""
-    if ckpt is None:
-        torch.manual_seed(seed)
-        return 0, 0, 0, 0.0
-    state, info = load_trainer_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    order.epoch, order.pos = int(state["order"][0]), int(state["order"][1])
-    return info["step"], info["pairs_seen"], info["tokens_seen"], info["elapsed_s"]
+            "reward_margin": float(margin.mean()) if margin is not None else None, "skipped": skipped,
+            "compile_s": compile_s, "attn_implementation": attn}
 
 
 def _dpo_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pairs: Sequence, reference: torch.Tensor,
-              micro_batches: list[list[int]], cfg: DpoConfig, device: torch.device, dtype: torch.dtype
-              ) -> tuple[float, torch.Tensor, float, int]:
-    """One optimiser step: mean pair loss over all micro-batches; returns (loss, margins, grad norm, tokens)."""
+              micro_batches: list[list[int]], cfg: DpoConfig, device: torch.device, dtype: torch.dtype,
+              attn_implementation: str = "sdpa") -> tuple[float, torch.Tensor, float, int]:
+    """One optimiser step: mean pair loss over all micro-batches; returns (loss, margins, grad norm, tokens).
+    Tokens are the sequences' own tokens (padding not counted); one host sync, at the end."""
     n_pairs = sum(len(mb) for mb in micro_batches)
     total, margins, n_tokens = torch.zeros((), device=device), [], 0
-    for mb in micro_batches:
-        batch = {k: v.to(device) for k, v in collate_pairs([pairs[i] for i in mb]).items()}
-        ref = torch.cat([reference[mb, 0], reference[mb, 1]]).to(device)
-        with autocast_for(device, dtype):
-            losses, margin = dpo_loss(sequence_logps(model, batch), ref, cfg.beta)
-        (losses.sum() / n_pairs).backward()
-        total += losses.detach().sum()  # no host sync per micro-batch
-        margins.append(margin)
-        n_tokens += int(batch["input_ids"].numel())
+    with weight_cast_scope(device, dtype):
+        for mb in micro_batches:
+            chosen = [pairs[i] for i in mb]
+            n_tokens += sum(2 * len(p) + len(c) + len(r) for p, c, r in chosen)
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate_pairs(chosen, _pad_multiple(device)).items()}
+            ref = torch.cat([reference[mb, 0], reference[mb, 1]]).to(device, non_blocking=True)
+            with autocast_for(device, dtype):
+                losses, margin = dpo_loss(sequence_logps(model, batch, attn_implementation), ref, cfg.beta)
+            (losses.sum() / n_pairs).backward()
+            total += losses.detach().sum()
+            margins.append(margin)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(total) / n_pairs, torch.cat(margins).cpu(), float(grad_norm), n_tokens
+    values = torch.cat([total.reshape(1), grad_norm.reshape(1).to(total.dtype), *margins]).cpu()  # the one sync
+    return float(values[0]) / n_pairs, values[2:], float(values[1]), n_tokens

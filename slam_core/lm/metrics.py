@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +113,48 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class BackgroundReporter:
+    """Runs metric-log appends and progress callbacks in order on one thread, off the training thread (a
+    TensorBoard flush or a Prefect API call can take longer than a GPU step). `flush()` waits until
+    everything submitted is done (before a checkpoint, so a resumed run never misses a logged step); an
+    error in a job is re-raised by the next submit/flush/close."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="train-reporter", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    job()
+            except BaseException as err:  # noqa: BLE001 — handed to the training thread
+                self._error = err
+            finally:
+                self._jobs.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._raise()
+        self._jobs.put(lambda: fn(*args))
+
+    def flush(self) -> None:
+        self._jobs.join()
+        self._raise()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+        self._raise()

@@ -206,6 +206,10 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def load_speech_lm(path: Path, attn_implementation: str = "sdpa") -> PreTrainedModel:
     """Load a saved speech LM (fp32 master weights) for training or scoring."""
+    from slam_core.lm.attention import is_packed, register_packed_attention
+
+    if is_packed(attn_implementation):
+        register_packed_attention()
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
     model.config.use_cache = False
     return model
