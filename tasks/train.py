@@ -51,13 +51,15 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
 
     def produce() -> dict[str, Any]:
         progress = progress_reporter("pre-training")
+        cache_dir = Path(data_root) / "cache"  # probed micro-batch sizes, per GPU model
         args = (Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg, Path(run_dir), seed)
         held_out = {k: [Path(p) for p in v] for k, v in (val_shards or {}).items()}
         if world_size > 1:
             summary.update(launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
-                                                  progress=progress, val_shards=held_out))
+                                                  progress=progress, val_shards=held_out, cache_dir=cache_dir))
         else:
-            summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out))
+            summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out,
+                                          cache_dir=cache_dir))
         return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 
     rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="train",

@@ -45,18 +45,24 @@ def launch_pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelCon
                     run_dir: Path, seed: int, device: str, nproc: int, fsdp: bool = False,
                     progress: Callable[[float, str], None] | None = None,
                     stop_after_steps: int | None = None, env: dict[str, str] | None = None,
-                    val_shards: dict[str, list[Path]] | None = None) -> dict[str, Any]:
+                    val_shards: dict[str, list[Path]] | None = None,
+                    cache_dir: Path | None = None) -> dict[str, Any]:
     """Run `train.pretrain` in `nproc` torchrun processes and return rank 0's summary (+ "rank_param_checksums")."""
     from slam_core.lm.distributed import per_rank_grad_accum
 
-    per_rank_grad_accum(train_cfg.grad_accum, nproc)  # fail here, before starting processes
+    if isinstance(train_cfg.micro_batch_size, int):
+        per_rank_grad_accum(train_cfg.grad_accum, nproc)  # fail here, before starting processes
+    elif train_cfg.sequences_per_step % nproc:
+        raise ValueError(f"train.batch_size={train_cfg.sequences_per_step} is not divisible by the {nproc} "
+                         f"training processes")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"init_dir": str(init_dir), "shard_paths": [str(p) for p in shard_paths],
             "model_cfg": model_cfg.model_dump(mode="json"), "train_cfg": train_cfg.model_dump(mode="json"),
             "run_dir": str(run_dir), "seed": seed, "device": device, "fsdp": fsdp,
             "stop_after_steps": stop_after_steps,
-            "val_shards": {k: [str(p) for p in v] for k, v in (val_shards or {}).items()}}
+            "val_shards": {k: [str(p) for p in v] for k, v in (val_shards or {}).items()},
+            "cache_dir": str(cache_dir) if cache_dir is not None else None}
     result_path = run_dir / RESULT_FILE
     result_path.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="slam-launch-") as tmp:
@@ -114,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                                  TrainConfig.model_validate(spec["train_cfg"]), Path(spec["run_dir"]), spec["seed"],
                                  device=spec["device"], progress=_print_progress,
                                  stop_after_steps=spec["stop_after_steps"], dist_env=env,
-                                 val_shards={k: [Path(p) for p in v] for k, v in spec.get("val_shards", {}).items()})
+                                 val_shards={k: [Path(p) for p in v] for k, v in spec.get("val_shards", {}).items()},
+                                 cache_dir=Path(spec["cache_dir"]) if spec.get("cache_dir") else None)
         checksums = [None] * env.world_size
         if env.enabled:
             dist.all_gather_object(checksums, summary["param_checksum"])
