@@ -191,13 +191,8 @@ class TrainConfig(_Section):
     warmup_min_steps: int = Field(0, ge=0, description="Warm-up lasts at least this many steps: SlamKit warms up "
                                   "max(100 steps, 1 %) (config/training_args/default.yaml, cli/train.py); the paper "
                                   "presets set 100, which 1 % of 17,625 steps (176) exceeds anyway.")
-    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        8, description="Sequences per forward pass. auto (needs batch_size): on CUDA the largest that fits, "
-        "probed at start and cached per GPU model under the data root, with the micro-batches per step derived so "
-        "the effective batch stays batch_size; on CPU batch_size / grad_accum.")
-    batch_size: int | None = Field(
-        None, ge=1, description="Sequences per optimiser step over all GPUs (the recipe's batch, 128 for Slam). "
-        "None: micro_batch_size x grad_accum. Required when micro_batch_size is auto.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward pass in the recipe (paper Table 4: per "
+                                  "device batch size); with grad_accum it defines the effective batch.")
     grad_accum: int = Field(16, ge=1, description="Micro-batches per optimiser step, summed over all GPUs (each of W "
                                                   "GPUs runs grad_accum / W; must divide evenly), so the effective "
                                                   "batch micro_batch_size x grad_accum x context_len is the same on "
@@ -218,6 +213,11 @@ class TrainConfig(_Section):
     compile: bool | Literal["auto"] = Field(
         "auto", description="Regional torch.compile of the decoder layers (dynamic=False). auto: on CUDA only. The "
         "compile time counts against budget_s and is reported; the schedule calibrates after it.")
+    run_micro_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Sequences per forward pass actually run, a speed setting: the micro-batches per step "
+        "are re-split so that the effective batch (micro_batch_size x grad_accum sequences) stays exactly the "
+        "recipe's. auto: on CUDA the largest that fits, probed at start and cached per GPU model under the data "
+        "root; on CPU micro_batch_size.")
     liger_kernels: bool = Field(
         False, description="Apply liger-kernel's fused RMSNorm, SwiGLU and RoPE (CUDA; needs the 'liger' extra). "
         "Fused linear cross-entropy is not used: the 502-token head is too small to gain from it.")
@@ -240,28 +240,10 @@ class TrainConfig(_Section):
             raise ValueError(f"every weight must be > 0 (got {bad})")
         return weights
 
-    @model_validator(mode="after")
-    def _batch_is_defined(self) -> "TrainConfig":
-        if self.micro_batch_size == "auto":
-            if self.batch_size is None:
-                raise ValueError("train.micro_batch_size=auto needs train.batch_size (sequences per optimiser step)")
-            if self.batch_size % self.grad_accum:
-                raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of train.grad_accum="
-                                 f"{self.grad_accum} (the CPU split of micro_batch_size=auto)")
-        elif self.batch_size is not None and self.batch_size != self.micro_batch_size * self.grad_accum:
-            raise ValueError(f"train.batch_size={self.batch_size} != micro_batch_size x grad_accum = "
-                             f"{self.micro_batch_size * self.grad_accum}; set one of them consistently")
-        return self
-
     @property
     def sequences_per_step(self) -> int:
-        """The effective batch in sequences (over all GPUs), whatever the micro-batch."""
-        return self.batch_size or int(self.micro_batch_size) * self.grad_accum
-
-    @property
-    def configured_micro_batch(self) -> int:
-        """The micro-batch when nothing is probed (CPU, or a preflight estimate)."""
-        return self.micro_batch_size if isinstance(self.micro_batch_size, int) else self.sequences_per_step // self.grad_accum
+        """The effective batch in sequences, over all GPUs (whatever micro-batch actually runs)."""
+        return self.micro_batch_size * self.grad_accum
 
 
 class DpoConfig(_Section):
@@ -382,7 +364,7 @@ class SlamConfig(_Section):
 
     @property
     def tokens_per_step(self) -> int:
-        return self.train.sequences_per_step * self.model.context_len  # global: any n_gpus, any micro-batch
+        return self.train.sequences_per_step * self.model.context_len  # global: any n_gpus, any run_micro_batch
 
     def resolve(self) -> dict[str, Any]:
         """Validate cross-field constraints and return the config plus derived values as plain JSON."""

@@ -131,8 +131,8 @@ def estimate(cfg: SlamConfig) -> dict[str, dict[str, float]]:
     hidden = cfg.model.tiny_hidden_size if cfg.model.base == "tiny-qwen2" else 896
     layers = cfg.model.tiny_layers if cfg.model.base == "tiny-qwen2" else 24
     # activations of one micro-batch, kept for backward: ~34 values per token, hidden unit and layer (bf16/fp32)
-    act_bytes = cfg.train.configured_micro_batch * cfg.model.context_len * hidden * layers * 34 * 2
-    logits_bytes = cfg.train.configured_micro_batch * cfg.model.context_len * (cfg.units.n_units + 2) * 4 * 2
+    act_bytes = cfg.train.micro_batch_size * cfg.model.context_len * hidden * layers * 34 * 2
+    logits_bytes = cfg.train.micro_batch_size * cfg.model.context_len * (cfg.units.n_units + 2) * 4 * 2
     train_bytes = params * TRAIN_BYTES_PER_PARAM + act_bytes + logits_bytes
     memory = {
         "process baseline": BASE_RAM_BYTES,

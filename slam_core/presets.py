@@ -57,10 +57,9 @@ def slam() -> SlamConfig:
         units=UnitsConfig(encoder="slprl/mhubert-base-25hz", layer=11, n_units=500, batch_size=32, shard_segments=4096),
         model=ModelConfig(base="Qwen/Qwen2.5-0.5B", twist_init=True, rope_theta=10_000.0, context_len=1024,
                           dtype="bfloat16"),
-        # 128 x 1024 tokens per step (Table 4: 8 x 16 on the A5000); the micro-batch is sized to the GPU
         train=TrainConfig(budget_s=23.5 * 3600, lr=1e-3, min_lr=5e-5, warmup_frac=0.01, warmup_min_steps=100,
-                          micro_batch_size="auto", batch_size=128, grad_accum=16, grad_clip=0.5,
-                          checkpoint_every_s=1800.0, val_fraction=0.0),
+                          micro_batch_size=8, grad_accum=16, grad_clip=0.5, checkpoint_every_s=1800.0,
+                          val_fraction=0.0),
         dpo=DpoConfig(budget_s=1800.0, beta=0.1, lr=5e-5, micro_batch_size=4, grad_accum=16, grad_clip=0.5),
         eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1),
         parallel=ParallelConfig(n_gpus=1),
@@ -75,7 +74,6 @@ def slam_scaled() -> SlamConfig:
     cfg.train.budget_s = 47.5 * 3600
     # global: each of the 2 GPUs runs Table 4's 16 micro-batches of 8, 256 x 1024 tokens per step (2x Slam)
     cfg.train.grad_accum = 32
-    cfg.train.batch_size = 256
     cfg.dpo.max_epochs = 2.0  # "DPO training on synthetic data for 2 epochs" (9M tokens = 2 x 4.5M, Table 3 / 8)
     cfg.dpo.budget_s = 2 * 3600.0  # a cap only: 2 epochs of 47k pairs are ~1.5k steps
     return cfg
@@ -87,8 +85,8 @@ def slam_large() -> SlamConfig:
     cfg.run.name = "slam_large"
     cfg.model.base = "Qwen/Qwen2.5-1.5B"
     cfg.parallel.fsdp = True
-    cfg.train.micro_batch_size = 8  # "all training details are identical" to Slam (scaled) (paper §6); fixed
-    cfg.train.grad_accum = 32       # under FSDP (the probe measures one unsharded GPU)
+    cfg.train.micro_batch_size = 8  # "all training details are identical" to Slam (scaled) (paper §6)
+    cfg.train.grad_accum = 32
     return cfg
 
 

@@ -50,11 +50,7 @@ def launch_pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelCon
     """Run `train.pretrain` in `nproc` torchrun processes and return rank 0's summary (+ "rank_param_checksums")."""
     from slam_core.lm.distributed import per_rank_grad_accum
 
-    if isinstance(train_cfg.micro_batch_size, int):
-        per_rank_grad_accum(train_cfg.grad_accum, nproc)  # fail here, before starting processes
-    elif train_cfg.sequences_per_step % nproc:
-        raise ValueError(f"train.batch_size={train_cfg.sequences_per_step} is not divisible by the {nproc} "
-                         f"training processes")
+    per_rank_grad_accum(train_cfg.grad_accum, nproc)  # fail here, before starting processes
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = {"init_dir": str(init_dir), "shard_paths": [str(p) for p in shard_paths],

@@ -22,7 +22,7 @@ import torch
 from slam_core.atomic import write_text_atomic
 from slam_core.config import TrainConfig
 from slam_core.lm.attention import cu_seqlens_from_positions
-from slam_core.lm.distributed import DistEnv, min_int_across, per_rank_grad_accum
+from slam_core.lm.distributed import DistEnv, min_int_across
 from slam_core.lm.step import autocast_for, packed_loss_sum, weight_cast_scope
 
 log = logging.getLogger(__name__)
@@ -99,12 +99,11 @@ def warm_up(model: torch.nn.Module, micro_batch: int, context_len: int, attn_imp
 
 def batch_split(train_cfg: TrainConfig, micro_batch: int, world_size: int) -> int:
     """Micro-batches per rank per step for `micro_batch`, keeping train_cfg.sequences_per_step exactly."""
-    if isinstance(train_cfg.micro_batch_size, int):
-        return per_rank_grad_accum(train_cfg.grad_accum, world_size)
     per_rank, rest = divmod(train_cfg.sequences_per_step, world_size * micro_batch)
     if rest or per_rank < 1:
-        raise ValueError(f"train.batch_size={train_cfg.sequences_per_step} is not a multiple of micro-batch "
-                         f"{micro_batch} x {world_size} training processes")
+        raise ValueError(f"train.run_micro_batch={micro_batch} does not split the effective batch of "
+                         f"{train_cfg.sequences_per_step} sequences (micro_batch_size x grad_accum) over "
+                         f"{world_size} training process(es) evenly; choose a divisor or auto")
     return per_rank
 
 
@@ -129,10 +128,13 @@ def _probe_peak_bytes(model: torch.nn.Module, rows: int, context_len: int, attn_
 
 def probe_micro_batch(model: torch.nn.Module, train_cfg: TrainConfig, context_len: int, attn_implementation: str,
                       device: torch.device, dtype: torch.dtype, env: DistEnv, cache_dir: Path | None) -> int:
-    """The micro-batch for this run: the configured one, or (auto, CUDA) the largest divisor of the per-rank
-    sequences per step whose probed step fits MEMORY_FRACTION of the GPU next to the AdamW moments."""
-    if train_cfg.micro_batch_size != "auto" or device.type != "cuda":
-        return train_cfg.configured_micro_batch
+    """The micro-batch to run: train.run_micro_batch, or for auto on CUDA the largest divisor of the per-rank
+    sequences per step whose probed step fits MEMORY_FRACTION of the GPU next to the AdamW moments (on CPU,
+    auto is the recipe's micro_batch_size)."""
+    if isinstance(train_cfg.run_micro_batch, int):
+        return train_cfg.run_micro_batch
+    if device.type != "cuda":
+        return train_cfg.micro_batch_size
     per_rank = train_cfg.sequences_per_step // env.world_size
     key = _cache_key(model, device, dtype, context_len, attn_implementation, per_rank)
     cache_path = Path(cache_dir) / MICRO_BATCH_CACHE if cache_dir is not None else None
@@ -140,8 +142,7 @@ def probe_micro_batch(model: torch.nn.Module, train_cfg: TrainConfig, context_le
     if key in cache:
         chosen = int(cache[key])
     else:
-        chosen = _probe(model, per_rank, train_cfg.configured_micro_batch, context_len, attn_implementation, device,
-                        dtype)
+        chosen = _probe(model, per_rank, train_cfg.micro_batch_size, context_len, attn_implementation, device, dtype)
         if cache_path is not None and env.is_main:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache_path, json.dumps({**cache, key: chosen}, indent=2, sort_keys=True) + "\n")
