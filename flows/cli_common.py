@@ -18,7 +18,7 @@ USER_ERROR_EXIT = 2
 
 
 def quiet_offline_env() -> None:
-    """Telemetry off and a patient ephemeral server; must run before Prefect is imported."""
+    """Telemetry off and a patient ephemeral server; must run before Prefect is imported (docs/offline-standins.md)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

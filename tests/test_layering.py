@@ -38,9 +38,7 @@ ISSUE_18_CIRCLES = {
 # Circles still present when this test was last updated, with who removes them. Empty when the house has
 # none; `test_no_import_cycles` fails on any circle not listed here, and a listed one that is gone shows as
 # XPASS (then delete its entry).
-KNOWN_CIRCLES: dict[str, str] = {
-    "cli-subcommands": "issue #18: the sub-commands' shared helpers move to flows/cli_common.py",
-}
+KNOWN_CIRCLES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
