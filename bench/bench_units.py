@@ -6,6 +6,7 @@ shape in fp16 on 30 minutes of VAD-like segments (1-20 s).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -78,4 +79,93 @@ def run(quick: bool = True) -> dict:
                   f"ratio {r['exact_ratio']:.2f}, equal to single: {exact_equal}); padded {r['padded_x_realtime']:,.0f}x "
                   f"(ratio {r['padded_ratio']:.2f}, frame agreement {agreement:.5f}); one-at-a-time "
                   f"{r['baseline_one_at_a_time_x_realtime']:,.0f}x")
+    results["dtype_agreement"] = dtype_agreement(quick)
     return results
+
+
+# ---- HuBERT dtype: do bf16/fp16 units agree with fp32 ones? ---------------------------------------------------
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AGREEMENT_TARGET = 0.999  # a reduced-precision dtype becomes the default only if >= 99.9 % of frames keep their unit
+SYNTH_SENTENCES = ["The little fox ran across the field to find her friends.",
+                   "Once upon a time there was a girl who loved to read books about the sea.",
+                   "He opened the door slowly and looked at the garden in the rain.",
+                   "They counted seven boats, three red ones and four white ones, before lunch."]
+
+
+def _real_speech_dir() -> Path | None:
+    for cand in (os.environ.get("SLAM_REAL_SPEECH_DIR"), Path(__file__).resolve().parents[2] / "shared/data/real-speech",
+                 "/work/shared/data/real-speech"):
+        if cand and Path(cand).is_dir():
+            return Path(cand)
+    return None
+
+
+def _speech_sets(quick: bool) -> dict[str, list[np.ndarray]]:
+    """Recorded speech (the shared real-speech files) and espeak-ng synthetic speech, 16 kHz mono."""
+    from slam_core.audio.io import list_audio_files, read_audio, to_mono_16k
+    from slam_core.config import SynthConfig
+    from slam_core.synth.backends import get_backend
+
+    sets = {}
+    real = _real_speech_dir()
+    if real is not None:
+        sets["real_speech"] = [read_audio(p) for p in list_audio_files(real)]
+    tts = get_backend(SynthConfig(backend="espeak"))
+    voices = ["en-us", "en-gb", "en-us+f3", "en-us+m3"]
+    n = 8 if quick else 40
+    sets["synthetic_speech"] = [to_mono_16k(tts.synthesize(SYNTH_SENTENCES[i % len(SYNTH_SENTENCES)],
+                                                           voices[i % len(voices)]), tts.sample_rate_hz)
+                                for i in range(n)]
+    return sets
+
+
+def dtype_agreement(quick: bool = True, device: str | None = None) -> dict:
+    """fp32 vs bf16 vs fp16 HuBERT on a GPU: the share of 25 Hz frames whose unit equals the fp32 unit, per speech
+    set, and each dtype's speed; `recommended_default` is the fastest dtype at >= AGREEMENT_TARGET on every set.
+
+    Encoder: the real mHuBERT-25Hz when SLAM_MHUBERT_DIR names a local copy, else the HuBERT-base 25 Hz shape with
+    random weights (a proxy: the agreement of real features may differ). Centroids: SLAM_KMEANS_PATH (the
+    published km500, converted), else 500 centroids fitted with faiss on the fp32 frames of the same audio, so the
+    argmin sees a realistic cluster geometry rather than random points. Skipped without CUDA (`device="cpu"`
+    runs it anyway, to check the code path).
+    """
+    if device is None and not torch.cuda.is_available():
+        return {"skipped": "no CUDA device: bf16/fp16 only differ from fp32 on a GPU (CPU always runs fp32)"}
+    import copy
+
+    from slam_core.units.quantizer import fit_kmeans, load_centroids
+
+    device = torch.device(device or "cuda")
+    if os.environ.get("SLAM_MHUBERT_DIR"):
+        base, encoder_name = load_encoder(os.environ["SLAM_MHUBERT_DIR"], "cpu", torch.float32), "mhubert-base-25hz"
+    else:
+        base, encoder_name = _real_shape_encoder(), "hubert-base 25 Hz shape, random weights (proxy)"
+    sets = _speech_sets(quick)
+    fp32 = UnitExtractor(copy.deepcopy(base), None, 11, device, torch.float32, batch_size=16)
+    if os.environ.get("SLAM_KMEANS_PATH"):
+        centroids, centroid_source = load_centroids(Path(os.environ["SLAM_KMEANS_PATH"])), "SLAM_KMEANS_PATH"
+    else:
+        feats = np.concatenate([f for waves in sets.values() for f in fp32.features(waves)])
+        centroids = fit_kmeans(feats, 500, 20, seed=0)
+        centroid_source = f"faiss k-means 500 on {len(feats)} fp32 frames of the same audio"
+    out = {"target": AGREEMENT_TARGET, "encoder": encoder_name, "centroids": centroid_source, "layer": 11,
+           "sets": {name: {"files": len(w), "audio_s": round(sum(len(x) for x in w) / 16000, 2)}
+                    for name, w in sets.items()},
+           "dtypes": {}}
+    reference: dict[str, np.ndarray] = {}
+    for name, dtype in DTYPES.items():
+        extractor = UnitExtractor(copy.deepcopy(base), centroids, 11, device, dtype, batch_size=16)
+        row = {"agreement": {}, "x_realtime": {}}
+        for set_name, waves in sets.items():
+            frames = np.concatenate(extractor.frames(waves))
+            reference.setdefault(set_name, frames)  # float32 runs first
+            row["agreement"][set_name] = float((frames == reference[set_name]).mean())
+            seconds = best_of(lambda: extractor.units(waves), repeats=2)
+            row["x_realtime"][set_name] = out["sets"][set_name]["audio_s"] / seconds
+        out["dtypes"][name] = row
+        print(f"units dtype {name}: agreement with fp32 {row['agreement']}, x real time "
+              f"{ {k: round(v) for k, v in row['x_realtime'].items()} }")
+    agreeing = [d for d, r in out["dtypes"].items() if min(r["agreement"].values()) >= AGREEMENT_TARGET]
+    out["recommended_default"] = max(agreeing, key=lambda d: sum(out["dtypes"][d]["x_realtime"].values()))
+    return out

@@ -25,6 +25,7 @@ from flows.cli_common import (
     non_negative_int, parse_overrides, positive_int, quiet_offline_env, report_rejected, run_reporting_errors,
     split_debug_flag,
 )
+from slam_core import published_kmeans
 
 FLOWS = ("reproduce", "prepare-data", "train-lm", "evaluate")
 
@@ -77,6 +78,7 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
     from slam_core.audio.io import BadAudioError, list_audio_files
     from slam_core.corpora.local import probe_duration_s, write_segments
     from slam_core.units import extract
+    from slam_core.units.quantizer import verify_centroids_source
 
     from slam_core.input_checks import check_centroids_file
 
@@ -89,7 +91,9 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output is an existing file — --out {out} — pass a directory (new or of unit shards)")
-    centroids = Path(args.centroids or cfg.units.kmeans_path or out / "centroids.npy")
+    centroids = Path(args.centroids or cfg.kmeans_file or out / "centroids.npy")
+    if not args.centroids and cfg.units.kmeans_path and cfg.units.kmeans_source_sha256:
+        verify_centroids_source(centroids, cfg.units.kmeans_source_sha256)  # the preset's published quantiser
     if args.centroids or cfg.units.kmeans_path or centroids.exists():
         check_centroids_file(centroids, cfg.units.n_units, "--centroids" if args.centroids else "units.kmeans_path")
     if not centroids.exists():  # fit on the input itself: whole files as segments, seeded frame sample
@@ -118,7 +122,9 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
 def cmd_units_convert_kmeans(args: argparse.Namespace) -> int:
     from slam_core.units.quantizer import convert_kmeans_pickle, load_centroids
 
-    out = convert_kmeans_pickle(Path(args.pickle), Path(args.out), allow_unpickle=args.allow_unpickle)
+    expected = None if args.sha256.lower() == "none" else args.sha256
+    out = convert_kmeans_pickle(Path(args.pickle), Path(args.out), allow_unpickle=args.allow_unpickle,
+                                expected_sha256=expected)
     print(f"{out}: {load_centroids(out).shape[0]} centroids of dim {load_centroids(out).shape[1]} "
           f"(use --set units.kmeans_path={out})")
     return 0
@@ -207,7 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv = units_sub.add_parser("convert-kmeans",
                                 help="convert a (trusted) joblib/sklearn k-means pickle once into plain centroids")
     conv.add_argument("--pickle", required=True, help="the k-means pickle, e.g. the published textlesslib "
-                      "mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin (its sha256 is checked)")
+                      "mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin (its full sha256 is checked)")
+    conv.add_argument("--sha256", default=published_kmeans.SHA256,
+                      help="full sha256 the pickle must have (default: the published mHuBERT-25Hz km500 file's); "
+                           "'none' converts any k-means file (its units will not match the published models)")
     conv.add_argument("--out", required=True, help="output centroids (.npy or .safetensors)")
     conv.add_argument("--allow-unpickle", action="store_true",
                       help="required: unpickling runs code from the file, so only do it for a file you trust")

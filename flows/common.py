@@ -38,10 +38,15 @@ def save_resolved(cfg: SlamConfig, name: str) -> Path:
     return out
 
 
-def check_resources(cfg: SlamConfig) -> None:
-    """Preflight: refuse early (PreflightError naming the resource, need, availability and override) when
-    disk, memory or GPUs cannot hold the run; print what was estimated."""
+def check_resources(cfg: SlamConfig, inputs: tuple[str, ...] = ("units", "eval")) -> None:
+    """Preflight: refuse early when inputs of the `inputs` stages are missing (the quantiser; evaluation inputs
+    unless eval.allow_skip), or disk, memory or GPUs cannot hold the run (PreflightError naming the resource, need,
+    availability and override); print what was estimated."""
+    from slam_core.inputs import check_inputs
     from slam_core.preflight import preflight
+
+    for missing in check_inputs(cfg, inputs):
+        print(f"will skip: {missing.line()}")
 
     for need in preflight(cfg):
         unit = 1 if need.resource == "gpu" else 1024 ** 3

@@ -29,6 +29,7 @@ from slam_core.device import set_cpu_threads
 from slam_core.corpora.published_layout import PUBLISHED_METRICS, published_sets, set_file_name
 from slam_core.eval.published import sources_digest
 from slam_core.fingerprint import code_version
+from slam_core.inputs import check_inputs
 from slam_core.paths import stage_dir
 from tasks import evaluate as ev
 from tasks.common import catalog_at
@@ -44,6 +45,7 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
              metrics_csv: str | None = None) -> dict[str, Any]:
     """Evaluate the given checkpoints (or every unevaluated one of the run) and write the report."""
     cfg = load_config(preset, overrides, data_root)
+    check_inputs(cfg, ("eval",))  # missing evaluation inputs stop here, unless eval.allow_skip
     save_resolved(cfg, "evaluate")
     root, dev, run, metrics = str(cfg.data_root), device_name(cfg), cfg.run.name, list(cfg.eval.metrics)
     unknown = sorted(set(metrics) - set(KNOWN_METRICS))
@@ -191,8 +193,8 @@ def _centroids(cfg: SlamConfig, prepared: dict[str, Any], root: str) -> str:
     fitted = [a for a in catalog_at(root).artifacts(stage="units") if a["dataset"] == "kmeans" and Path(a["path"]).is_file()]
     if fitted:
         return str(max(fitted, key=lambda a: a["created_at"])["path"])
-    if cfg.units.kmeans_path:
-        return str(cfg.units.kmeans_path)
+    if cfg.kmeans_file:
+        return str(cfg.kmeans_file)
     raise FileNotFoundError(f"no k-means centroids under {root}: run prepare-data first or set units.kmeans_path")
 
 

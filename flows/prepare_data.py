@@ -104,7 +104,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         return on_runner(preset, overrides, data_root)  # parallel.task_runner=dask: shards go to the cluster
     story_files = stinystories_shards(cfg) if cfg.corpus.stinystories_dir else None  # missing input: fail first
     preference_files = spokenswag_shards(cfg) if cfg.corpus.spokenswag_dir else None
-    check_resources(cfg)
+    check_resources(cfg, inputs=("units",))
     save_resolved(cfg, "prepare-data")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
     if dev == "cpu":

@@ -147,8 +147,18 @@ class UnitsConfig(_Section):
     layer: int = Field(11, ge=0, description="hidden_states index whose output is quantised (11 = output of layer 11).")
     n_units: int = Field(500, ge=2, description="K-means clusters = speech vocabulary size.")
     kmeans_path: str | None = Field(
-        None, description="Centroids (.npy/.safetensors). None: fit k-means with faiss on a seeded frame sample."
-    )
+        None, description="Centroids (.npy/.safetensors; relative to the data root unless absolute), e.g. the "
+        "published mHuBERT-25Hz km500 converted once with `slam units convert-kmeans`. Leave empty only with "
+        "units.fit_kmeans=true.")
+    kmeans_source_sha256: str | None = Field(
+        None, description="Full sha256 of the k-means pickle the centroids must have been converted from (checked "
+        "against the record `slam units convert-kmeans` writes beside them, with the centroids' own digest) before "
+        "any work. Paper presets: the published file's. None: not checked.")
+    fit_kmeans: bool = Field(
+        False, description="Fit a new k-means with faiss on a seeded frame sample of this run's speech instead of "
+        "using units.kmeans_path. An explicit opt-in: the unit ids then differ from the published quantiser's, so "
+        "the published vocoder, released Slam models and GenPPL do not apply; the recorded config, `slam plan` and "
+        "the report say so.")
     kmeans_sample_frames: int = Field(200_000, ge=100, description="Frames sampled to fit k-means.")
     kmeans_iters: int = Field(20, ge=1, description="faiss k-means iterations.")
     batch_size: int = Field(16, ge=1, description="Segments per encoder batch.")
@@ -276,6 +286,10 @@ class DpoConfig(_Section):
 
 
 class EvalConfig(_Section):
+    allow_skip: bool = Field(
+        False, description="Run even when evaluation inputs are missing (reference sets, vocoder, ASR model, GenPPL "
+        "text LM, judge); those metrics are recorded as skipped and the report lists them. False: stop before any "
+        "work, naming each missing input and the option that provides it.")
     metrics: list[str] = Field(
         ["tsc_like", "ssc_like", "generate"],
         description="Metrics per checkpoint: tsc_like, ssc_like (built-in spoken pairs); sblimp, swuggy (= swuggy_inter "
@@ -374,12 +388,53 @@ class SlamConfig(_Section):
             raise ConfigError("units.layer: no supported encoder has more than 24 layers")
         if self.eval.max_new_tokens >= self.model.context_len:
             raise ConfigError("eval.max_new_tokens: must be smaller than model.context_len")
+        if self.units.fit_kmeans and self.units.kmeans_path:
+            raise ConfigError("units.fit_kmeans: true together with units.kmeans_path — set units.kmeans_path=null "
+                              "to fit a new k-means, or units.fit_kmeans=false to use the file")
+        if not self.units.fit_kmeans and not self.units.kmeans_path:
+            raise ConfigError("units.kmeans_path: no quantiser — convert the published k-means once with `slam units "
+                              "convert-kmeans` and set units.kmeans_path, or opt in to a new one with "
+                              "units.fit_kmeans=true")
         out = self.model_dump(mode="json")
         out["derived"] = {
             "data_root": str(self.data_root),
             "vocab_size": self.vocab_size,
             "tokens_per_step": self.tokens_per_step,
+            "quantizer": self.quantizer_summary(),
+            "warnings": self.recipe_warnings(),
         }
+        return out
+
+    @property
+    def kmeans_file(self) -> Path | None:
+        """units.kmeans_path resolved (relative paths are under the data root)."""
+        from slam_core.paths import under_root
+
+        return under_root(self.data_root, self.units.kmeans_path) if self.units.kmeans_path else None
+
+    def quantizer_summary(self) -> dict[str, Any]:
+        """Where the units come from, for the recorded config, `slam plan` and the report: source "fitted",
+        "published" (centroids checked against the published pickle's sha256) or "file"; and whether they can be
+        used with the published vocoder and models."""
+        from slam_core import published_kmeans
+
+        if self.units.fit_kmeans:
+            return {"source": "fitted", "compatible_with_published": False, "note": published_kmeans.INCOMPATIBLE_NOTE}
+        published = (self.units.kmeans_source_sha256 or "").lower() == published_kmeans.SHA256
+        return {"source": "published" if published else "file", "path": str(self.kmeans_file),
+                "compatible_with_published": published,
+                "note": "published mHuBERT-25Hz km500 centroids (sha256 checked)" if published else
+                        "centroids from units.kmeans_path, origin not checked against the published quantiser"}
+
+    def recipe_warnings(self) -> list[str]:
+        """Choices that make the run's results not comparable with the paper's, each said once."""
+        out = []
+        if self.units.fit_kmeans:
+            from slam_core import published_kmeans
+
+            out.append(published_kmeans.INCOMPATIBLE_NOTE)
+        if self.eval.allow_skip:
+            out.append("eval.allow_skip=true: metrics whose inputs are missing are recorded as skipped")
         return out
 
     def section_json(self, *names: str) -> str:

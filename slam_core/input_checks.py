@@ -27,8 +27,11 @@ def check_centroids_file(path: str | Path, n_units: int, field: str = "units.kme
 
 def check_config_inputs(cfg: SlamConfig) -> None:
     """Refuse a config whose named inputs are missing, malformed or unsafe to use (see the module docstring)."""
-    if cfg.units.kmeans_path:
-        check_centroids_file(cfg.units.kmeans_path, cfg.units.n_units)
+    path = cfg.kmeans_file  # relative paths are under the data root
+    if path is not None and path.exists():
+        # a missing file is named, with the command that makes it, before any work by slam_core/inputs.py (and
+        # not here, so `slam plan` can still show the run it would be)
+        check_centroids_file(path, cfg.units.n_units)
     for field, value in (("eval.reference_path", cfg.eval.reference_path), ("eval.prompt_audio", cfg.eval.prompt_audio)):
         if value and not Path(value).expanduser().exists():
             raise InputError(f"{value} does not exist", field, f"point {field} at an existing directory, or unset "

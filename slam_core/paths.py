@@ -17,3 +17,9 @@ def stage_dir(root: Path, stage: str, *parts: str) -> Path:
 
 def catalog_path(root: Path) -> Path:
     return Path(root) / "catalog.duckdb"
+
+
+def under_root(root: Path, value: str | Path) -> Path:
+    """A configured path: absolute (after ~ expansion) as given, relative ones under the data root."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(root) / path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from slam_core import published_kmeans
 from slam_core.config import (
     CorpusConfig, DpoConfig, EvalConfig, ModelConfig, ParallelConfig, RunConfig, SlamConfig, SynthConfig,
     TrainConfig, UnitsConfig, VadConfig,
@@ -27,15 +28,17 @@ def smoke() -> SlamConfig:
                             n_swag_train=96, n_swag_heldout=128),
         synth=SynthConfig(backend="espeak", stories_per_recording=6),
         vad=VadConfig(min_speech_s=1.0, max_segment_s=30.0, min_silence_s=0.8),
-        units=UnitsConfig(encoder="tiny", layer=2, n_units=500, kmeans_sample_frames=60_000, kmeans_iters=12,
-                          batch_size=16, shard_segments=128),
+        # The tiny random encoder has no published quantiser: fitting one is the point here.
+        units=UnitsConfig(encoder="tiny", layer=2, n_units=500, fit_kmeans=True, kmeans_sample_frames=60_000,
+                          kmeans_iters=12, batch_size=16, shard_segments=128),
         # 96 wide x 3 layers trains ~2x the tokens/s of 128 x 4 on 2 cores, which mattered more (measured).
         model=ModelConfig(base="tiny-qwen2", context_len=512, dtype="float32", tiny_hidden_size=96, tiny_layers=3),
         train=TrainConfig(budget_s=120.0, lr=5e-3, min_lr=1.5e-4, warmup_frac=0.05, micro_batch_size=8, grad_accum=1,
                           checkpoint_every_s=30.0, log_every_steps=5, calibration_steps=3),
         # The paper's 5e-5 barely moves a 0.4M-parameter model in a 20 s budget; beta stays 0.1.
         dpo=DpoConfig(budget_s=20.0, lr=5e-4, micro_batch_size=4, grad_accum=2, warmup_steps=2),
-        eval=EvalConfig(metrics=["tsc_like", "ssc_like", "generate"], n_generate=4, max_new_tokens=100),
+        eval=EvalConfig(metrics=["tsc_like", "ssc_like", "generate"], n_generate=4, max_new_tokens=100,
+                        allow_skip=True),
         parallel=ParallelConfig(n_gpus=0, max_workers=2),
     )
 
@@ -54,14 +57,18 @@ def slam() -> SlamConfig:
                             pretrain_sets=["librilight", "librispeech", "stinystories"]),
         synth=SynthConfig(backend="kokoro", voices=["af_heart"], kokoro_model="hexgrad/Kokoro-82M"),
         vad=VadConfig(),
-        units=UnitsConfig(encoder="slprl/mhubert-base-25hz", layer=11, n_units=500, batch_size=32, shard_segments=4096),
+        # The published quantiser (as the paper, SlamKit, TWIST and the unit vocoder): converted once with
+        # `slam units convert-kmeans`; a missing or different file stops the run before any work.
+        units=UnitsConfig(encoder="slprl/mhubert-base-25hz", layer=11, n_units=500, batch_size=32, shard_segments=4096,
+                          kmeans_path=published_kmeans.CENTROIDS_PATH, kmeans_source_sha256=published_kmeans.SHA256),
         model=ModelConfig(base="Qwen/Qwen2.5-0.5B", twist_init=True, rope_theta=10_000.0, context_len=1024,
                           dtype="bfloat16"),
         train=TrainConfig(budget_s=23.5 * 3600, lr=1e-3, min_lr=5e-5, warmup_frac=0.01, warmup_min_steps=100,
                           micro_batch_size=8, grad_accum=16, grad_clip=0.5, checkpoint_every_s=1800.0,
                           val_fraction=0.0),
         dpo=DpoConfig(budget_s=1800.0, beta=0.1, lr=5e-5, micro_batch_size=4, grad_accum=16, grad_clip=0.5),
-        eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1),
+        eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1,
+                        vocoder="mhubert-base-25hz-kmeans-500-hifigan"),
         parallel=ParallelConfig(n_gpus=1),
     )
 

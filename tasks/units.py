@@ -9,6 +9,7 @@ from prefect import task
 
 from data_catalog import produce_or_reuse
 from slam_core.config import UnitsConfig
+from slam_core.paths import under_root
 from slam_core.units import extract, quantizer
 from tasks.common import CACHED, catalog_at
 
@@ -19,7 +20,10 @@ def fit_kmeans(segment_paths: list[str], cfg: UnitsConfig, seed: int, device: st
     """Fit (or convert) the k-means centroids that turn encoder frames into units."""
     def produce() -> dict[str, Any]:
         if cfg.kmeans_path:
-            quantizer.save_centroids(quantizer.load_centroids(cfg.kmeans_path), Path(out_path))
+            source = under_root(Path(data_root), cfg.kmeans_path)
+            if cfg.kmeans_source_sha256:  # checked before any work too; again here, right before use
+                quantizer.verify_centroids_source(source, cfg.kmeans_source_sha256)
+            quantizer.save_centroids(quantizer.load_centroids(source), Path(out_path))
         else:
             extractor = extract.build_extractor(cfg, Path(data_root), centroids=None, device=device)
             extract.fit_kmeans_from_segments([Path(p) for p in segment_paths], extractor, cfg, seed, Path(out_path))

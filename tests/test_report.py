@@ -109,3 +109,20 @@ def test_throughput_plot_only_for_columns_present(tmp_path: Path) -> None:
     pngs = [base64.b64decode(throughput_plot(p).split(",", 1)[1]) for p in (with_speed, no_mfu)]
     heights = [int.from_bytes(png[20:24], "big") for png in pngs]  # IHDR height
     assert heights[0] / heights[1] > 1.3  # three panels vs two (an empty MFU column gets none)
+
+
+def test_report_lists_caveats_first(tmp_path: Path) -> None:
+    """A fitted k-means and metrics skipped under eval.allow_skip are named at the top of the report."""
+    rows = [{"checkpoint": "c", "metric": "genppl", "value": None, "n": 0,
+             "details": '{"skipped": "no vocoder configured (eval.vocoder)"}'},
+            {"checkpoint": "c", "metric": "auto_bleu", "value": None, "n": 0,
+             "details": '{"skipped": "no vocoder configured (eval.vocoder)"}'}]
+    config = {"derived": {"warnings": ["units from a k-means fitted on this run's speech (units.fit_kmeans=true): "
+                                       "incompatible with the published vocoder and models"]}}
+    page = write_report(tmp_path / "index.html", "r", None, rows + [{**r, "checkpoint": "c"} for r in EVAL_ROWS], None,
+                        config).read_text()
+    caveats = page[page.index("<h2>Caveats</h2>"):page.index("<h2>Training</h2>")]
+    assert "incompatible with the published vocoder and models" in caveats
+    assert "not measured: auto_bleu, genppl — no vocoder configured (eval.vocoder)" in caveats
+    assert "tsc_like" not in caveats
+    assert "Caveats" not in write_report(tmp_path / "clean.html", "r", None, EVAL_ROWS, None, {}).read_text()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -26,6 +28,7 @@ from slam_core.units import (  # noqa: E402
     fit_kmeans_from_segments, load_centroids, load_encoder, resolve_encoder, save_centroids,
 )
 from slam_core.units.encoder import frames_for_samples  # noqa: E402
+from slam_core.units.quantizer import PUBLISHED_SHA256, verify_centroids_source  # noqa: E402
 from shared_data import REAL_SPEECH
 
 WORDS = "apple banana window river mountain yellow garden doctor music paper table orange summer pencil rocket silver".split()
@@ -224,9 +227,12 @@ def test_convert_kmeans_pickle_extracts_centroids(tmp_path):
     centers = np.random.default_rng(3).standard_normal((6, 4))  # float64 like sklearn
     path = tmp_path / "km.bin"
     path.write_bytes(pickle.dumps(FakeKMeans(centers)))
-    out = convert_kmeans_pickle(path, tmp_path / "km.safetensors", allow_unpickle=True)
+    out = convert_kmeans_pickle(path, tmp_path / "km.safetensors", allow_unpickle=True, expected_sha256=None)
     got = load_centroids(out)
     assert got.dtype == np.float32 and np.allclose(got, centers, atol=1e-6)
+    record = json.loads((tmp_path / "km.safetensors.source.json").read_text())
+    assert record["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and record["published"] is False
+    assert record["centroids_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
 def test_convert_kmeans_command_needs_the_opt_in(tmp_path, capsys):
@@ -238,15 +244,44 @@ def test_convert_kmeans_command_needs_the_opt_in(tmp_path, capsys):
     out = tmp_path / "km.npy"
     assert main(["units", "convert-kmeans", "--pickle", str(path), "--out", str(out)]) == 2
     assert "refusing to unpickle" in capsys.readouterr().err and not out.exists()
-    assert main(["units", "convert-kmeans", "--pickle", str(path), "--out", str(out), "--allow-unpickle"]) == 0
+    assert main(["units", "convert-kmeans", "--pickle", str(path), "--out", str(out), "--allow-unpickle"]) == 2
+    assert "does not match the published" in capsys.readouterr().err and not out.exists()
+    assert main(["units", "convert-kmeans", "--pickle", str(path), "--out", str(out), "--allow-unpickle",
+                 "--sha256", "none"]) == 0
     assert np.allclose(load_centroids(out), centers, atol=1e-6) and "5 centroids of dim 4" in capsys.readouterr().out
 
 
-def test_convert_published_name_checks_sha256(tmp_path):
-    path = tmp_path / "mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin"
-    path.write_bytes(pickle.dumps(FakeKMeans(np.ones((3, 4)))))
-    with pytest.raises(KmeansError, match=r"sha256 .* does not match the published 03cc04a9"):
-        convert_kmeans_pickle(path, tmp_path / "km.npy", allow_unpickle=True)
+def test_convert_checks_the_full_sha256_whatever_the_name(tmp_path):
+    for name in ("mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin", "km500.bin"):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(FakeKMeans(np.ones((3, 4)))))
+        with pytest.raises(KmeansError, match=r"does not match the published .* sha256 "
+                                              r"03cc04a9c24fec4285e73e709c485756d8f116aa8e724eac555de6a7cf8d28ad"):
+            convert_kmeans_pickle(path, tmp_path / "km.npy", allow_unpickle=True)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    same_ends = digest[:8] + ("0" if digest[8] != "0" else "1") + digest[9:]  # differs in the middle only
+    with pytest.raises(KmeansError, match="does not match the expected"):
+        convert_kmeans_pickle(path, tmp_path / "km.npy", allow_unpickle=True, expected_sha256=same_ends)
+    assert not (tmp_path / "km.npy").exists()
+    convert_kmeans_pickle(path, tmp_path / "km.npy", allow_unpickle=True, expected_sha256=digest.upper())
+
+
+def test_verify_centroids_source_checks_origin_and_the_file_in_full(tmp_path):
+    path = tmp_path / "km.bin"
+    path.write_bytes(pickle.dumps(FakeKMeans(np.arange(12.0).reshape(3, 4))))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    out = convert_kmeans_pickle(path, tmp_path / "q" / "km.npy", allow_unpickle=True, expected_sha256=None)
+    verify_centroids_source(out, digest)
+    with pytest.raises(KmeansError, match="converted from a pickle with sha256 .* expected 03cc04a9.*convert-kmeans"):
+        verify_centroids_source(out, PUBLISHED_SHA256)
+    save_centroids(np.arange(12.0).reshape(3, 4) + 1e-3, out)  # swapped after conversion
+    with pytest.raises(KmeansError, match="the file changed since"):
+        verify_centroids_source(out, digest)
+    (tmp_path / "q" / "km.npy.source.json").unlink()
+    with pytest.raises(KmeansError, match="no readable source record"):
+        verify_centroids_source(out, digest)
+    with pytest.raises(KmeansError, match="centroid file not found .* `slam units convert-kmeans"):
+        verify_centroids_source(tmp_path / "missing.npy", digest)
 
 
 def test_convert_sklearn_pickle_without_sklearn_names_the_module(tmp_path):
@@ -258,7 +293,7 @@ def test_convert_sklearn_pickle_without_sklearn_names_the_module(tmp_path):
     path = tmp_path / "km.bin"
     path.write_bytes(b"csklearn.cluster._kmeans\nKMeans\n)\x81.")  # GLOBAL, EMPTY_TUPLE, NEWOBJ, STOP
     with pytest.raises(KmeansError, match="pip install scikit-learn joblib"):
-        convert_kmeans_pickle(path, tmp_path / "km.npy", allow_unpickle=True)
+        convert_kmeans_pickle(path, tmp_path / "km.npy", allow_unpickle=True, expected_sha256=None)
 
 
 # ---- extraction -----------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ def write_report(
     "n", "ci_low", "ci_high". `paper_reference`: metric -> published number (e.g. PAPER_TABLE2["Slam"]).
     `extra_plots`: title -> PNG file to embed. `audio_note`: shown above the samples (e.g. no vocoder).
     """
-    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", "<h2>Training</h2>"]
+    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", caveats_html(config, eval_rows), "<h2>Training</h2>"]
     curve = loss_plot(Path(metrics_csv)) if metrics_csv and Path(metrics_csv).is_file() else None
     sections.append(f'<img alt="training loss" src="{curve}">' if curve
                     else "<p class=note>no training metrics (metrics.csv missing or without a loss column)</p>")
@@ -256,6 +256,22 @@ def write_report(
     write_text_atomic(out_html, page)
     log.info("report written to %s (%d bytes)", out_html, len(page))
     return Path(out_html)
+
+
+def caveats_html(config: dict[str, Any], eval_rows: Sequence[dict[str, Any]]) -> str:
+    """What makes this run not comparable with the paper, at the top of the report: the recorded config's
+    warnings (e.g. a freshly fitted k-means) and every metric recorded as skipped, with its reason."""
+    items = [html.escape(w) for w in (config.get("derived") or {}).get("warnings", [])]
+    skipped = {}
+    for row in eval_rows:
+        note = _note(row)
+        if note.startswith("skipped: "):
+            skipped.setdefault(note[len("skipped: "):], []).append(str(row.get("metric", "?")))
+    items += [f"not measured: {html.escape(', '.join(sorted(set(metrics))))} — {html.escape(reason)}"
+              for reason, metrics in skipped.items()]
+    if not items:
+        return ""
+    return "<h2>Caveats</h2><ul class=caveats>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>"
 
 
 def markdown_summary(eval_rows: Sequence[dict[str, Any]]) -> str:

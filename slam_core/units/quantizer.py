@@ -7,6 +7,7 @@ turns it, once and only under explicit opt-in, into a plain (K, D) float32 array
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import pickle
@@ -16,16 +17,14 @@ import faiss
 import numpy as np
 import torch
 
-from slam_core.atomic import atomic_path
+from slam_core import published_kmeans
+from slam_core.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_KMEANS_URL = (
-    "https://dl.fbaipublicfiles.com/textless_nlp/twist/speech_tokenizer/mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin"
-)
-PUBLISHED_KMEANS_NAME = PUBLISHED_KMEANS_URL.rsplit("/", 1)[1]
-# Only the ends of the published digest are known (docs/published-artifacts.md, 'km500 quantiser'): 03cc04a9…28ad.
-PUBLISHED_SHA256_PREFIX, PUBLISHED_SHA256_SUFFIX = "03cc04a9", "28ad"
+PUBLISHED_KMEANS_URL, PUBLISHED_KMEANS_NAME = published_kmeans.URL, published_kmeans.FILE_NAME
+PUBLISHED_SHA256 = published_kmeans.SHA256
+SOURCE_SUFFIX = ".source.json"  # beside converted centroids: which pickle they came from, and their own digest
 _SAFETENSORS_KEY = "centroids"
 _TORCH_CHUNK_FRAMES = 65_536
 
@@ -135,13 +134,40 @@ def _assign_torch(features: np.ndarray | torch.Tensor, centroids: np.ndarray) ->
     return torch.cat(out).cpu().numpy().astype(np.int64)
 
 
-def _verify_published_digest(pickle_path: Path) -> None:
-    digest = hashlib.sha256(pickle_path.read_bytes()).hexdigest()
-    if not (digest.startswith(PUBLISHED_SHA256_PREFIX) and digest.endswith(PUBLISHED_SHA256_SUFFIX)):
-        raise KmeansError(
-            f"{pickle_path}: sha256 {digest[:8]}…{digest[-4:]} does not match the published "
-            f"{PUBLISHED_SHA256_PREFIX}…{PUBLISHED_SHA256_SUFFIX} ({PUBLISHED_KMEANS_URL}); re-download it"
-        )
+def file_sha256(path: Path) -> str:
+    """Full hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_record_path(centroids_path: Path) -> Path:
+    return Path(str(centroids_path) + SOURCE_SUFFIX)
+
+
+def verify_centroids_source(centroids_path: Path, expected_source_sha256: str) -> None:
+    """Raise KmeansError unless `centroids_path` was converted from a pickle whose full sha256 is
+    `expected_source_sha256` (per its source record) and has not changed since (its own full sha256 matches)."""
+    centroids_path = Path(centroids_path)
+    fix = published_kmeans.convert_command(str(centroids_path))
+    if not centroids_path.is_file():
+        raise KmeansError(f"{centroids_path}: centroid file not found — {fix}")
+    record_path = source_record_path(centroids_path)
+    try:
+        record = json.loads(record_path.read_text())
+        source_sha256, own_sha256 = str(record["source_sha256"]), str(record["centroids_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise KmeansError(f"{centroids_path}: no readable source record {record_path.name} (written by "
+                          f"`slam units convert-kmeans`), so its origin cannot be checked — {fix}") from None
+    if source_sha256 != expected_source_sha256.lower():
+        raise KmeansError(f"{centroids_path}: converted from a pickle with sha256 {source_sha256}, expected "
+                          f"{expected_source_sha256} (units.kmeans_source_sha256) — {fix}")
+    actual = file_sha256(centroids_path)
+    if actual != own_sha256:
+        raise KmeansError(f"{centroids_path}: sha256 {actual} differs from {own_sha256} recorded at conversion "
+                          f"(the file changed since) — {fix}")
 
 
 def _unpickle(pickle_path: Path) -> object:
@@ -163,11 +189,15 @@ def _unpickle(pickle_path: Path) -> object:
         raise KmeansError(f"{pickle_path}: not a readable k-means pickle ({err})") from None
 
 
-def convert_kmeans_pickle(pickle_path: Path, out_path: Path, allow_unpickle: bool = False) -> Path:
-    """Extract `cluster_centers_` from a (joblib) sklearn KMeans pickle into plain centroids at `out_path`.
+def convert_kmeans_pickle(pickle_path: Path, out_path: Path, allow_unpickle: bool = False,
+                          expected_sha256: str | None = PUBLISHED_SHA256) -> Path:
+    """Extract `cluster_centers_` from a (joblib) sklearn KMeans pickle into plain centroids at `out_path`, and
+    write `<out_path>.source.json` (the pickle's full sha256, whether it is the published file, the centroids'
+    own sha256) so later runs can check where the centroids came from.
 
-    Unpickling executes code from the file, so it is refused unless `allow_unpickle=True`. The published
-    textlesslib file (recognised by name) must also match its known sha256.
+    Unpickling executes code from the file, so it is refused unless `allow_unpickle=True`. The pickle's full
+    sha256 must equal `expected_sha256` (default: the published mHuBERT-25Hz km500 file; None: any file, e.g.
+    another k-means, recorded as not published), checked before unpickling.
     """
     pickle_path = Path(pickle_path)
     if not allow_unpickle:
@@ -177,11 +207,19 @@ def convert_kmeans_pickle(pickle_path: Path, out_path: Path, allow_unpickle: boo
         )
     if not pickle_path.is_file():
         raise KmeansError(f"{pickle_path}: k-means file not found (download it from {PUBLISHED_KMEANS_URL})")
-    if pickle_path.name == PUBLISHED_KMEANS_NAME:
-        _verify_published_digest(pickle_path)
+    digest = file_sha256(pickle_path)
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        which = "the published " + PUBLISHED_KMEANS_URL if expected_sha256.lower() == PUBLISHED_SHA256 else "the expected"
+        raise KmeansError(
+            f"{pickle_path}: sha256 {digest} does not match {which} sha256 {expected_sha256}; re-download it, or "
+            f"convert a different k-means file with --sha256 none (its units will not match the published models)")
     model = _unpickle(pickle_path)
     if not hasattr(model, "cluster_centers_"):
         raise KmeansError(f"{pickle_path}: unpickled {type(model).__name__} has no cluster_centers_ (not a KMeans)")
     centroids = _checked_centroids(model.cluster_centers_, pickle_path)
-    log.info("converted %s -> %s (%d x %d centroids)", pickle_path, out_path, *centroids.shape)
-    return save_centroids(centroids, Path(out_path))
+    out = save_centroids(centroids, Path(out_path))
+    record = {"source_file": pickle_path.name, "source_sha256": digest, "published": digest == PUBLISHED_SHA256,
+              "centroids_sha256": file_sha256(out), "shape": list(centroids.shape)}
+    write_text_atomic(source_record_path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    log.info("converted %s -> %s (%d x %d centroids)", pickle_path, out, *centroids.shape)
+    return out

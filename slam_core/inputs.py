@@ -1,0 +1,150 @@
+"""Inputs a run needs but does not make, checked before any work (beside the resource preflight).
+
+- The quantiser: `units.kmeans_path` must exist and, with `units.kmeans_source_sha256` (paper presets: the
+  published mHuBERT-25Hz km500 file's), come from that exact pickle (full sha256, via the record `slam units
+  convert-kmeans` writes). Never skippable: fitting a new k-means is the explicit `units.fit_kmeans=true`.
+- Evaluation inputs of the configured metrics: reference sets (`eval.reference_path`), unit vocoder, Whisper
+  model, GenPPL text LM, judge, prompt audio. Missing ones stop the run with one message naming each and the
+  option that provides it, unless `eval.allow_skip=true` (the smoke preset), which runs and records them as
+  skipped (the report lists them).
+
+`missing_inputs(cfg)` only inspects; `slam plan` can show its result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from slam_core.config import SlamConfig
+from slam_core.corpora.published_layout import PUBLISHED_METRICS, find_set_dir
+from slam_core.preflight import PreflightError
+
+log = logging.getLogger(__name__)
+
+VOCODER_METRICS = {"genppl", "judge"}
+
+
+class InputsMissingError(PreflightError):
+    """Inputs the run needs are missing; the message names each and the option that provides it."""
+
+
+@dataclass(frozen=True)
+class MissingInput:
+    stage: str   # units | eval
+    what: str    # e.g. "GenPPL text LM"
+    field: str   # the config field (or command) that provides it
+    detail: str  # what was found, and how to fix it
+
+    def line(self) -> str:
+        return f"{self.what} — {self.field} — {self.detail}"
+
+
+def quantizer_inputs(cfg: SlamConfig) -> list[MissingInput]:
+    if cfg.units.fit_kmeans or not cfg.units.kmeans_path:
+        return []
+    from slam_core import published_kmeans
+    from slam_core.units.quantizer import KmeansError, verify_centroids_source
+
+    path = cfg.kmeans_file
+    if cfg.units.kmeans_source_sha256:
+        try:
+            verify_centroids_source(path, cfg.units.kmeans_source_sha256)
+        except KmeansError as err:
+            return [MissingInput("units", "k-means centroids", "units.kmeans_path", str(err))]
+    elif not path.is_file():
+        return [MissingInput("units", "k-means centroids", "units.kmeans_path",
+                             f"{path} not found — {published_kmeans.convert_command(str(path))}, or opt in to a new "
+                             "k-means with units.kmeans_path=null units.fit_kmeans=true")]
+    return []
+
+
+def _hub_or_local_available(name: str) -> str | None:
+    """None when `name` is a local directory/file or a hub id in the HF cache (or downloads are allowed); else why."""
+    if Path(name).expanduser().exists():
+        return None
+    if name.startswith(("/", ".", "~")):
+        return f"{name} does not exist"
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0"):
+        return None  # downloaded on first use
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None
+    return f"'{name}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+
+
+def _asr_available(name: str) -> str | None:
+    if Path(name).expanduser().is_file():
+        return None
+    import whisper
+
+    if name not in whisper._MODELS:
+        return f"'{name}' is neither a file nor an openai-whisper model name"
+    from slam_core.eval.asr import _offline, _whisper_cache_dir
+
+    cached = _whisper_cache_dir() / Path(whisper._MODELS[name]).name
+    if cached.is_file() or not _offline():
+        return None
+    return f"{cached} not found and downloads are off (HF_HUB_OFFLINE/SLAM_OFFLINE)"
+
+
+def eval_inputs(cfg: SlamConfig) -> list[MissingInput]:
+    """Missing inputs of the configured metrics (nothing is loaded; files and caches are looked at)."""
+    ev, metrics, out = cfg.eval, set(cfg.eval.metrics), []
+    wanted_sets = list(dict.fromkeys(name for m in sorted(metrics & set(PUBLISHED_METRICS))
+                                     for name in PUBLISHED_METRICS[m]))
+    if wanted_sets:
+        if not ev.reference_path:
+            out.append(MissingInput("eval", "reference sets", "eval.reference_path", "not set: the root of the "
+                                    f"published sets in SlamKit's layout, needed by {', '.join(wanted_sets)}"))
+        else:
+            for name in wanted_sets:
+                try:
+                    find_set_dir(Path(ev.reference_path).expanduser(), name)
+                except FileNotFoundError as err:
+                    out.append(MissingInput("eval", f"reference set {name}", "eval.reference_path", str(err)))
+    if metrics & VOCODER_METRICS:
+        from slam_core.eval.vocoder import VocoderNotFoundError, resolve_vocoder_files
+
+        if not ev.vocoder:
+            out.append(MissingInput("eval", "unit vocoder", "eval.vocoder", "not set: the textlesslib "
+                                    "hifigan_lj_mhubert_base_25hz.pt and its config JSON"))
+        else:
+            try:
+                resolve_vocoder_files(ev.vocoder)
+            except VocoderNotFoundError as err:
+                out.append(MissingInput("eval", "unit vocoder", "eval.vocoder", str(err)))
+        if (why := _asr_available(ev.asr_model)) is not None:
+            out.append(MissingInput("eval", "Whisper ASR model", "eval.asr_model", why))
+    if "genppl" in metrics and (why := _hub_or_local_available(ev.ppl_lm)) is not None:
+        out.append(MissingInput("eval", "GenPPL text LM", "eval.ppl_lm", why))
+    if "judge" in metrics:
+        if not (ev.judge_model or ev.judge_endpoint):
+            out.append(MissingInput("eval", "judge", "eval.judge_model / eval.judge_endpoint", "not set"))
+        elif ev.judge_model and not ev.judge_endpoint and (why := _hub_or_local_available(ev.judge_model)):
+            out.append(MissingInput("eval", "judge", "eval.judge_model", why))
+    if ev.prompt_audio and metrics & (VOCODER_METRICS | {"generate"}) and not Path(ev.prompt_audio).expanduser().is_dir():
+        out.append(MissingInput("eval", "prompt audio", "eval.prompt_audio", f"{ev.prompt_audio} is not a directory"))
+    return out
+
+
+def missing_inputs(cfg: SlamConfig, stages: tuple[str, ...] = ("units", "eval")) -> list[MissingInput]:
+    return (quantizer_inputs(cfg) if "units" in stages else []) + (eval_inputs(cfg) if "eval" in stages else [])
+
+
+def check_inputs(cfg: SlamConfig, stages: tuple[str, ...] = ("units", "eval")) -> list[MissingInput]:
+    """Raise InputsMissingError naming every missing input of `stages`; with eval.allow_skip, missing evaluation
+    inputs are logged and returned (their metrics will be recorded as skipped) instead."""
+    missing = missing_inputs(cfg, stages)
+    fatal = [m for m in missing if m.stage != "eval" or not cfg.eval.allow_skip]
+    if fatal:
+        skip_hint = ("\nTo run anyway and record those metrics as skipped: --set eval.allow_skip=true"
+                     if any(m.stage == "eval" for m in fatal) else "")
+        raise InputsMissingError("missing inputs, stopped before any work:\n  " +
+                                 "\n  ".join(m.line() for m in fatal) + skip_hint)
+    for m in missing:
+        log.warning("eval.allow_skip: %s (its metrics will be recorded as skipped)", m.line())
+    return missing
