@@ -35,7 +35,8 @@ SHARD_FILES = {"librispeech": 2000, "librilight": 200, "local": 64}
 CODE_SCOPE = ("corpora", "audio", "schemas.py")
 
 
-def _fp(stage: str, **config: Any) -> str:
+def source_fp(stage: str, **config: Any) -> str:
+    """Fingerprint of a source stage (raw part, segment shard) from its keys and the corpora code version."""
     return fingerprint(stage, config, code=code_version(CODE_SCOPE))
 
 
@@ -84,7 +85,7 @@ def quarantine_part_failure(data_root: str, source: str, part: str, where: str, 
 def _prepare_http(src: Source, subsets, mirror, local_dir, root: Path, data_root: str) -> dict[str, Any]:
     raw_dir = stage_dir(root, "raw", src.name)
     parts = select_parts(src, subsets)
-    part_fps = {p.name: _fp("raw", source=src.name, part=p.name, local_dir=local_dir) for p in parts}
+    part_fps = {p.name: source_fp("raw", source=src.name, part=p.name, local_dir=local_dir) for p in parts}
     fetched = {p.name: corpora.fetch_archive.submit(src.name, p.name, str(raw_dir), mirror, local_dir,
                                                     part_fps[p.name], data_root) for p in parts}
     shards, failed = [], []
@@ -101,7 +102,7 @@ def _prepare_http(src: Source, subsets, mirror, local_dir, root: Path, data_root
         files = [str(f) for f in corpora.FILE_LISTERS[src.name](part_dir)]
         seg_dir = stage_dir(root, "segments", src.name, part)
         for k, chunk in enumerate(shard(files, SHARD_FILES[src.name])):
-            shard_fp = _fp("segments", source=src.name, part=part, files=chunk)
+            shard_fp = source_fp("segments", source=src.name, part=part, files=chunk)
             shards.append(corpora.segment_shard.submit(src.name, chunk, str(seg_dir / f"segments-{k:05d}.parquet"),
                                                        part, {}, shard_fp, data_root))
     if failed and len(failed) == len(fetched):
@@ -121,7 +122,7 @@ def _prepare_hub(src: Source, subsets, local_dir, root: Path, data_root: str) ->
     seg_dir = stage_dir(root, "segments", src.name, split)
     futures = []
     for pq_file in hub_lib.list_parquet_files(snapshot):
-        shard_fp = _fp("segments", source=src.name, file=pq_file.name, size=pq_file.stat().st_size)
+        shard_fp = source_fp("segments", source=src.name, file=pq_file.name, size=pq_file.stat().st_size)
         futures.append(corpora.hub_audio_shard.submit(
             src.name, str(pq_file), str(seg_dir / f"{pq_file.stem}.parquet"), split, dict(src.extra), shard_fp,
             data_root))
@@ -134,7 +135,7 @@ def _prepare_local(local_dir: str | None, root: Path, data_root: str) -> dict[st
     files = [str(f) for f in list_local_audio(local_dir)]
     seg_dir = stage_dir(root, "segments", "local", "train")
     futures = [corpora.segment_shard.submit("local", chunk, str(seg_dir / f"segments-{k:05d}.parquet"), "train", {},
-                                            _fp("segments", source="local", files=chunk), data_root)
+                                            source_fp("segments", source="local", files=chunk), data_root)
                for k, chunk in enumerate(shard(files, SHARD_FILES["local"]))]
     return _summarise(gather_with_progress(futures, "local segments"))
 

@@ -3,9 +3,11 @@
 Run: `python -m flows.prepare_data --preset smoke` or `prefect deployment run 'prepare-data/preprocess'`.
 Every step is a cached task keyed by its fingerprint; a rerun after a crash redoes only unfinished shards.
 
-Sharded speech sets (the paper preset): with `corpus.stinystories_dir` the sTinyStories audio shards become
-segments (one utterance each, no VAD) and pre-training units; with `corpus.spokenswag_dir` every
-`preferences-*.parquet` there becomes one shard of DPO pair units, all in one directory the DPO loader reads.
+The paper's mix (corpus.pretrain_sets, Table 4): Libri-Light, LibriSpeech and sTinyStories each become unit
+shards under units/<set>/<split>/ (`flows.pretrain_sets`), the training ones mixed by train.dataset_weights, the
+held-out ones (LibriSpeech dev-clean/dev-other, 1 % of Libri-Light) scored one by one. sTinyStories audio shards
+(`corpus.stinystories_dir`) are segments read in place (one utterance each, no VAD); with `corpus.spokenswag_dir`
+every `preferences-*.parquet` there becomes one shard of DPO pair units, all in one directory the DPO loader reads.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from flows.common import (
     check_resources, device_name, fp, gather_with_progress, load_config, rerun_with_configured_runner, save_resolved,
 )
 from flows.data_sources import CODE_SCOPE as SOURCE_CODE_SCOPE
+from flows.pretrain_sets import SegmentGroup, corpus_groups
 from slam_core.config import SlamConfig
 from slam_core.corpora.hub import list_parquet_files
 from slam_core.corpora.sources import get_source
+from slam_core.data_mix import configured_path
 from slam_core.device import set_cpu_threads
 from slam_core.fingerprint import code_version, fingerprint
 from slam_core.paths import stage_dir
@@ -35,8 +39,14 @@ PAIR_SETS = ("tsc_like", "ssc_like", "preferences")
 
 def configured_dir(cfg: SlamConfig, value: str) -> Path:
     """A `corpus.*_dir` path: absolute as given, else relative to the data root."""
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else cfg.data_root / path
+    return configured_path(cfg, value)
+
+
+def uses_stinystories(cfg: SlamConfig) -> bool:
+    """sTinyStories shards feed pre-training: named in corpus.pretrain_sets, or (no sets named) with
+    corpus.stinystories_dir set."""
+    sets = cfg.corpus.pretrain_sets
+    return "stinystories" in sets if sets else bool(cfg.corpus.stinystories_dir)
 
 
 def stinystories_shards(cfg: SlamConfig) -> list[Path]:
@@ -102,7 +112,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     cfg = load_config(preset, overrides, data_root)
     if (on_runner := rerun_with_configured_runner(prepare_data, cfg.parallel)) is not None:
         return on_runner(preset, overrides, data_root)  # parallel.task_runner=dask: shards go to the cluster
-    story_files = stinystories_shards(cfg) if cfg.corpus.stinystories_dir else None  # missing input: fail first
+    story_files = stinystories_shards(cfg) if uses_stinystories(cfg) else None  # missing input: fail first
     preference_files = spokenswag_shards(cfg) if cfg.corpus.spokenswag_dir else None
     check_resources(cfg, inputs=("units",))
     save_resolved(cfg, "prepare-data")
@@ -114,10 +124,12 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     corpus_fp = fp("corpus", cfg, ("corpus",))
     corpus = data.prepare_corpus(cfg.corpus, seed, str(stage_dir(cfg.data_root, "raw", "builtin")), corpus_fp, root)
 
-    # 2. Speech: sTinyStories shards as segments, or stories spoken into long recordings, one task per shard.
+    # 2. Speech: the sets of corpus.pretrain_sets and/or sTinyStories shards as segment groups, else the stories
+    # spoken into long recordings; one task per archive and per shard.
+    groups = corpus_groups(cfg, root)
     if story_files is not None:
-        story_segments = submit_stinystories_segments(story_files, root)
-    else:
+        groups.append(SegmentGroup("stinystories", "train", "train", submit_stinystories_segments(story_files, root)))
+    if not groups:
         synth_dir = stage_dir(cfg.data_root, "synth", "stories", "train")
         plans = plan_recordings(corpus["stories"], "train", cfg.synth, seed)
         shards = [plans[i:i + cfg.vad.shard_recordings] for i in range(0, len(plans), cfg.vad.shard_recordings)]
@@ -133,12 +145,11 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     spoken_pairs = {k: data.synthesize_pairs.submit(k, sources[k], cfg.synth, seed, str(pair_dir / f"{k}.parquet"),
                                                     pair_fps[k], root) for k in pair_sets}
 
-    # 4. Segments: sTinyStories utterances as they are, or silero-vad cuts recordings into story-length segments.
-    if story_files is not None:
-        segment_paths = [s["path"] for s in gather_with_progress([f for f, _ in story_segments],
-                                                                  "sTinyStories segment shards")]
-        seg_fps, unit_dataset = [k for _, k in story_segments], "stinystories"
-    else:
+    # 4. Segments: the sets' shards as they are, or silero-vad cuts recordings into story-length segments.
+    for group in groups:
+        group.paths = [s["path"] for s in gather_with_progress([f for f, _ in group.shards],
+                                                                f"{group.name} segment shards")]
+    if not groups:
         seg_dir = stage_dir(cfg.data_root, "segments", "stories", "train")
         seg_fps = [fp("segments", cfg, ("vad",), synth_fps[i]) for i in range(len(shards))]
         synth_progress = progress_reporter("speech synthesis shards")
@@ -149,19 +160,23 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
             out_path = str(seg_dir / f"segments-{i - 1:05d}.parquet")
             segments.append(data.segment_recordings.submit(recordings_path, cfg.vad, out_path, "stories", "train",
                                                            seg_fps[i - 1], root))
-        segment_paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards")]
-        unit_dataset = "stories"
+        paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards")]
+        groups = [SegmentGroup("stories", "train", "train", [(None, k) for k in seg_fps], paths)]
+    train_groups = [g for g in groups if g.role == "train"]
 
-    # 5. Quantiser: k-means on encoder features of a seeded frame sample (or the published centroids).
-    km_fp = fp("kmeans", cfg, ("units",), *seg_fps)
+    # 5. Quantiser: k-means on encoder features of a seeded frame sample of the training sets (or the published
+    # centroids).
+    km_fp = fp("kmeans", cfg, ("units",), *[k for g in train_groups for k in g.fingerprints])
     km_path = str(stage_dir(cfg.data_root, "units", "kmeans") / f"centroids-{km_fp}.npy")
-    centroids = units.fit_kmeans(segment_paths, cfg.units, seed, dev, km_path, km_fp, root)["path"]
+    centroids = units.fit_kmeans([p for g in train_groups for p in g.paths], cfg.units, seed, dev, km_path, km_fp,
+                                 root)["path"]
 
-    # 6. Units: one task per segment shard, one per spoken pair set, one per SpokenSwag shard.
-    unit_dir = stage_dir(cfg.data_root, "units", unit_dataset, "train")
-    unit_futures = [units.extract_units.submit(p, centroids, cfg.units, dev, str(unit_dir / f"units-{i:05d}.parquet"),
-                                               unit_dataset, "train", fp("units", cfg, ("units",), seg_fps[i], km_fp),
-                                               root) for i, p in enumerate(segment_paths)]
+    # 6. Units: one task per segment shard (units/<dataset>/<split>/), one per spoken pair set, one per SpokenSwag
+    # shard.
+    unit_futures = {g.name: [units.extract_units.submit(
+        p, centroids, cfg.units, dev, str(stage_dir(cfg.data_root, "units", g.dataset, g.split) / f"units-{i:05d}.parquet"),
+        g.dataset, g.split, fp("units", cfg, ("units",), k, km_fp), root)
+        for i, (p, k) in enumerate(zip(g.paths, g.fingerprints))] for g in groups}
     pair_unit_dir = stage_dir(cfg.data_root, "pairs")
     pair_units = {k: units.extract_pair_units.submit(
         f.result()["path"], centroids, cfg.units, dev, str(pair_unit_dir / f"{k}.parquet"), k,
@@ -171,21 +186,31 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         preference_dir, preference_fp, preference_futures = submit_preference_units(
             cfg, preference_files, centroids, km_fp, dev, root)
 
-    unit_results = gather_with_progress(unit_futures, "unit extraction shards")
+    unit_results = {g.name: gather_with_progress(unit_futures[g.name], f"{g.name} unit shards") for g in groups}
+    train_units = [u for g in train_groups for u in unit_results[g.name]]
+    val_groups = [g for g in groups if g.role == "validation"]
     pairs = {k: f.result()["path"] for k, f in pair_units.items()}
     pair_fingerprints = {k: f.result()["fingerprint"] for k, f in pair_units.items()}
     if preference_files is not None:
         gather_with_progress(preference_futures, "SpokenSwag pair-unit shards")
         pairs["preferences"], pair_fingerprints["preferences"] = preference_dir, preference_fp
-    return {
-        "unit_shards": [u["path"] for u in unit_results],
-        "unit_fingerprints": [u["fingerprint"] for u in unit_results],
+    out = {
+        "unit_shards": [u["path"] for u in train_units],
+        "unit_fingerprints": [u["fingerprint"] for u in train_units],
         "pairs": pairs,
         "centroids": centroids,
         "pair_fingerprints": pair_fingerprints,
-        "tokens": sum(u["tokens"] for u in unit_results),
-        "audio_hours": sum(u["audio_seconds"] for u in unit_results) / 3600,
+        "tokens": sum(u["tokens"] for u in train_units),
+        "audio_hours": sum(u["audio_seconds"] for u in train_units) / 3600,
     }
+    if len(groups) > 1 or val_groups:  # the paper's mix: what each set holds, and the held-out sets
+        out["val_unit_shards"] = {g.name: [u["path"] for u in unit_results[g.name]] for g in val_groups}
+        out["val_unit_fingerprints"] = [u["fingerprint"] for g in val_groups for u in unit_results[g.name]]
+        out["sets"] = {g.name: {"role": g.role, "shards": len(g.paths),
+                                "tokens": sum(u["tokens"] for u in unit_results[g.name]),
+                                "hours": sum(u["audio_seconds"] for u in unit_results[g.name]) / 3600}
+                       for g in groups}
+    return out
 
 
 if __name__ == "__main__":

@@ -386,6 +386,9 @@ class SlamConfig(_Section):
             raise ConfigError("train.min_lr: must not exceed train.lr")
         if self.units.layer > 24:
             raise ConfigError("units.layer: no supported encoder has more than 24 layers")
+        if "stinystories" in self.corpus.pretrain_sets and not self.corpus.stinystories_dir:
+            raise ConfigError("corpus.pretrain_sets: 'stinystories' needs corpus.stinystories_dir (the folder of its "
+                              "audio Parquet shards, e.g. synth/stinystories/train)")
         if self.eval.max_new_tokens >= self.model.context_len:
             raise ConfigError("eval.max_new_tokens: must be smaller than model.context_len")
         if self.units.fit_kmeans and self.units.kmeans_path:

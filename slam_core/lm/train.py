@@ -57,9 +57,9 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     `cache_dir` keeps the probed micro-batch per GPU model (train.micro_batch_size=auto).
     Metrics go to run_dir/metrics.csv and, with `tensorboard`, run_dir/tensorboard/; they and `progress` are
     handed to a background thread.
-    Returns {"final_checkpoint", "steps", "tokens_seen", "elapsed_s", "final_loss", "val_loss", "val_losses",
-    "skipped", "param_checksum", "compile_s", "micro_batch_size", "grad_accum_per_rank", "attn_implementation"};
-    skipped: (segment_id, reason, detail) of documents with no units.
+    Returns {"final_checkpoint", "steps", "tokens_seen", "elapsed_s", "final_loss", "val_loss", "val_losses" (per
+    held-out set), "mix" (dataset -> probability), "skipped", "param_checksum", "compile_s", "micro_batch_size",
+    "grad_accum_per_rank", "attn_implementation"}; skipped: (segment_id, reason, detail) of documents with no units.
     """
     env = dist_env or DistEnv()
     run_dir = Path(run_dir)
@@ -80,6 +80,9 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     sources = sources_from_paths(shard_paths, dataset_weights if dataset_weights is not None
                                  else train_cfg.dataset_weights)
     val_sets = {name: [Path(p) for p in paths] for name, paths in sorted((val_shards or {}).items())}
+    total_weight = sum(src.weight for src in sources)
+    mix = {src.name: round(src.weight / total_weight, 6) for src in sources}  # probability of each set's documents
+    log.info("pre-training mix %s; held-out sets %s", mix, list(val_sets) or "none")
     loader = PackedLoader(sources, model_cfg.context_len, micro, seed, "train", train_cfg.val_fraction,
                           vocab_size=model.config.vocab_size, rank=env.rank, world_size=env.world_size)
     step, tokens_seen, loss = 0, 0, None
@@ -161,7 +164,8 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
                             "tokens_seen": tokens_seen, "elapsed_s": round(elapsed, 3)})
         metrics.close()
     return {"final_checkpoint": str(final), "steps": step, "tokens_seen": tokens_seen, "elapsed_s": elapsed,
-            "final_loss": loss, "val_loss": val_loss, "val_losses": set_losses, "skipped": loader.skipped_items(),
+            "final_loss": loss, "val_loss": val_loss, "val_losses": set_losses, "mix": mix,
+            "skipped": loader.skipped_items(),
             "param_checksum": distributed.param_checksum(model), "compile_s": compile_s, "micro_batch_size": micro,
             "grad_accum_per_rank": accum, "attn_implementation": attn}
 
