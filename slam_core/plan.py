@@ -17,7 +17,7 @@ from typing import Any
 
 from slam_core.config import SlamConfig
 from slam_core.data_mix import (
-    FLAC_BYTES_PER_S, SPOKENSWAG_PAIRS, pending_downloads, planned_sets, tokens_per_hour,
+    FLAC_BYTES_PER_S, SPOKENSWAG_PAIRS, configured_path, pending_downloads, planned_sets, tokens_per_hour,
 )
 from slam_core.fingerprint import code_version
 from slam_core.lm.metrics import BF16_PEAK_FLOPS, flops_per_token_for, peak_flops_for_name
@@ -158,7 +158,9 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
     out.append({"name": "segments + units", "eta_s": speech_hours * 3600 / rate, "hours": speech_hours,
                 "basis": f"{rate:,.0f}x real time, {basis}"})
     if cfg.units.kmeans_path:
-        out.append({"name": "k-means", "eta_s": 0.0, "basis": f"published centroids copied from {cfg.units.kmeans_path}"})
+        km = configured_path(cfg, cfg.units.kmeans_path)
+        state = "there" if km.is_file() else "MISSING: make it once with `slam units convert-kmeans`"
+        out.append({"name": "k-means", "eta_s": 0.0, "basis": f"centroids read from {km} ({state})"})
     else:
         out.append({"name": "k-means", "eta_s": cfg.units.kmeans_sample_frames / 25 / rate,
                     "basis": f"encode {cfg.units.kmeans_sample_frames:,} frames at {rate:,.0f}x real time; faiss fit "

@@ -49,7 +49,7 @@ def corpora(tmp_path_factory):
 
 def _overrides(corpora) -> dict:
     return TINY | {
-        "run.device": "cpu", "units.encoder": "tiny", "units.layer": 2, "units.kmeans_path": None,
+        "run.device": "cpu", "units.encoder": "tiny", "units.layer": 2, "units.kmeans_path": None, "units.fit_kmeans": True,
         "units.shard_segments": 64, "model.base": "tiny-qwen2", "model.context_len": 128, "model.dtype": "float32",
         "model.tiny_hidden_size": 32, "model.tiny_layers": 1, "train.micro_batch_size": 2, "train.grad_accum": 1,
         "train.max_steps": 3, "train.dataset_weights": WEIGHTS, "eval.max_new_tokens": 20,
