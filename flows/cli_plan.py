@@ -84,6 +84,12 @@ def print_plan(plan: dict[str, Any]) -> None:
         rt.add_row(name, f"{r['needed_bytes'] / GB:,.1f} GB", "unknown" if avail is None else f"{avail / GB:,.1f} GB",
                    parts)
     console.print(rt)
+    for warning in plan["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for m in plan["missing_inputs"]:
+        skip = m["stage"] == "eval" and plan["config"]["eval"]["allow_skip"]
+        console.print(f"[red]missing[/red] ({'will be skipped' if skip else 'the run would stop'}): "
+                      f"{m['what']} — {m['field']} — {m['detail']}")
     ct = Table(title="Resolved config (as `slam run` records it)")
     ct.add_column("field")
     ct.add_column("value")

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from slam_core.config import SlamConfig
+from slam_core.inputs import missing_inputs
 from slam_core.data_mix import (
-    FLAC_BYTES_PER_S, SPOKENSWAG_PAIRS, configured_path, pending_downloads, planned_sets, tokens_per_hour,
+    FLAC_BYTES_PER_S, SPOKENSWAG_PAIRS, pending_downloads, planned_sets, tokens_per_hour,
 )
 from slam_core.fingerprint import code_version
 from slam_core.lm.metrics import BF16_PEAK_FLOPS, flops_per_token_for, peak_flops_for_name
@@ -157,14 +158,15 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
     rate, basis = _units_x_realtime(cfg, device)
     out.append({"name": "segments + units", "eta_s": speech_hours * 3600 / rate, "hours": speech_hours,
                 "basis": f"{rate:,.0f}x real time, {basis}"})
+    quantizer = cfg.quantizer_summary()
     if cfg.units.kmeans_path:
-        km = configured_path(cfg, cfg.units.kmeans_path)
+        km = cfg.kmeans_file
         state = "there" if km.is_file() else "MISSING: make it once with `slam units convert-kmeans`"
-        out.append({"name": "k-means", "eta_s": 0.0, "basis": f"centroids read from {km} ({state})"})
+        out.append({"name": "k-means", "eta_s": 0.0, "basis": f"{quantizer['note']}, read from {km} ({state})"})
     else:
         out.append({"name": "k-means", "eta_s": cfg.units.kmeans_sample_frames / 25 / rate,
                     "basis": f"encode {cfg.units.kmeans_sample_frames:,} frames at {rate:,.0f}x real time; faiss fit "
-                             "not included (unmeasured)"})
+                             f"not included (unmeasured); {quantizer['note']}"})
     out.append({"name": "pre-training", "eta_s": cfg.train.budget_s, "steps": budget.get("steps"),
                 "tokens": budget.get("tokens"), "basis": "train.budget_s (the schedule ends exactly at it)"})
     if cfg.dpo.enabled:
@@ -231,6 +233,9 @@ def build_plan(cfg: SlamConfig, gpu: str | None = None, mfu: float = ASSUMED_MFU
                         "each set weighted by its number of documents (a uniform shuffle of all training documents)",
                 "token_share_estimate": _token_shares(sets)},
         "budget": budget, "resources": resources(cfg, recorded), "stages": plan_stages,
+        "quantizer": cfg.quantizer_summary(), "warnings": cfg.recipe_warnings(),
+        "missing_inputs": [{"stage": m.stage, "what": m.what, "field": m.field, "detail": m.detail}
+                           for m in missing_inputs(cfg)],
         "eta_total_s": sum(known), "eta_unknown": [s["name"] for s in plan_stages if s["eta_s"] is None],
         "catalog": {"exists": bool(recorded) or (cfg.data_root / "catalog.duckdb").is_file(), "totals": recorded},
         "assumptions": {"mfu": mfu if tokens_per_s is None else None,

@@ -107,3 +107,19 @@ def test_smoke_preset_is_unchanged(tmp_path):
     cfg = apply_overrides(get_preset("smoke"), [f"run.data_root={tmp_path}"])
     assert cfg.units.fit_kmeans and cfg.eval.allow_skip
     assert check_inputs(cfg) == []
+
+
+def test_plan_flags_a_fitted_kmeans_and_lists_missing_inputs(tmp_path):
+    from slam_core.plan import build_plan
+
+    plan = build_plan(_slam(tmp_path, "units.kmeans_path=null", "units.fit_kmeans=true"), gpu="H100")
+    assert plan["quantizer"]["source"] == "fitted" and not plan["quantizer"]["compatible_with_published"]
+    assert any("incompatible with the published vocoder and models" in w for w in plan["warnings"])
+    kmeans_stage = next(s for s in plan["stages"] if s["name"] == "k-means")
+    assert "incompatible with the published vocoder and models" in kmeans_stage["basis"]
+    assert plan["config"]["derived"]["quantizer"]["source"] == "fitted"
+    published = build_plan(_slam(tmp_path), gpu="H100")
+    assert published["quantizer"]["source"] == "published" and published["warnings"] == []
+    assert [m["field"] for m in published["missing_inputs"]][:3] == ["units.kmeans_path", "eval.reference_path",
+                                                                     "eval.vocoder"]
+    assert not (tmp_path / "root").exists()  # the plan wrote nothing
