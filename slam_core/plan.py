@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from slam_core.config import SlamConfig
-from slam_core.inputs import missing_inputs
 from slam_core.data_mix import (
     FLAC_BYTES_PER_S, SPOKENSWAG_PAIRS, pending_downloads, planned_sets, tokens_per_hour,
 )
 from slam_core.fingerprint import code_version
+from slam_core.inputs import missing_inputs
 from slam_core.lm.metrics import BF16_PEAK_FLOPS, flops_per_token_for, peak_flops_for_name
 
 ASSUMED_MFU = 0.40
