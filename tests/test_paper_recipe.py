@@ -172,6 +172,7 @@ def test_pretrain_resumed_twice_has_the_uninterrupted_lr_curve(tiny_run, tmp_pat
 TABLE_4 = {  # Slam (-DPO) pre-training recipe
     "Text Base Model": ("model.base", "Qwen/Qwen2.5-0.5B"),
     "TWIST initialisation": ("model.twist_init", True),
+    "Data (Librilight, Librispeech, sTinyStories)": ("corpus.pretrain_sets", ["librilight", "librispeech", "stinystories"]),
     "Train Time (23.5 hours)": ("train.budget_s", 23.5 * 3600),
     "RoPE theta": ("model.rope_theta", 10_000.0),
     "Context length": ("model.context_len", 1024),
