@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
+
+from data_catalog.identity import identity_of, mismatch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -34,8 +37,13 @@ CREATE TABLE IF NOT EXISTS artifacts (
     bytes BIGINT,
     upstream VARCHAR,
     created_at TIMESTAMPTZ NOT NULL,
+    sha256 VARCHAR,
+    stat_sig VARCHAR,
     PRIMARY KEY (path, fingerprint)
 );
+-- catalogs written before content identities were recorded gain the columns (their rows are checked by size)
+ALTER TABLE artifacts ADD COLUMN IF NOT EXISTS sha256 VARCHAR;
+ALTER TABLE artifacts ADD COLUMN IF NOT EXISTS stat_sig VARCHAR;
 CREATE TABLE IF NOT EXISTS quarantine (
     stage VARCHAR NOT NULL,
     dataset VARCHAR NOT NULL,
@@ -66,6 +74,7 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 
+log = logging.getLogger(__name__)
 _PROCESS_LOCK = threading.RLock()
 
 
@@ -81,16 +90,6 @@ class Artifact:
     audio_seconds: float = 0.0
     bytes: int = 0
     upstream: tuple[str, ...] = ()
-
-
-def _with_size(art: Artifact) -> Artifact:
-    """The artifact with its size on disk filled in when the caller left it 0 (the catalog records sizes so a
-    drill or an audit can tell a complete file from a truncated one)."""
-    if art.bytes:
-        return art
-    path = Path(art.path)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
-    return replace(art, bytes=size)
 
 
 _INSERT_QUARANTINE = "INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?,?,?)"
@@ -137,24 +136,36 @@ class Catalog:
         leaves both or neither. quarantine rows: (stage, dataset, path, reason, detail, fingerprint)."""
         if not Path(art.path).exists():
             raise FileNotFoundError(f"refusing to record missing artifact {art.path}")
-        art, now = _with_size(art), _now()
+        ident, now = identity_of(art.path), _now()
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 for stage, dataset, path, reason, detail, fingerprint in quarantine:
                     con.execute(_INSERT_QUARANTINE, [stage, dataset, str(path), reason, detail, fingerprint, now])
+                # rows of other configs that wrote this path before now point at bytes they did not record
+                displaced = con.execute(
+                    "DELETE FROM artifacts WHERE path = ? AND fingerprint <> ? AND sha256 IS DISTINCT FROM ? "
+                    "RETURNING fingerprint", [str(art.path), art.fingerprint, ident.sha256]).fetchall()
                 con.execute(
-                    "INSERT OR REPLACE INTO artifacts VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO artifacts (stage, dataset, split, path, fingerprint, rows, tokens, "
+                    "audio_seconds, bytes, upstream, created_at, sha256, stat_sig) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [art.stage, art.dataset, art.split, str(art.path), art.fingerprint, art.rows, art.tokens,
-                     art.audio_seconds, art.bytes, json.dumps(list(art.upstream)), now],
+                     art.audio_seconds, ident.bytes, json.dumps(list(art.upstream)), now, ident.sha256,
+                     ident.stat_sig],
                 )
                 con.execute("COMMIT")
+                for (old_fp,) in displaced:
+                    log.warning("%s was rewritten by fingerprint %s: its row for %s is dropped (redone if needed)",
+                                art.path, art.fingerprint, old_fp)
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
 
     def find_artifact(self, path: str | Path, fingerprint: str) -> dict[str, Any] | None:
-        """The recorded row for (path, fingerprint) if its file still exists, else None."""
+        """The recorded row for (path, fingerprint) if its file still holds the bytes recorded, else None.
+
+        Bytes that differ from the record (size, or sha256 when the stat signature changed: another config or a
+        person rewrote the path) are reported and the row is dropped, so the caller produces the output again."""
         with self.connect() as con:
             row = con.execute(
                 "SELECT * FROM artifacts WHERE path = ? AND fingerprint = ?", [str(path), fingerprint]
@@ -162,17 +173,32 @@ class Catalog:
             cols = [d[0] for d in con.description] if row else []
         if row is None or not Path(path).exists():
             return None
-        return dict(zip(cols, row))
+        found = dict(zip(cols, row))
+        if self._stale(found):
+            return None
+        return found
+
+    def _stale(self, row: dict[str, Any]) -> bool:
+        """Whether a row's file no longer holds the bytes recorded; a stale row is reported and deleted."""
+        why = mismatch(row["path"], row.get("bytes"), row.get("sha256"), row.get("stat_sig"))
+        if why is None:
+            return False
+        log.warning("catalog: %s is not what fingerprint %s recorded (%s): not reused, it will be redone",
+                    row["path"], row["fingerprint"], why)
+        with self.connect() as con:
+            con.execute("DELETE FROM artifacts WHERE path = ? AND fingerprint = ?", [row["path"], row["fingerprint"]])
+        return True
 
     def has_fingerprint(self, fingerprint: str) -> bool:
         """Whether work with this fingerprint is committed here: an artifact whose file still exists, or an
         evaluation result recorded under it."""
         with self.connect() as con:
-            paths = [r[0] for r in con.execute("SELECT path FROM artifacts WHERE fingerprint = ?",
-                                               [fingerprint]).fetchall()]
+            cur = con.execute("SELECT * FROM artifacts WHERE fingerprint = ?", [fingerprint])
+            cols = [d[0] for d in cur.description]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
             evals = con.execute("SELECT count(*) FROM eval_results WHERE json_extract_string(details, '$.fingerprint') = ?",
                                 [fingerprint]).fetchone()[0]
-        return evals > 0 or (bool(paths) and all(Path(p).exists() for p in paths))
+        return evals > 0 or (bool(rows) and all(Path(r["path"]).exists() and not self._stale(r) for r in rows))
 
     def artifacts(self, stage: str | None = None, fingerprint: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM artifacts WHERE 1=1", []

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from slam_core.atomic import atomic_path
 from slam_core.config import DpoConfig, ModelConfig
 from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
+from slam_core.errors import InputError
 from slam_core.lm import tuning
 from slam_core.lm.attention import cu_seqlens_from_positions, is_packed, packed_kwargs
 from slam_core.lm.checkpoint import latest_checkpoint, restore_or_seed, rng_state, save_checkpoint
@@ -180,6 +181,19 @@ def _load_or_compute_reference(run_dir: Path, model: torch.nn.Module, pairs: Seq
     return ref
 
 
+def _reference_model(ckpt: Path | None, init_checkpoint: Path, run_dir: Path, model: torch.nn.Module, attn: str,
+                     dev: torch.device) -> torch.nn.Module:
+    """The model the reference log-probs come from: always the initial policy. A resumed run whose stored
+    reference is gone recomputes it from `init_checkpoint`, never from the partly trained `model`."""
+    if ckpt is None or (run_dir / REFERENCE_FILE).exists():
+        return model  # fresh run (model is the initial policy), or the stored reference is loaded
+    if not (Path(init_checkpoint) / "config.json").is_file():
+        raise InputError("DPO reference log-probs are missing and the initial model they come from is gone",
+                         run_dir / REFERENCE_FILE, f"restore {init_checkpoint}, or delete {run_dir} to restart DPO")
+    log.warning("%s is missing: recomputing it from the initial model %s", run_dir / REFERENCE_FILE, init_checkpoint)
+    return load_speech_lm(Path(init_checkpoint), attn).to(dev)
+
+
 def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConfig, dpo_cfg: DpoConfig,
               run_dir: Path, seed: int, device: str = "auto",
               progress: Callable[[float, str], None] | None = None, *,
@@ -202,7 +216,8 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
     pairs, skipped = load_preference_pairs(Path(preference_path), dpo_cfg, model.config.vocab_size)
     if not pairs:
         raise ValueError(f"{preference_path}: no usable preference pairs ({len(skipped)} skipped)")
-    reference = _load_or_compute_reference(run_dir, model, pairs, dpo_cfg, dev, dtype, attn)
+    reference = _load_or_compute_reference(run_dir, _reference_model(ckpt, init_checkpoint, run_dir, model, attn, dev),
+                                           pairs, dpo_cfg, dev, dtype, attn)
     model.train()
     compile_s = 0.0
     if tuning.compile_enabled(dpo_cfg.compile, dev):  # after the (eager, no-grad) reference pass
