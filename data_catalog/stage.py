@@ -10,6 +10,7 @@ With the lock held, temporaries left beside the output by a killed writer are re
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ from typing import Any
 from data_catalog.catalog import Artifact, Catalog
 from data_catalog.locks import output_lock, remove_stale_temporaries
 
+log = logging.getLogger(__name__)
+
 
 def _reused(out_path: Path, fingerprint: str, row: dict[str, Any], waited_s: float = 0.0) -> dict[str, Any]:
+    # a resumed run says which outputs it did not redo (the task itself only ends "Completed")
+    log.info("reused %s: recorded by %s (fingerprint %s), not redone", out_path.name,
+             "the run waited for" if waited_s else "an earlier run", fingerprint)
     return {"path": str(out_path), "fingerprint": fingerprint, "rows": row["rows"], "tokens": row["tokens"],
             "audio_seconds": row["audio_seconds"], "reused": True, "bad": [], "waited_s": round(waited_s, 3)}
 

@@ -11,6 +11,7 @@
     slam vocode --units FILE --out WAV [--vocoder DIR_OR_NAME]
     slam synth <stinystories|spokenswag> --input <file|dir> [--out DIR] [--backend kokoro|espeak] [--voices …]
                [--seed N] [--workers N]
+    slam report serve [--port N] [--data-root DIR]    # the reports on http://127.0.0.1:PORT/<run>/index.html
 """
 
 from __future__ import annotations
@@ -247,11 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     from flows.cli_eval_extra import add_vocode_parser
     from flows.cli_plan import add_plan_parser
     from flows.cli_synth import add_synth_parser
+    from flows.cli_report import add_report_parser
 
     add_data_parser(sub)
     add_plan_parser(sub)
     add_vocode_parser(sub)
     add_synth_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -89,17 +89,36 @@ def rerun_with_configured_runner(flow_obj: Any, parallel: ParallelConfig) -> Any
     return flow_obj.with_options(task_runner=task_runner_for(parallel))
 
 
-def gather_with_progress(futures: list[Any], what: str) -> list[dict[str, Any]]:
+def gather_with_progress(futures: list[Any], what: str,
+                         tally: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
     """Results of shard futures in order, reporting shards done (with an ETA) to the log, a terminal bar and
-    a Prefect progress artifact."""
+    a Prefect progress artifact; at the end one line says how many shards were reused and how many redone
+    (also added to `tally[what]` for the run's summary)."""
     from tasks.common import progress_reporter
 
     report = progress_reporter(what)
-    results = []
+    results, reused = [], 0
     for i, future in enumerate(futures, 1):
         results.append(future.result())
+        reused += shard_was_reused(future, results[-1])
         report(i / max(1, len(futures)), f"{i}/{len(futures)} shards")
+    if not futures:
+        report(1.0, "no shards")
+    count_shards(what, reused, len(futures) - reused, tally)
     return results
+
+
+def shard_was_reused(future: Any, result: dict[str, Any]) -> bool:
+    """A shard task served from Prefect's cache (state Cached), or one that found its output in the catalog."""
+    state = getattr(future, "state", None)
+    return bool(result.get("reused")) or getattr(state, "name", "") == "Cached"
+
+
+def count_shards(what: str, reused: int, redone: int, tally: dict[str, dict[str, int]] | None = None) -> None:
+    """Log (and add to `tally`) how many shards of a stage were reused from an earlier run and how many redone."""
+    print(f"{what}: {reused + redone} shard(s), {reused} reused, {redone} redone")
+    if tally is not None:
+        tally[what] = {"reused": reused, "redone": redone}
 
 
 def device_name(cfg: SlamConfig) -> str:

@@ -32,6 +32,7 @@ from slam_core.fingerprint import code_version
 from slam_core.inputs import check_inputs
 from slam_core.paths import stage_dir
 from tasks import evaluate as ev
+from tasks.artifacts import publish_run_story
 from tasks.common import catalog_at
 
 PAIR_METRICS = ("tsc_like", "ssc_like")
@@ -68,6 +69,12 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
 
     def needed(metric_rows: tuple[str, ...] | list[str]) -> list[str]:
         return [c for c in targets if not all(_done(rows.get((c, m)), skip_fp, weights[c]) for m in metric_rows)]
+
+    result_rows = sorted(_result_metrics(cfg, list(rows.values())) - {"generate"})
+    pending = needed(result_rows)
+    print(f"{len(targets)} checkpoint(s) found; "
+          + (f"new work for {len(pending)}: {', '.join(Path(c).name for c in pending)}" if pending
+             else "nothing new to evaluate"))
 
     # 2. Built-in pair metrics (tSC-like, sSC-like).
     todo = [(c, m) for m in metrics if m in PAIR_METRICS for c in needed([m])]
@@ -112,14 +119,34 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
              for r in all_rows if r["checkpoint"] in targets and r["metric"] in wanted_metrics and "accuracy" not in r]
     newest = targets[-1] if targets else None
     samples, audio_note = _report_samples(cfg, newest, gen_paths, catalog, run)
-    metrics_csv = metrics_csv or str(newest_metrics_csv(stage_dir(cfg.data_root, "checkpoints", run)) or "") or None
+    ckpt_root = stage_dir(cfg.data_root, "checkpoints", run)
+    metrics_csv = metrics_csv or str(newest_metrics_csv(ckpt_root, "pretrain") or "") or None
+    dpo_csv = str(newest_metrics_csv(ckpt_root, "dpo") or "") or None
     report_fp = fp("report", cfg, ("eval",), *sorted(f"{r['checkpoint']}|{r['metric']}|{r['value']}|{r['created_at']}"
-                                                     for r in all_rows), str(samples), str(metrics_csv))
+                                                     for r in all_rows), str(samples), str(metrics_csv),
+                   str(dpo_csv), *(_stamp(p) for p in (metrics_csv, dpo_csv)))
     out_html = str(stage_dir(cfg.data_root, "reports", run) / "index.html")
-    rep = ev.write_report(run, out_html, metrics_csv, samples, cfg.resolve(), report_fp, root, audio_note)
+    rep = ev.write_report(run, out_html, metrics_csv, samples, cfg.resolve(), report_fp, root, audio_note, dpo_csv)
+    if _started_by_user():  # inside a reproduction, the reproduction's own run carries the story
+        publish_run_story(run, root, rep["report"])
     return {"results": results, "other": other, "computed": len(computed),
             "generations": gen_paths.get(newest) if newest else None, "report": rep["report"],
             "rejected": [{"checkpoint": c, "reason": r} for c, r in rejected]}
+
+
+def _stamp(path: str | None) -> str:
+    """Size and mtime of a file the report draws (a resumed training appends to its metrics.csv)."""
+    if not path or not Path(path).is_file():
+        return ""
+    st = Path(path).stat()
+    return f"{st.st_size}|{st.st_mtime_ns}"
+
+
+def _started_by_user() -> bool:
+    """This flow run is the one the user (or the schedule) started, not a subflow of a reproduction."""
+    from prefect.runtime import flow_run
+
+    return flow_run.parent_flow_run_id is None
 
 
 def _done(row: dict[str, Any] | None, skip_fp: str, weights: str) -> bool:
@@ -264,9 +291,20 @@ def _report_samples(cfg: SlamConfig, newest: str | None, gen_paths: dict[str, st
     result = json.loads(row["details"] or "{}").get("result") if row else None
     if result and Path(result).is_file():
         return result, None
-    note = ("no vocoder configured (eval.vocoder): unit sequences only, no audio" if not cfg.eval.vocoder
-            else "not vocoded (genppl not computed for this checkpoint): unit sequences only")
-    return gen_paths.get(newest), note
+    gens = gen_paths.get(newest)
+    if not cfg.eval.vocoder:
+        return gens, "no vocoder configured (eval.vocoder): unit sequences only, no audio"
+    if not gens:
+        return None, None
+    from slam_core.eval.vocoder import VocoderNotFoundError, resolve_vocoder_files
+
+    try:  # a vocoder is set: the samples get audio players even when GenPPL is not computed
+        resolve_vocoder_files(cfg.eval.vocoder)
+    except VocoderNotFoundError as err:
+        return gens, f"not vocoded: {err}"
+    voc_fp = fp("generate", cfg, ("eval",), Path(gens).stem, "vocode-samples", code=code_version(("eval",)))
+    out_dir = stage_dir(cfg.data_root, "eval", run, "samples", voc_fp)
+    return ev.vocode_samples(gens, cfg.eval, device_name(cfg), str(out_dir), voc_fp, str(cfg.data_root))["path"], None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import (
-    check_resources, device_name, fp, gather_with_progress, load_config, rerun_with_configured_runner, save_resolved,
+    check_resources, count_shards, device_name, fp, gather_with_progress, load_config, rerun_with_configured_runner,
+    save_resolved, shard_was_reused,
 )
 from flows.data_sources import CODE_SCOPE as SOURCE_CODE_SCOPE
 from flows.pretrain_sets import SegmentGroup, corpus_groups
@@ -117,6 +118,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     check_resources(cfg, inputs=("units",))
     save_resolved(cfg, "prepare-data")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
+    tally: dict[str, dict[str, int]] = {}  # per stage: shards reused from an earlier run, shards redone
     if dev == "cpu":
         set_cpu_threads(cfg.parallel.max_workers)  # shard tasks run side by side: split the cores between them
 
@@ -148,19 +150,21 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     # 4. Segments: the sets' shards as they are, or silero-vad cuts recordings into story-length segments.
     for group in groups:
         group.paths = [s["path"] for s in gather_with_progress([f for f, _ in group.shards],
-                                                                f"{group.name} segment shards")]
+                                                                f"{group.name} segment shards", tally)]
     if not groups:
         seg_dir = stage_dir(cfg.data_root, "segments", "stories", "train")
         seg_fps = [fp("segments", cfg, ("vad",), synth_fps[i]) for i in range(len(shards))]
         synth_progress = progress_reporter("speech synthesis shards")
-        segments = []
+        segments, synth_reused = [], 0
         for i, recording in enumerate(recordings, 1):  # segment each shard as soon as it is spoken
             recordings_path = recording.result()["path"]
+            synth_reused += shard_was_reused(recording, recording.result())
             synth_progress(i / len(recordings), f"{i}/{len(recordings)} shards")
             out_path = str(seg_dir / f"segments-{i - 1:05d}.parquet")
             segments.append(data.segment_recordings.submit(recordings_path, cfg.vad, out_path, "stories", "train",
                                                            seg_fps[i - 1], root))
-        paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards")]
+        count_shards("speech synthesis shards", synth_reused, len(recordings) - synth_reused, tally)
+        paths = [s["path"] for s in gather_with_progress(segments, "VAD segmentation shards", tally)]
         groups = [SegmentGroup("stories", "train", "train", [(None, k) for k in seg_fps], paths)]
     train_groups = [g for g in groups if g.role == "train"]
 
@@ -186,13 +190,14 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         preference_dir, preference_fp, preference_futures = submit_preference_units(
             cfg, preference_files, centroids, km_fp, dev, root)
 
-    unit_results = {g.name: gather_with_progress(unit_futures[g.name], f"{g.name} unit shards") for g in groups}
+    unit_results = {g.name: gather_with_progress(unit_futures[g.name], f"{g.name} unit shards", tally)
+                    for g in groups}
     train_units = [u for g in train_groups for u in unit_results[g.name]]
     val_groups = [g for g in groups if g.role == "validation"]
     pairs = {k: f.result()["path"] for k, f in pair_units.items()}
     pair_fingerprints = {k: f.result()["fingerprint"] for k, f in pair_units.items()}
     if preference_files is not None:
-        gather_with_progress(preference_futures, "SpokenSwag pair-unit shards")
+        gather_with_progress(preference_futures, "SpokenSwag pair-unit shards", tally)
         pairs["preferences"], pair_fingerprints["preferences"] = preference_dir, preference_fp
     out = {
         "unit_shards": [u["path"] for u in train_units],
@@ -201,6 +206,8 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         "centroids": centroids,
         "pair_fingerprints": pair_fingerprints,
         "tokens": sum(u["tokens"] for u in train_units),
+        "segments": sum(u["rows"] for u in train_units),
+        "shards": tally,
         "audio_hours": sum(u["audio_seconds"] for u in train_units) / 3600,
     }
     if len(groups) > 1 or val_groups:  # the paper's mix: what each set holds, and the held-out sets

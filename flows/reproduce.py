@@ -3,6 +3,7 @@
     1. prepare-data   corpus -> synthetic speech -> VAD segments -> units (+ spoken pairs)
     2. train-lm       TWIST init -> budgeted pre-training -> DPO
     3. evaluate       pair metrics + continuations for both checkpoints -> HTML report
+    4. the run's story on this flow run: metrics table, per-stage summary, link to the served report
 
 Run: `slam run reproduce --preset smoke`, `python -m flows.reproduce --preset smoke`,
 or `prefect deployment run 'reproduce/full-reproduction'`.
@@ -18,6 +19,8 @@ from flows.common import check_resources, load_config, save_resolved
 from flows.evaluate import evaluate
 from flows.prepare_data import prepare_data
 from flows.train_lm import train_lm
+from slam_core.run_summary import checkpoint_label, stage_rows
+from tasks.artifacts import publish_run_story
 from tasks.common import catalog_at
 
 
@@ -41,9 +44,14 @@ def reproduce(preset: str = "smoke", overrides: dict[str, Any] | None = None,
                          metrics_csv=str(trained["pretrain"]["run_dir"]) + "/metrics.csv")
     for r in evaluated["results"]:
         print(f"{r['metric']:>10} {r['accuracy']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, n={r['n']}) "
-              f"{r['checkpoint']}")
-    print(f"report: {evaluated['report']}")
-    return {"report": evaluated["report"], "results": evaluated["results"], "checkpoints": checkpoints}
+              f"{checkpoint_label(r['checkpoint'])}")
+    stages = stage_rows(prepared, trained, evaluated)
+    for s in stages:
+        print(f"stage {s['stage']}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "stage" and v not in (None, "")))
+    story = publish_run_story(cfg.run.name, root, evaluated["report"], stages)
+    print(f"report: {evaluated['report']} (browse it at {story['report_url']} after `slam report serve`)")
+    return {"report": evaluated["report"], "report_url": story["report_url"], "results": evaluated["results"],
+            "checkpoints": checkpoints, "stages": stages}
 
 
 if __name__ == "__main__":

@@ -6,15 +6,18 @@ set -m  # background jobs get default signal handling, so the worker stops on on
 cd "$(dirname "$0")/.."
 VENV_BIN=${VENV_BIN:-$PWD/.venv/bin}
 export PATH="$VENV_BIN:$PATH"
-PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PORT=${PORT:-$(free_port)}
+REPORT_PORT=$(free_port)
 WORK=$(mktemp -d)
 export PREFECT_HOME=$WORK/prefect PREFECT_API_URL=http://127.0.0.1:$PORT/api PREFECT_SERVER_API_HOST=127.0.0.1 \
   PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 PREFECT_SERVER_UI_ENABLED=false PREFECT_CLI_PROMPT=false \
-  PREFECT_WORKER_QUERY_SECONDS=1 SLAM_ROOT=$PWD SLAM_DATA_ROOT=$WORK/data HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-SERVER_PID= WORKER_PID=
+  PREFECT_WORKER_QUERY_SECONDS=1 SLAM_ROOT=$PWD SLAM_DATA_ROOT=$WORK/data SLAM_REPORT_PORT=$REPORT_PORT \
+  HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+SERVER_PID= WORKER_PID= REPORT_PID=
 cleanup() {
   local rc=$?
-  for pid in $WORKER_PID $SERVER_PID; do
+  for pid in $REPORT_PID $WORKER_PID $SERVER_PID; do
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -KILL "$pid" 2>/dev/null || true
@@ -49,9 +52,48 @@ step "deployment run reproduce/full-reproduction (smoke, short budget)"
 prefect deployment run 'reproduce/full-reproduction' --param preset=smoke --param "overrides=$SMOKE_SET" \
   --watch --watch-interval 2 --watch-timeout 1500 || { tail -80 "$WORK/worker.log"; exit 1; }
 
+step "the reproduction's own flow run carries the metrics, the stage summary and a report link that opens"
+python -m flows.cli report serve --port "$REPORT_PORT" >"$WORK/report.log" 2>&1 & REPORT_PID=$!
+python - <<'PY'
+import asyncio
+import os
+import time
+import urllib.request
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
+
+
+async def main() -> None:
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["reproduce"])))
+        arts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[r.id for r in runs])))
+        progress = [a for a in await client.read_artifacts() if a.type == "progress"]
+    keys = {a.key for a in arts}
+    assert {"smoke-metrics", "smoke-stages", "smoke-report"} <= keys, keys
+    assert progress and all(float(a.data) == 100.0 for a in progress), [(a.description, a.data) for a in progress]
+    url = f"http://127.0.0.1:{os.environ['SLAM_REPORT_PORT']}/smoke/index.html"
+    assert any(url in str(a.data) for a in arts if a.key == "smoke-report"), url
+    for _ in range(30):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                assert resp.status == 200 and b"slam run: smoke" in resp.read()
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        raise SystemExit(f"{url} did not answer")
+    print(f"artifacts {sorted(keys)}, {len(progress)} progress artifacts at 100 %, {url} served")
+
+
+asyncio.run(main())
+PY
+
 step "deployment run evaluate/nightly-eval (nothing new: must do no work)"
 prefect deployment run 'evaluate/nightly-eval' --param preset=smoke --param "overrides=$SMOKE_SET" \
   --watch --watch-interval 2 --watch-timeout 600 || { tail -80 "$WORK/worker.log"; exit 1; }
+grep -q "nothing new to evaluate" "$WORK/worker.log" || { echo "nightly-eval found work after the reproduction"; tail -40 "$WORK/worker.log"; exit 1; }
 grep -Eq "0 (built-in )?pair metric\(s\) to compute" "$WORK/worker.log" || { echo "nightly-eval recomputed results"; tail -40 "$WORK/worker.log"; exit 1; }
 
 step "gpu-tagged task runs never overlapped"

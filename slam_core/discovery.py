@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 CONFIG_FILE = "config.json"
 DIGEST_CACHE_FILE = "checkpoint-digests.json"
+LATEST_POINTER = "latest"  # slam_core/lm/checkpoint.py LATEST_FILE: names a training run's current step dir
 
 # sha256 of a file by (resolved path, size, mtime_ns, ctime_ns, inode): every eval task of a flow run asks for
 # the digest of the same checkpoints, and a 0.5B checkpoint takes seconds to hash.
@@ -31,13 +32,25 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def find_checkpoints(checkpoints_root: str | Path) -> list[Path]:
-    """Every checkpoint directory below `checkpoints_root`, oldest first, ignoring hidden temp dirs."""
+    """Every checkpoint directory below `checkpoints_root`, oldest first, ignoring hidden temp dirs and the
+    intermediate steps of a training run: where a `latest` pointer file sits beside `step-N` directories
+    (`slam_core/lm/checkpoint.py`), only the step it names is the run's model (the others are kept to resume
+    from and are never evaluated by the run itself, so evaluating them on a schedule would be wasted work)."""
     root = Path(checkpoints_root)
     if not root.is_dir():
         return []
     found = [p.parent for p in root.rglob(CONFIG_FILE)
              if is_checkpoint(p.parent) and not any(part.startswith(".") for part in p.parent.relative_to(root).parts)]
+    found = [p for p in found if not _superseded_step(p)]
     return sorted(set(found), key=lambda p: (_weights(p).stat().st_mtime, str(p)))
+
+
+def _superseded_step(path: Path) -> bool:
+    """A training run's step directory that its `latest` pointer does not name."""
+    pointer = path.parent / LATEST_POINTER
+    if not pointer.is_file():
+        return False
+    return pointer.read_text().strip() != path.name
 
 
 def identity_files(path: str | Path) -> list[Path]:
@@ -125,9 +138,13 @@ def _weights(path: Path) -> Path:
     raise FileNotFoundError(f"{path}: no model weights ({' or '.join(WEIGHT_FILES)})")
 
 
-def newest_metrics_csv(checkpoints_root: str | Path) -> Path | None:
-    """The most recently written training metrics file below `checkpoints_root`, if any."""
-    found = sorted(Path(checkpoints_root).rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+def newest_metrics_csv(checkpoints_root: str | Path, stage: str | None = None) -> Path | None:
+    """The most recently written training metrics file below `checkpoints_root`, if any; with `stage`
+    ("pretrain" or "dpo") only those of that stage's run directories (`<stage>-<fingerprint>/metrics.csv`), so a
+    DPO run written after pre-training is never taken for the pre-training curve."""
+    found = [p for p in Path(checkpoints_root).rglob("metrics.csv")
+             if stage is None or p.parent.name.startswith(f"{stage}-")]
+    found.sort(key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from data_catalog import Artifact, Catalog, produce_or_reuse
 from slam_core.atomic import write_text_atomic
@@ -193,6 +192,27 @@ def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalCon
         "checkpoint": checkpoint, "result": details["result"]}
 
 
+@task(name="vocode-samples", tags=["gpu"], **CACHED)
+def vocode_samples(generations_path: str, cfg: EvalConfig, device: str, out_dir: str, fingerprint: str,
+                   data_root: str) -> dict[str, Any]:
+    """WAVs of the report's samples (prompt + continuation) when a vocoder is set but GenPPL did not vocode
+    them; writes `out_dir/samples.json` ({"rows": generations with "wav_path"}), the report's sample input."""
+    def produce() -> dict[str, Any]:
+        from slam_core.eval.genppl import vocode_generations
+        from slam_core.eval.vocoder import load_vocoder, resolve_vocoder_files
+
+        gens = json.loads(Path(generations_path).read_text())
+        vocoder = load_vocoder(*resolve_vocoder_files(str(cfg.vocoder)), device=device)
+        paths, _ = vocode_generations(gens, vocoder, out_dir, include_prompt=True)
+        rows = [{**row, "wav_path": str(path)} for row, path in zip(gens, paths)]
+        write_text_atomic(Path(out_dir) / "samples.json", json.dumps({"rows": rows}, indent=1) + "\n")
+        return {"rows": len(rows)}
+
+    produce_or_reuse(catalog_at(data_root), stage="eval", dataset="samples", split="heldout", out_path=out_dir,
+                     fingerprint=fingerprint, produce=produce)
+    return {"path": str(Path(out_dir) / "samples.json")}
+
+
 def build_judge(cfg: EvalConfig, device: str) -> Any:
     """The configured judge: an OpenAI-compatible endpoint (key from the named env var) or a local HF LM."""
     from slam_core.eval import judge
@@ -228,23 +248,16 @@ def judge_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConf
 
 @task(name="write-report", **CACHED)
 def write_report(run: str, out_html: str, metrics_csv: str | None, generations_path: str | None, config: dict,
-                 fingerprint: str, data_root: str, audio_note: str | None = None) -> dict[str, Any]:
-    """HTML report (loss curve, metrics beside the paper, samples with audio players when vocoded), also
-    published as Prefect artifacts. `generations_path`: a generations JSON, or a genppl.json (rows with WAVs)."""
+                 fingerprint: str, data_root: str, audio_note: str | None = None,
+                 dpo_metrics_csv: str | None = None) -> dict[str, Any]:
+    """HTML report (training curves, metrics beside the paper, samples with audio players when vocoded); the
+    flow that started the run publishes it (tasks/artifacts.py). `generations_path`: a generations JSON, or a
+    genppl.json (rows with WAVs)."""
     rows = accuracy_rows(catalog_at(data_root), run)
     gens = json.loads(Path(generations_path).read_text()) if generations_path else None
     gens = gens["rows"] if isinstance(gens, dict) else gens
     path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
-                               paper_reference=report.PAPER_TABLE2["Slam"], audio_note=audio_note)
+                               paper_reference=report.PAPER_TABLE2["Slam"], audio_note=audio_note,
+                               dpo_metrics_csv=Path(dpo_metrics_csv) if dpo_metrics_csv else None)
     catalog_at(data_root).record_artifact(Artifact("reports", run, "all", str(path), fingerprint, rows=len(rows)))
-    table = [{k: r[k] for k in ("checkpoint", "metric", "value", "n", "ci_low", "ci_high")}
-             | {"note": (skip_details(r) or {}).get("skipped", "")} for r in rows]
-    create_table_artifact(key=f"{_slug(run)}-metrics", table=table, description=f"Evaluation of run {run}")
-    create_markdown_artifact(key=f"{_slug(run)}-summary", markdown=report.markdown_summary(rows))
-    create_link_artifact(key=f"{_slug(run)}-report", link=Path(path).resolve().as_uri(), link_text="HTML report")
     return {"report": str(path)}
-
-
-def _slug(text: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "run"

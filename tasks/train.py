@@ -60,6 +60,7 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
         else:
             summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out,
                                           cache_dir=cache_dir))
+        progress(1.0, f"done: {summary['steps']} steps")  # the schedule may end the run before its estimate
         return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 
     rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="pretrain", split="train",
@@ -74,8 +75,10 @@ def run_dpo(init_checkpoint: str, preference_path: str, model_cfg: ModelConfig, 
     summary: dict[str, Any] = {}
 
     def produce() -> dict[str, Any]:
+        progress = progress_reporter("DPO")
         summary.update(dpo.train_dpo(Path(init_checkpoint), Path(preference_path), model_cfg, dpo_cfg, Path(run_dir),
-                                     seed, device=device, progress=progress_reporter("DPO")))
+                                     seed, device=device, progress=progress))
+        progress(1.0, f"done: {summary['steps']} steps")  # DPO ends on steps or epochs before its time budget
         return {"rows": summary["steps"], "tokens": summary.get("tokens_seen", 0), "bad": summary.get("skipped", [])}
 
     rec = produce_or_reuse(catalog_at(data_root), stage="checkpoints", dataset="dpo", split="train",

@@ -99,6 +99,19 @@ def test_find_checkpoints_skips_hidden_and_incomplete_dirs(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_find_checkpoints_keeps_only_the_step_a_training_run_points_at(tmp_path: Path) -> None:
+    # a reproduction evaluates each training run's final checkpoint (the one `latest` names); the older step
+    # kept for resuming must not look new to the scheduled evaluation
+    root = tmp_path / "checkpoints"
+    steps = root / "pretrain-abc" / "checkpoints"
+    old_step, final_step = save_tiny(steps / "step-000400"), save_tiny(steps / "step-000460")
+    (steps / "latest").write_text("step-000460\n")
+    dpo = save_tiny(root / "dpo-def" / "checkpoints" / "step-000010")
+    (dpo.parent / "latest").write_text("step-000010\n")
+    plain = save_tiny(root / "exported")  # a checkpoint outside any training run is always found
+    assert set(find_checkpoints(root)) == {final_step, dpo, plain} and old_step.is_dir()
+
+
 def test_evaluate_flow_shares_samples_of_copies_and_redoes_rewritten_weights(prefect_harness, tmp_path: Path,
                                                                              one_torch_thread: None) -> None:
     from data_catalog import Catalog

@@ -244,6 +244,11 @@ def test_flow_scores_published_sets_and_generative_metrics(prefect_harness, tmp_
 
     again = evaluate(preset="smoke", overrides=overrides, data_root=str(data), checkpoints=ckpts, prepared=prepared)
     assert again["computed"] == 0 and again["results"] == out["results"]
+    # a vocoder set but no GenPPL: the report's samples still get audio players
+    only_samples = overrides | {"run.name": "samples-only", "eval.metrics": ["generate"]}
+    page = Path(evaluate(preset="smoke", overrides=only_samples, data_root=str(data), checkpoints=ckpts[:1],
+                         prepared=prepared)["report"]).read_text()
+    assert page.count("<audio controls") == 2 and "unit sequences only" not in page
 
 
 @pytest.mark.slow

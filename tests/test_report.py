@@ -43,11 +43,15 @@ def test_report_with_plots_table_audio_generations_and_config(tmp_path: Path) ->
     page = out.read_text()
     images = _png_images(page)
     assert len(images) == 3 and all(img.startswith(b"\x89PNG") for img in images)
-    assert '<img alt="grad norm, tokens/s and MFU"' in page  # panels for the columns the CSV has
+    assert '<img alt="pre-training grad norm, tokens/s and MFU"' in page  # panels for the columns the CSV has
     assert images[2] == extra_png.read_bytes()
     assert "http://" not in page and "https://" not in page          # nothing to fetch
-    # accuracy in %, interval in %, paper value beside (≈ for the synthetic stand-in)
-    assert "75.00 %" in page and "[59.81, 85.81]" in page and "≈ 82.04 (tsc)" in page
+    # accuracy in %, interval in %; the smoke proxy in its own table, labelled, with no paper value beside it
+    assert "75.00 %" in page and "[59.81, 85.81]" in page and "82.04 (tsc)" not in page
+    proxies = page[page.index("<h3>Smoke proxies"):page.index("<h3>Beside the paper")]
+    assert "tsc_like (proxy of tSC)" in proxies and "not comparable" in proxies and "paper (Slam)" not in proxies
+    assert "75.00 %" in proxies and "sblimp" not in proxies
+    assert page.index("On the paper's evaluation sets") < page.index("Smoke proxies")
     assert "<td>58.86</td>" in page and "123.46" in page and "<td>62.80</td>" in page
     audio = re.findall(r'<audio controls preload=none src="([^"]+)"', page)
     assert audio == ["audio/gen0.wav"] and (out.parent / audio[0]).read_bytes() == wav.read_bytes()
@@ -57,6 +61,20 @@ def test_report_with_plots_table_audio_generations_and_config(tmp_path: Path) ->
     assert sorted(p.name for p in out.parent.iterdir()) == ["audio", "index.html"]
     # Table 2 beside this run: paper rows and the evaluated metrics in the paper's columns
     assert "paper: Slam (-DPO)" in page and "<td>88.30</td>" in page and "this run" in page
+
+
+def test_pretraining_and_dpo_curves_are_separate_sections(tmp_path: Path) -> None:
+    pre = _metrics_csv(tmp_path / "pre.csv", "step,loss,lr,grad_norm,tokens_per_s,mfu,val_loss",
+                       [f"{s},{6 - s * 0.1},0.001,1.0,1000,0.3," for s in range(1, 30)] + ["29,,,,,,3.2"])
+    dpo = _metrics_csv(tmp_path / "dpo.csv", "step,loss,lr,grad_norm,reward_margin,reward_accuracy,tokens_per_s",
+                       [f"{s},{0.69 - s * 0.01},0.0005,0.5,{s * 0.1},0.6,800" for s in range(1, 11)])
+    page = write_report(tmp_path / "index.html", "r", pre, [], None, {}, dpo_metrics_csv=dpo).read_text()
+    pre_part = page[page.index("<h2>Pre-training</h2>"):page.index("<h2>DPO</h2>")]
+    dpo_part = page[page.index("<h2>DPO</h2>"):page.index("<h2>Metrics</h2>")]
+    assert 'alt="pre-training train and validation loss with the learning rate"' in pre_part
+    assert 'alt="pre-training grad norm, tokens/s and MFU"' in pre_part and len(_png_images(pre_part)) == 2
+    assert 'alt="DPO DPO loss with the learning rate"' in dpo_part and len(_png_images(dpo_part)) == 2
+    assert _png_images(pre_part)[0] != _png_images(dpo_part)[0]
 
 
 def test_report_names_skips_and_unvocoded_samples(tmp_path: Path) -> None:
@@ -80,9 +98,9 @@ def test_report_is_deterministic(tmp_path: Path) -> None:
 
 def test_report_tolerates_missing_and_partial_metrics(tmp_path: Path) -> None:
     no_csv = write_report(tmp_path / "a.html", "r", None, [], None, {}).read_text()
-    assert "no training metrics" in no_csv and _png_images(no_csv) == []
+    assert "no pre-training metrics" in no_csv and _png_images(no_csv) == [] and "<h2>DPO</h2>" not in no_csv
     no_loss = _metrics_csv(tmp_path / "m1.csv", "step,lr", ["1,0.1"])
-    assert "no training metrics" in write_report(tmp_path / "b.html", "r", no_loss, [], None, {}).read_text()
+    assert "no pre-training metrics" in write_report(tmp_path / "b.html", "r", no_loss, [], None, {}).read_text()
     # columns in another order, an extra column, a blank cell and a non-numeric cell
     odd = _metrics_csv(tmp_path / "m2.csv", "elapsed_s,loss,step,val_loss", ["1,5.0,1,", "2,,2,4.5", "3,nan?,3,", "4,3.0,4,4.0"])
     assert len(_png_images(write_report(tmp_path / "c.html", "r", odd, [], None, {}).read_text())) == 1

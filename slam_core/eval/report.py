@@ -63,7 +63,8 @@ def _series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], 
 
 
 def loss_plot(metrics_csv: Path) -> str | None:
-    """Training-loss curve (and learning rate on a second axis) as a PNG data URI; None without a loss column."""
+    """Train loss, validation loss (where logged) and the learning rate on a second axis, as a PNG data URI;
+    None without a loss column."""
     # a bare Figure renders with Agg and touches no pyplot global state (safe in Prefect worker threads)
     from matplotlib.figure import Figure
 
@@ -87,8 +88,9 @@ def loss_plot(metrics_csv: Path) -> str | None:
     return _png_data_uri(fig)
 
 
-# (column, axis label) of the optimiser-health and speed panels, in display order.
-THROUGHPUT_PANELS = (("grad_norm", "grad norm (before clip)"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU"))
+# (column, axis label) of the optimiser-health and speed panels, in display order (DPO logs the rewards).
+THROUGHPUT_PANELS = (("grad_norm", "grad norm (before clip)"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU"),
+                     ("reward_margin", "reward margin"), ("reward_accuracy", "reward accuracy"))
 
 
 def throughput_plot(metrics_csv: Path) -> str | None:
@@ -135,14 +137,12 @@ def _note(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+# The smoke preset's built-in pair sets: stand-ins for the paper's sets, never comparable with its numbers.
+PROXY_METRICS = {"tsc_like": "tSC", "ssc_like": "sSC"}
+
+
 def _paper_value(metric: str, paper: dict[str, float] | None) -> str:
-    if not paper:
-        return ""
-    if metric in paper:
-        return f"{paper[metric]:.2f}"
-    base = metric.removesuffix("_like")
-    # a synthetic stand-in set is only comparable in spirit, hence the marker
-    return f"≈ {paper[base]:.2f} ({base})" if base in paper else ""
+    return f"{paper[metric]:.2f}" if paper and metric in paper else ""
 
 
 def _fmt(value: float | None) -> str:
@@ -150,10 +150,27 @@ def _fmt(value: float | None) -> str:
 
 
 def checkpoint_label(path: str) -> str:
-    """`.../pretrain-<fp>/checkpoints/step-000120` -> `pretrain step-000120` (stage and step, not the whole path)."""
-    parts = Path(path).parts
-    stage = next((p.split("-")[0] for p in reversed(parts) if p.startswith(("pretrain-", "dpo-"))), "")
-    return f"{stage} {parts[-1]}".strip() if parts else str(path)
+    """`.../pretrain-<fp>/checkpoints/step-000120` -> `pretrain step 120 (<fp>)` (see slam_core/run_summary.py)."""
+    from slam_core.run_summary import checkpoint_label as label
+
+    return label(path)
+
+
+def metrics_sections_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dict[str, float] | None) -> list[str]:
+    """The metrics on the paper's sets (beside the paper's number), then the smoke proxies in their own table
+    under a heading that says they are proxies, with no paper column."""
+    real = [r for r in eval_rows if r.get("metric") not in PROXY_METRICS]
+    proxies = [r for r in eval_rows if r.get("metric") in PROXY_METRICS]
+    out = []
+    if real or not proxies:
+        out += ["<h3>On the paper's evaluation sets</h3>", metrics_table_html(real, paper_reference)]
+    if proxies:
+        names = ", ".join(f"{m} (proxy of {p})" for m, p in PROXY_METRICS.items())
+        out += ["<h3>Smoke proxies (built-in pairs)</h3>",
+                f"<p class=note>{html.escape(names)}: pair accuracy on the run's own synthetic stories and triples, "
+                "a check that training learns, not the paper's sSC/tSC; their numbers are not comparable with "
+                "the paper's.</p>", metrics_table_html(proxies, None)]
+    return out
 
 
 def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dict[str, float] | None) -> str:
@@ -221,11 +238,22 @@ def paper_table_html(eval_rows: Sequence[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _curves_html(metrics_csv: Path | None, what: str, loss_alt: str, speed_alt: str) -> list[str]:
+    curve = loss_plot(Path(metrics_csv)) if metrics_csv and Path(metrics_csv).is_file() else None
+    if not curve:
+        return [f"<p class=note>no {what} metrics (metrics.csv missing or without a loss column)</p>"]
+    out = [f'<img alt="{what} {loss_alt}" src="{curve}">']
+    speed = throughput_plot(Path(metrics_csv))
+    if speed:
+        out.append(f'<img alt="{what} {speed_alt}" src="{speed}">')
+    return out
+
+
 def write_report(
     out_html: Path, run_name: str, metrics_csv: Path | None, eval_rows: list[dict[str, Any]],
     generations: list[dict[str, Any]] | None, config: dict[str, Any],
     paper_reference: dict[str, float] | None = None, extra_plots: dict[str, Path] | None = None,
-    audio_note: str | None = None,
+    audio_note: str | None = None, dpo_metrics_csv: Path | None = None,
 ) -> Path:
     """Write one HTML report atomically (plots inlined as PNG; generated WAVs copied to `audio/` beside it and
     played with <audio> tags); return its path.
@@ -233,19 +261,20 @@ def write_report(
     `eval_rows`: dicts with "metric" and either "accuracy" (0-1, shown in %) or "value", plus optional
     "n", "ci_low", "ci_high". `paper_reference`: metric -> published number (e.g. PAPER_TABLE2["Slam"]).
     `extra_plots`: title -> PNG file to embed. `audio_note`: shown above the samples (e.g. no vocoder).
+    `metrics_csv` is the pre-training run's, `dpo_metrics_csv` the DPO run's (its own section).
     """
-    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", caveats_html(config, eval_rows), "<h2>Training</h2>"]
-    curve = loss_plot(Path(metrics_csv)) if metrics_csv and Path(metrics_csv).is_file() else None
-    sections.append(f'<img alt="training loss" src="{curve}">' if curve
-                    else "<p class=note>no training metrics (metrics.csv missing or without a loss column)</p>")
-    speed = throughput_plot(Path(metrics_csv)) if curve else None
-    if speed:
-        sections.append(f'<img alt="grad norm, tokens/s and MFU" src="{speed}">')
+    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", caveats_html(config, eval_rows), "<h2>Pre-training</h2>"]
+    sections += _curves_html(metrics_csv, "pre-training", "train and validation loss with the learning rate",
+                             "grad norm, tokens/s and MFU")
+    if dpo_metrics_csv:
+        sections.append("<h2>DPO</h2>")
+        sections += _curves_html(dpo_metrics_csv, "DPO", "DPO loss with the learning rate",
+                                 "grad norm, tokens/s and rewards")
     for title, png in (extra_plots or {}).items():
         data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
         sections.append(f'<h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
                         f'src="data:image/png;base64,{data}">')
-    sections += ["<h2>Metrics</h2>", metrics_table_html(eval_rows, paper_reference),
+    sections += ["<h2>Metrics</h2>", *metrics_sections_html(eval_rows, paper_reference),
                  "<h3>Beside the paper (Table 2; accuracies and Auto-BLEU in %)</h3>", paper_table_html(eval_rows)]
     if generations:
         sections += ["<h2>Generations</h2>", generations_html(generations, Path(out_html).parent, audio_note)]
