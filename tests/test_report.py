@@ -139,7 +139,7 @@ def test_report_lists_caveats_first(tmp_path: Path) -> None:
                                        "incompatible with the published vocoder and models"]}}
     page = write_report(tmp_path / "index.html", "r", None, rows + [{**r, "checkpoint": "c"} for r in EVAL_ROWS], None,
                         config).read_text()
-    caveats = page[page.index("<h2>Caveats</h2>"):page.index("<h2>Training</h2>")]
+    caveats = page[page.index("<h2>Caveats</h2>"):page.index("<h2>Pre-training</h2>")]
     assert "incompatible with the published vocoder and models" in caveats
     assert "not measured: auto_bleu, genppl — no vocoder configured (eval.vocoder)" in caveats
     assert "tsc_like" not in caveats
