@@ -43,6 +43,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     console = Console()
     dev, budget = plan["device"], plan["budget"]
     console.print(f"[bold]slam plan[/bold] run {plan['run']}, data root {plan['data_root']} — nothing was written")
+    if plan["catalog"]["unread"]:
+        console.print(f"[yellow]{plan['catalog']['unread']}: 'in catalog' is empty[/yellow]")
     t = Table(title="Datasets")
     for col in ("name", "role", "split", "hours", "tokens", "in catalog"):
         t.add_column(col)

@@ -182,11 +182,17 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
     return out
 
 
-def catalog_view(cfg: SlamConfig) -> list[dict[str, Any]]:
-    """What the catalog already holds (read-only), or [] when there is none."""
+def catalog_view(cfg: SlamConfig) -> tuple[list[dict[str, Any]], str | None]:
+    """What the catalog already holds (read-only; [] when there is none), and why it could not be read (a run
+    holding its write lock), else None."""
+    import duckdb
+
     from data_catalog import read_only_totals
 
-    return read_only_totals(cfg.data_root / "catalog.duckdb")
+    try:
+        return read_only_totals(cfg.data_root / "catalog.duckdb"), None
+    except duckdb.Error as err:  # another process is writing it: plan without it rather than wait
+        return [], f"catalog not read ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
 
 
 def _with_catalog(sets: list[dict[str, Any]], recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -217,7 +223,7 @@ def resources(cfg: SlamConfig, recorded: list[dict[str, Any]]) -> dict[str, Any]
 def build_plan(cfg: SlamConfig, gpu: str | None = None, mfu: float = ASSUMED_MFU,
                tokens_per_s: float | None = None) -> dict[str, Any]:
     """The plan of a run (plain JSON): keys datasets, config, stages, plus device, budget, mix, resources."""
-    recorded = catalog_view(cfg)
+    recorded, unread = catalog_view(cfg)
     sets = _with_catalog([s.as_dict() for s in planned_sets(cfg)], recorded)
     device = pick_device(cfg, gpu)
     budget = training_budget(cfg, device, mfu, tokens_per_s)
@@ -237,7 +243,7 @@ def build_plan(cfg: SlamConfig, gpu: str | None = None, mfu: float = ASSUMED_MFU
         "missing_inputs": [{"stage": m.stage, "what": m.what, "field": m.field, "detail": m.detail}
                            for m in missing_inputs(cfg)],
         "eta_total_s": sum(known), "eta_unknown": [s["name"] for s in plan_stages if s["eta_s"] is None],
-        "catalog": {"exists": bool(recorded) or (cfg.data_root / "catalog.duckdb").is_file(), "totals": recorded},
+        "catalog": {"exists": (cfg.data_root / "catalog.duckdb").is_file(), "totals": recorded, "unread": unread},
         "assumptions": {"mfu": mfu if tokens_per_s is None else None,
                         "download_bytes_per_s": ASSUMED_DOWNLOAD_BYTES_PER_S,
                         "kokoro_x_realtime": ASSUMED_KOKORO_X_REALTIME,

@@ -110,3 +110,18 @@ def test_plan_human_output_and_cpu_without_throughput(tmp_path, capsys):
     plan = _plan(capsys, "--preset", "smoke", "--data-root", str(tmp_path / "r"), "--tokens-per-s", "16000")
     assert plan["budget"]["steps"] == math.floor(120 * 16000 / (8 * 512))
     assert [d["name"] for d in plan["datasets"] if d["role"] == "train"] == ["stories"]
+
+
+def test_plan_while_a_run_holds_the_catalog_plans_without_it(tmp_path):
+    from data_catalog import Catalog
+    from flows.common import load_config
+    from slam_core.plan import build_plan
+
+    root = tmp_path / "root"
+    catalog = Catalog(root / "catalog.duckdb")
+    cfg = load_config("slam", None, str(root))
+    with catalog.connect():  # a writer holds the database open
+        plan = build_plan(cfg, gpu="A5000")
+    assert plan["catalog"]["unread"] and plan["catalog"]["totals"] == []
+    assert all(d["in_catalog"] is None for d in plan["datasets"])
+    assert build_plan(cfg, gpu="A5000")["catalog"]["unread"] is None
