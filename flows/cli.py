@@ -29,13 +29,18 @@ from flows.cli_common import (
 from slam_core import published_kmeans
 
 FLOWS = ("reproduce", "prepare-data", "train-lm", "evaluate")
+# The inputs each flow checks before its work (slam_core/inputs.py), checked by `slam run` before the flow starts.
+FLOW_INPUTS = {"reproduce": ("units", "eval"), "prepare-data": ("units",), "train-lm": ("units",), "evaluate": ("units", "eval")}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.common import load_config
 
+    from slam_core.inputs import check_inputs
+
     overrides = parse_overrides(args.overrides)
-    load_config(args.preset, overrides, args.data_root)  # the whole config and the files it names, before any flow
+    cfg = load_config(args.preset, overrides, args.data_root)  # the whole config and its files, before any flow
+    check_inputs(cfg, FLOW_INPUTS[args.flow])  # what the flow would refuse, refused before Prefect starts
     quiet_offline_env()
     from flows.evaluate import evaluate
     from flows.prepare_data import prepare_data
@@ -155,6 +160,7 @@ def cmd_model_init(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from flows.common import load_config
+    from slam_core.inputs import check_inputs
     from slam_core.discovery import split_usable_checkpoints
 
     overrides = parse_overrides(args.overrides) or {}
@@ -164,6 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if value:
             overrides[key] = str(Path(value).expanduser().resolve())
     cfg = load_config(args.preset, overrides or None, args.data_root)
+    check_inputs(cfg, FLOW_INPUTS["evaluate"])
     usable, rejected = split_usable_checkpoints([str(Path(c).expanduser().resolve()) for c in args.checkpoint],
                                                 cfg.vocab_size)
     report_rejected(rejected)  # a bad checkpoint is reported; the good ones beside it are still evaluated

@@ -64,6 +64,7 @@ def task_runner_for(parallel: ParallelConfig) -> Any:
         except ImportError:
             raise RuntimeError("parallel.task_runner=dask needs prefect-dask: pip install -e '.[dask]'") from None
         if parallel.dask_address:
+            _warn_if_open_scheduler(parallel.dask_address)
             return DaskTaskRunner(address=parallel.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": parallel.max_workers, "threads_per_worker": 1,
                                               "processes": True, "host": "127.0.0.1",
@@ -71,6 +72,16 @@ def task_runner_for(parallel: ParallelConfig) -> Any:
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=parallel.max_workers)
+
+
+def _warn_if_open_scheduler(address: str) -> None:
+    """An unencrypted scheduler on another host runs any pickled code sent to it: say so (README, Operations)."""
+    from slam_core.eval.judge import is_loopback_url
+
+    if address.startswith("tcp://") and not is_loopback_url(address):
+        log.warning("parallel.dask_address=%s is plain tcp to another host: whoever reaches that scheduler can run "
+                    "code on its workers; use tls:// with the distributed security config (README, Operations)",
+                    address)
 
 
 def rerun_with_configured_runner(flow_obj: Any, parallel: ParallelConfig) -> Any | None:

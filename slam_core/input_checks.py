@@ -1,8 +1,8 @@
 """Checks of what a run will read, done in a second before any work starts (after the config validated itself).
 
-Files named by the config must exist and have the right shape: k-means centroids one row per unit of the
-vocabulary (more rows would write unit ids the LM has no token for), the published eval sets and prompt
-audio where configured; a judge API key must not travel unencrypted to another machine. Each failure is one
+K-means centroids named by the config must load as plain floats with one row per unit of the vocabulary (more
+rows would write unit ids the LM has no token for); a judge API key must not travel unencrypted to another
+machine. (Inputs a run needs but does not make, such as evaluation sets and models, are `slam_core/inputs.py`'s.) Each failure is one
 `InputError` naming the field, so `slam` refuses with one line instead of failing minutes into a flow.
 """
 
@@ -32,10 +32,6 @@ def check_config_inputs(cfg: SlamConfig) -> None:
         # a missing file is named, with the command that makes it, before any work by slam_core/inputs.py (and
         # not here, so `slam plan` can still show the run it would be)
         check_centroids_file(path, cfg.units.n_units)
-    for field, value in (("eval.reference_path", cfg.eval.reference_path), ("eval.prompt_audio", cfg.eval.prompt_audio)):
-        if value and not Path(value).expanduser().exists():
-            raise InputError(f"{value} does not exist", field, f"point {field} at an existing directory, or unset "
-                             f"it (--set {field}=null)")
     if cfg.eval.judge_endpoint and cfg.eval.judge_api_key_env:
         from slam_core.eval.judge import check_key_transport
 
