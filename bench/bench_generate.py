@@ -4,12 +4,14 @@ Batched: `slam_core.eval.generate.sample_batch`, prompts grouped by length into 
 padding, KV cache, a seeded sampler per prompt) as `generate_from_prompts` does. Baselines, one prompt at a
 time: the same loop with batch size 1, and HF `generate(do_sample=True)` (what generation used before).
 
-CPU: the smoke-size model on a few short prompts. GPU (when visible): the real Slam shape (Qwen2.5-0.5B dims,
-vocabulary 502, random weights, bf16), 3-s prompts (about 60 units) and 150 new tokens, as the paper presets.
+CPU (`run`): the smoke-size model on a few short prompts, dynamic and static KV cache. GPU (`run_gpu`, within
+60 s): the real Slam shape (Qwen2.5-0.5B dims, vocabulary 502, random weights, bf16), 3-s prompts (about 60
+units) and 150 new tokens, as the paper presets.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -27,13 +29,14 @@ def _prompts(n: int, lengths: tuple[int, int], seed: int = 0) -> list[list[int]]
     return [rng.integers(0, 500, rng.integers(*lengths)).tolist() for _ in range(n)]
 
 
-def _batched(model: torch.nn.Module, prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+def _batched(model: torch.nn.Module, prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+             kv_cache: str = "dynamic") -> list[list[int]]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = []
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         out += sample_batch(model, [prompts[i] for i in batch], [prompt_seed(0, str(i)) for i in batch],
-                            max_new_tokens=max_new_tokens, **SAMPLING)
+                            max_new_tokens=max_new_tokens, kv_cache=kv_cache, **SAMPLING)
     return out
 
 
@@ -56,6 +59,16 @@ def _rate(fn: Callable[[], list[list[int]]], n_prompts: int, repeats: int) -> di
     return {"prompts_per_s": n_prompts / elapsed_s, "new_tokens_per_s": new_tokens / elapsed_s, "seconds": elapsed_s}
 
 
+def _timed_once(fn: Callable[[], list[list[int]]], n_prompts: int) -> dict[str, float]:
+    """Prompts/s and new tokens/s of one timed call (the caller warms up on a smaller call)."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    new_tokens = sum(map(len, fn()))
+    torch.cuda.synchronize()
+    elapsed_s = time.perf_counter() - t0
+    return {"prompts_per_s": n_prompts / elapsed_s, "new_tokens_per_s": new_tokens / elapsed_s, "seconds": elapsed_s}
+
+
 def run(quick: bool = True) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = speech_lm(device)
@@ -70,17 +83,50 @@ def run(quick: bool = True) -> dict:
         torch.set_num_threads(1)  # a tiny model on a busy CPU: OpenMP spinning, not the code, would be timed
     try:
         batched = _rate(lambda: _batched(model, prompts, batch_size, max_new), n, repeats)
+        static = _rate(lambda: _batched(model, prompts, batch_size, max_new, "static"), n, repeats)
         single = _rate(lambda: _batched(model, prompts[:n_single], 1, max_new), n_single, repeats)
         hf_single = _rate(lambda: _hf_one_at_a_time(model, prompts[:n_single], max_new), n_single, repeats)
     finally:
         torch.set_num_threads(threads)
     ratio = batched["prompts_per_s"] / hf_single["prompts_per_s"]
-    print(f"generation: {batched['prompts_per_s']:,.2f} prompts/s batched ({batch_size}) vs "
+    print(f"generation: {batched['prompts_per_s']:,.2f} prompts/s batched ({batch_size}; static cache "
+          f"{static['prompts_per_s']:,.2f}) vs "
           f"{single['prompts_per_s']:,.2f} one at a time, {hf_single['prompts_per_s']:,.2f} with HF generate one at "
           f"a time (ratio {ratio:.2f})")
     return {"prompts_per_s": batched["prompts_per_s"], "new_tokens_per_s": batched["new_tokens_per_s"],
             "baseline_prompts_per_s": hf_single["prompts_per_s"], "ratio": ratio,
             "one_at_a_time_prompts_per_s": single["prompts_per_s"],
             "ratio_vs_one_at_a_time": batched["prompts_per_s"] / single["prompts_per_s"],
+            "static_cache_prompts_per_s": static["prompts_per_s"],
             "n_prompts": n, "batch_size": batch_size, "max_new_tokens": max_new, "prompt_units": list(lengths),
             "torch_threads": 1 if device.type == "cpu" else threads}
+
+
+def run_gpu(budget_s: float = 60.0, save: Callable[[dict], object] = lambda r: None) -> dict:
+    """The Slam shape (Qwen2.5-0.5B dims, vocab 502, bf16), 3-s prompts, 150 new tokens: the batched sampler
+    with the static and the dynamic KV cache, next to HF `generate` one prompt at a time, in `budget_s`."""
+    t0 = time.perf_counter()
+    model = speech_lm(torch.device("cuda"))
+    n, lengths, max_new, batch_size, n_hf = 128, (50, 75), 150, 64, 4
+    prompts = _prompts(n, lengths)
+    results: dict = {"n_prompts": n, "batch_size": batch_size, "max_new_tokens": max_new, "prompt_units": list(lengths),
+                     "hf_generate_prompts": n_hf, "model": "Qwen2.5-0.5B dims, vocab 502, random weights, bf16"}
+    _batched(model, prompts[:batch_size], batch_size, 8, "static")  # warm-up: kernels, allocator, cache class
+    static = _timed_once(lambda: _batched(model, prompts, batch_size, max_new, "static"), n)
+    results.update({"prompts_per_s": static["prompts_per_s"], "new_tokens_per_s": static["new_tokens_per_s"],
+                    "kv_cache": "static", "batched_seconds": static["seconds"]})
+    save(results)
+    _hf_one_at_a_time(model, prompts[:1], 8)  # warm-up
+    hf = _timed_once(lambda: _hf_one_at_a_time(model, prompts[:n_hf], max_new), n_hf)
+    results.update({"baseline_prompts_per_s": hf["prompts_per_s"], "ratio": static["prompts_per_s"] / hf["prompts_per_s"],
+                    "baseline": "HF generate(do_sample=True), one prompt at a time, dynamic cache"})
+    print(f"generation on GPU: {static['prompts_per_s']:,.1f} prompts/s batched ({batch_size}, static cache) vs "
+          f"{hf['prompts_per_s']:,.2f} with HF generate one at a time (ratio {results['ratio']:.1f})")
+    save(results)
+    if time.perf_counter() - t0 < budget_s - 2 * static["seconds"]:
+        dynamic = _timed_once(lambda: _batched(model, prompts, batch_size, max_new, "dynamic"), n)
+        results["dynamic_cache_prompts_per_s"] = dynamic["prompts_per_s"]
+        print(f"  dynamic cache: {dynamic['prompts_per_s']:,.1f} prompts/s")
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    save(results)
+    return results

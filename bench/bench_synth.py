@@ -3,10 +3,11 @@
 - espeak-ng: one process, then `workers` processes through the shard runner (aggregate).
 - Kokoro-82M: the real architecture (hexgrad/Kokoro-82M config.json shapes, 82M parameters) with random
   weights, since the weights cannot be downloaded here; one sentence per forward (the baseline), then
-  length-sorted masked batches, then batches in several worker processes on one GPU. Random duration predictions would make every phoneme
-  ~0.6 s long, so `speed` is calibrated to real Kokoro's ~80 ms per phoneme: audio length, and with it the
-  decoder work per second of audio, then match the real model. On CUDA it also runs several worker
-  processes on the one GPU and reports the aggregate.
+  length-sorted masked batches. Random duration predictions would make every phoneme ~0.6 s long, so
+  `speed` is calibrated to real Kokoro's ~80 ms per phoneme: audio length, and with it the decoder work per
+  second of audio, then match the real model.
+- On a GPU: `bench/synth_gpu.py` (`python -m bench.run_all --gpu --only synth`): float32 vs reduced-precision
+  autocast, batch sizes, several worker processes on the one GPU (aggregate), without G2P or catalog imports.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.synth_gpu import KOKORO_REAL_CONFIG, REAL_SECONDS_PER_PHONEME
 from slam_core.config import SynthConfig
 from slam_core.synth import get_backend
 from slam_core.synth.jobs import SHARD_FUNCTIONS, spokenswag_jobs
@@ -30,17 +32,6 @@ TEXTS = [
     "Her mom said that they should share the ball with the other kids at the park.",
     "Lily smiled, gave the ball to a small boy, and they played together until the sun went down.",
 ]
-# hexgrad/Kokoro-82M config.json (v1.0): the shapes that decide the compute.
-KOKORO_REAL_CONFIG = {
-    "n_token": 178, "hidden_dim": 512, "style_dim": 128, "n_layer": 3, "max_dur": 50, "n_mels": 80, "dim_in": 64,
-    "max_conv_dim": 512, "text_encoder_kernel_size": 5, "dropout": 0.2,
-    "plbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
-               "max_position_embeddings": 512, "num_hidden_layers": 12, "dropout": 0.1},
-    "istftnet": {"upsample_rates": [10, 6], "upsample_kernel_sizes": [20, 12], "upsample_initial_channel": 512,
-                 "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-                 "gen_istft_n_fft": 20, "gen_istft_hop_size": 5},
-}
-REAL_SECONDS_PER_PHONEME = 0.08
 
 
 def _kokoro_dir(root: Path) -> Path:
@@ -164,19 +155,6 @@ def run(quick: bool = True) -> dict:
               f"{results['kokoro_cpu_1_process']['x_realtime']}x real time one at a time, "
               f"{results['kokoro_cpu_batched']['x_realtime']}x batched "
               f"({results['kokoro_cpu_batched']['ratio_vs_one_at_a_time']}x)")
-        if torch.cuda.is_available():
-            gpu = cfg.model_copy(update={"device": "cuda", "kokoro_max_batch_tokens": 65_536})
-            gpu_texts = TEXTS * (16 if quick else 64)
-            results["kokoro_gpu_1_process"] = _single(gpu.model_copy(update={"kokoro_batch_size": 1}), "af_heart",
-                                                      TEXTS * (2 if quick else 10))
-            results["kokoro_gpu_batched"] = [_batched(gpu, "af_heart", gpu_texts, b) for b in (8, 32, 64)]
-            results["kokoro_gpu_aggregate"] = [
-                _aggregate(gpu.model_copy(update={"kokoro_batch_size": 32}),
-                           ["af_heart", "am_fenrir", "bf_emma", "bm_george"], w, 64 if quick else 400)
-                for w in (1, 2, 4)]
-            print(f"kokoro on {torch.cuda.get_device_name(0)}: {results['kokoro_gpu_1_process']['x_realtime']}x "
-                  f"one at a time; batched {[r['x_realtime'] for r in results['kokoro_gpu_batched']]}; aggregate "
-                  f"(batch 32, 1/2/4 workers) {[r['x_realtime_aggregate'] for r in results['kokoro_gpu_aggregate']]}")
     return results
 
 

@@ -1,13 +1,16 @@
-"""Unit extraction speed in × real time: exact and padded batching vs one-at-a-time (same process).
+"""Unit extraction speed in × real time: invariant (default) and padded batching vs one-at-a-time (same process).
 
-CPU: the tiny smoke encoder and the real HuBERT-base 25 Hz shape (random weights). GPU (when visible): the real
-shape in fp16 on 30 minutes of VAD-like segments (1-20 s).
+CPU (`run`): the tiny smoke encoder and the real HuBERT-base 25 Hz shape (random weights). GPU (`run_gpu`): the
+real shape in fp16 on 30 minutes of VAD-like segments (1-20 s): the default mode with both matmul backends,
+padded batching, one at a time, and the share of frames whose units agree with fp32 extraction.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,8 @@ from transformers import HubertConfig, HubertModel
 from bench.common import best_of
 from slam_core.units.encoder import build_tiny_encoder, load_encoder
 from slam_core.units.extract import UnitExtractor
+
+SAMPLE_RATE_HZ = 16_000
 
 
 def _real_shape_encoder() -> HubertModel:
@@ -31,54 +36,62 @@ def _waves(total_s: float, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     waves, left = [], total_s
     while left > 0:
-        n = int(rng.uniform(1.0, 20.0) * 16000)
+        n = int(rng.uniform(1.0, 20.0) * SAMPLE_RATE_HZ)
         waves.append((rng.standard_normal(n) * 0.1).astype(np.float32))
-        left -= n / 16000
+        left -= n / SAMPLE_RATE_HZ
     return waves
 
 
-def _mean_batch(extractor: UnitExtractor, waves: list[np.ndarray]) -> float:
-    plan = extractor.batch_plan([extractor.n_frames(len(w)) for w in waves])
-    return len(waves) / max(len(plan), 1)
+def _audio_s(waves: list[np.ndarray]) -> float:
+    return sum(len(w) for w in waves) / SAMPLE_RATE_HZ
+
+
+def _compare_modes(encoder: HubertModel, layer: int, waves: list[np.ndarray], device: torch.device,
+                   dtype: torch.dtype, batch_size: int, matmuls: tuple[str, ...] = ("auto",)) -> dict:
+    """× real time of invariant batching (per matmul backend) and padded batching vs one at a time, and
+    whether the units equal one-at-a-time extraction (same encoder, same audio, same process)."""
+    audio_s = _audio_s(waves)
+    centroids = np.random.default_rng(1).standard_normal((500, encoder.config.hidden_size)).astype(np.float32)
+    single = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=1)
+    t_single = best_of(lambda: [single.units([w]) for w in waves], repeats=1)
+    ref = single.frames(waves)
+    out: dict = {"audio_s": audio_s, "segments": len(waves), "batch_size": batch_size, "dtype": str(dtype).split(".")[1],
+                 "one_at_a_time_x_realtime": audio_s / t_single, "one_at_a_time_matmul": single.invariant.matmul}
+    for k, matmul in enumerate(matmuls):
+        invariant = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=batch_size, invariant_matmul=matmul)
+        t = best_of(lambda: invariant.units(waves), repeats=1)
+        equal = all(np.array_equal(a, b) for a, b in zip(invariant.frames(waves), ref))
+        prefix = "" if k == 0 else f"invariant_{invariant.invariant.matmul}_"
+        out.update({f"{prefix}x_realtime": audio_s / t, f"{prefix}equal_to_one_at_a_time": equal,
+                    f"{prefix}ratio_vs_one_at_a_time": t_single / t})
+        if k == 0:
+            out.update({"mode": "invariant", "matmul": invariant.invariant.matmul})
+    padded = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=batch_size, batching="padded")
+    t_padded = best_of(lambda: padded.units(waves), repeats=1)
+    out.update({"padded_x_realtime": audio_s / t_padded, "padded_ratio_vs_invariant": out["x_realtime"] * t_padded / audio_s,
+                "padded_frame_agreement": float((np.concatenate(padded.frames(waves)) == np.concatenate(ref)).mean())})
+    return out
+
+
+def _print(name: str, r: dict) -> None:
+    print(f"units[{name}] {r['dtype']}: invariant ({r['matmul']}) {r['x_realtime']:,.0f}x real time "
+          f"(equal to one at a time: {r['equal_to_one_at_a_time']}, {r['ratio_vs_one_at_a_time']:.2f}x one at a time); "
+          f"padded {r['padded_x_realtime']:,.0f}x (frame agreement {r['padded_frame_agreement']:.5f}); "
+          f"one at a time {r['one_at_a_time_x_realtime']:,.0f}x")
 
 
 def run(quick: bool = True) -> dict:
-    """× real time of exact (frame-count buckets) and padded batching vs one-at-a-time, same encoder, same audio."""
+    """CPU (or any device): the tiny encoder and the HuBERT-base shape, invariant vs padded vs one at a time."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tiny = load_encoder(str(build_tiny_encoder(Path(tmp) / "tiny")), device, dtype)
         shapes = {"tiny": (tiny, 2, 600.0 if quick else 1800.0),
-                  "hubert_base_25hz": (_real_shape_encoder().to(device, dtype), 11,
-                                       (30.0 if quick else 120.0) if device.type == "cpu" else 1800.0)}
+                  "hubert_base_25hz": (_real_shape_encoder().to(device, dtype), 11, 30.0 if quick else 120.0)}
         for name, (encoder, layer, audio_s) in shapes.items():
-            waves = _waves(audio_s)
-            audio_s = sum(len(w) for w in waves) / 16000
-            centroids = np.random.default_rng(1).standard_normal((500, encoder.config.hidden_size)).astype(np.float32)
-            batch_size = 64 if device.type == "cuda" else 16
-            exact = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=batch_size)
-            padded = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=batch_size, batching="padded")
-            single = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=1)
-            t_exact = best_of(lambda: exact.units(waves), repeats=1)
-            t_padded = best_of(lambda: padded.units(waves), repeats=1)
-            t_single = best_of(lambda: [single.units([w]) for w in waves], repeats=1)
-            ref = np.concatenate(single.frames(waves))
-            agreement = float((np.concatenate(padded.frames(waves)) == ref).mean())
-            exact_equal = all(np.array_equal(a, b) for a, b in zip(exact.frames(waves), single.frames(waves)))
-            results[name] = {
-                "audio_s": audio_s, "segments": len(waves), "batch_size": batch_size,
-                "exact_x_realtime": audio_s / t_exact, "padded_x_realtime": audio_s / t_padded,
-                "baseline_one_at_a_time_x_realtime": audio_s / t_single,
-                "exact_ratio": t_single / t_exact, "padded_ratio": t_single / t_padded,
-                "exact_mean_batch": _mean_batch(exact, waves), "padded_mean_batch": _mean_batch(padded, waves),
-                "exact_units_equal_single": exact_equal, "padded_frame_agreement": agreement,
-            }
-            r = results[name]
-            print(f"units[{name}]: exact {r['exact_x_realtime']:,.0f}x real time (mean batch {r['exact_mean_batch']:.1f}, "
-                  f"ratio {r['exact_ratio']:.2f}, equal to single: {exact_equal}); padded {r['padded_x_realtime']:,.0f}x "
-                  f"(ratio {r['padded_ratio']:.2f}, frame agreement {agreement:.5f}); one-at-a-time "
-                  f"{r['baseline_one_at_a_time_x_realtime']:,.0f}x")
+            results[name] = _compare_modes(encoder, layer, _waves(audio_s), device, dtype, 16)
+            _print(name, results[name])
     results["dtype_agreement"] = dtype_agreement(quick)
     return results
 
@@ -169,3 +182,119 @@ def dtype_agreement(quick: bool = True, device: str | None = None) -> dict:
     agreeing = [d for d, r in out["dtypes"].items() if min(r["agreement"].values()) >= AGREEMENT_TARGET]
     out["recommended_default"] = max(agreeing, key=lambda d: sum(out["dtypes"][d]["x_realtime"].values()))
     return out
+
+
+# ---- GPU ------------------------------------------------------------------------------------------
+
+
+def formant_speech(total_s: float, seed: int = 0) -> list[np.ndarray]:
+    """Synthetic speech-like segments (2-8 s): a glottal pulse train with a wandering pitch through three
+    vowel formant resonances (applied in the frequency domain), syllables of 80-250 ms with short pauses.
+    It needs no TTS, which GPU hosts lack."""
+    rng = np.random.default_rng(seed)
+    vowels = [(730, 1090, 2440), (270, 2290, 3010), (300, 870, 2240), (530, 1840, 2480), (640, 1190, 2390),
+              (490, 1350, 1690), (660, 1720, 2410), (440, 1020, 2240)]
+    waves, left = [], total_s
+    while left > 0:
+        pieces = []
+        for _ in range(int(rng.uniform(2, 8) / 0.2)):
+            n = int(rng.uniform(0.08, 0.25) * SAMPLE_RATE_HZ)
+            f0 = rng.uniform(90, 220) * np.exp(np.linspace(0, rng.normal(0, 0.15), n))
+            pulses = (np.diff(np.floor(np.cumsum(f0) / SAMPLE_RATE_HZ), prepend=0) > 0).astype(np.float64)
+            freqs = np.fft.rfftfreq(2 * n, 1 / SAMPLE_RATE_HZ)
+            response = np.ones(len(freqs))
+            for formant, bandwidth in zip(vowels[rng.integers(len(vowels))], (80, 100, 120)):
+                half = bandwidth / 2
+                response /= np.abs(1 + 1j * (freqs - formant) / half) * np.abs(1 + 1j * (freqs + formant) / half)
+            source = np.fft.irfft(np.fft.rfft(pulses, 2 * n) * response, 2 * n)[:n]
+            pieces += [source * np.hanning(n), np.zeros(int(rng.uniform(0, 0.06) * SAMPLE_RATE_HZ))]
+        wave = np.concatenate(pieces) + 0.003 * rng.standard_normal(sum(map(len, pieces)))
+        waves.append((0.3 * wave / np.abs(wave).max()).astype(np.float32))
+        left -= len(wave) / SAMPLE_RATE_HZ
+    return waves
+
+
+def _real_speech() -> tuple[list[np.ndarray], list[dict] | None, str]:
+    """The two real recordings and their published reference units, from SLAM_REAL_SPEECH_DIR or the shared
+    data directory the tests use; ([], None, why) when they cannot be read here."""
+    import json
+
+    folder_path = _real_speech_dir()
+    if folder_path is None:
+        return [], None, "no SLAM_REAL_SPEECH_DIR and no shared real-speech directory"
+    files = sorted(folder_path.glob("audio*.flac"))
+    if not files:
+        return [], None, f"no audio*.flac in {folder_path}"
+    try:
+        from slam_core.audio.io import read_audio
+    except ImportError as err:
+        return [], None, f"cannot read FLAC here ({err})"
+    ref_path = folder_path / "reference_units_mhubert25hz_km500.jsonl"
+    refs = None
+    if ref_path.is_file():
+        by_name = {Path(r["file_name"]).name: r for r in map(json.loads, ref_path.read_text().splitlines()) if r}
+        refs = [by_name.get(f.name) for f in files]
+    return [read_audio(f) for f in files], refs, f"{len(files)} files from {folder_path}"
+
+
+def default_mode_fp32_agreement(encoder: HubertModel, layer: int, device: torch.device, dtype: torch.dtype,
+                   centroids: np.ndarray | None = None) -> dict:
+    """Share of 25 Hz frames whose units (default mode, `dtype`) equal those of fp32 extraction, on the real
+    recordings and on synthetic speech: `dtype_agreement` for a GPU host without espeak or faiss (formant
+    speech instead of TTS; 500 frames of the fp32 features as centroids, a k-means-like geometry). With the real encoder and k-means (SLAM_MHUBERT_DIR,
+    SLAM_KMEANS_PATH) also the agreement with the published reference units."""
+    real, refs, real_note = _real_speech()
+    synthetic = formant_speech(120.0)
+    fp32 = UnitExtractor(encoder.float(), None, layer, device, torch.float32)
+    if centroids is None:
+        feats = np.concatenate(fp32.features(real + synthetic))
+        centroids = feats[np.random.default_rng(0).choice(len(feats), 500, replace=False)].copy()
+    fp32 = UnitExtractor(encoder, centroids, layer, device, torch.float32)
+    sets = {"real_speech": real, "synthetic_speech": synthetic}
+    ref_frames = {k: fp32.frames(v) for k, v in sets.items()}
+    low = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=64)
+    out: dict = {"dtype": str(dtype).split(".")[1], "real_speech_source": real_note}
+    for k, waves in sets.items():
+        if waves:
+            got = np.concatenate(low.frames(waves))
+            out[k] = {"frames": int(len(got)), "agreement": float((got == np.concatenate(ref_frames[k])).mean())}
+    if refs and all(refs):
+        ref_units = np.concatenate([np.repeat(r["units"], r["duration"]) for r in refs])
+        got = np.concatenate(low.frames(real))
+        out["real_speech_vs_published_units"] = float((got == ref_units).mean()) if len(got) == len(ref_units) else None
+    return out
+
+
+def _real_tokeniser() -> tuple[HubertModel, np.ndarray] | None:
+    """The real mHuBERT-25Hz and k-means when SLAM_MHUBERT_DIR and SLAM_KMEANS_PATH point at local copies."""
+    enc_dir, km = os.environ.get("SLAM_MHUBERT_DIR"), os.environ.get("SLAM_KMEANS_PATH")
+    if not (enc_dir and km):
+        return None
+    from slam_core.units.quantizer import load_centroids
+
+    return load_encoder(enc_dir, "cpu", torch.float32), load_centroids(Path(km))
+
+
+def run_gpu(budget_s: float = 90.0, save: Callable[[dict], object] = lambda r: None) -> dict:
+    """HuBERT-base 25 Hz shape, fp16, 30 min of 1-20 s segments: the default mode (invariant; triton, then the
+    fixed-block backend), padded, one at a time; then fp32 agreement. Results are saved after each part."""
+    device, dtype = torch.device("cuda"), torch.float16
+    t0 = time.perf_counter()
+    encoder = _real_shape_encoder().to(device, dtype)
+    waves = _waves(1800.0)
+    results: dict = {"note": "HuBERT-base 25 Hz shape, random weights, layer 11, fp16; x_realtime and "
+                             "equal_to_one_at_a_time are for the default mode (units.batching=invariant)"}
+    results["hubert_base_25hz"] = _compare_modes(encoder, 11, waves, device, dtype, 64, matmuls=("auto", "blocks"))
+    _print("hubert_base_25hz", results["hubert_base_25hz"])
+    save(results)
+    if time.perf_counter() - t0 < budget_s * 0.6:
+        results["hubert_base_25hz"]["fp32_agreement"] = default_mode_fp32_agreement(_real_shape_encoder().to(device), 11, device, dtype)
+        print(f"units fp16 vs fp32 frame agreement: {results['hubert_base_25hz']['fp32_agreement']}")
+        save(results)
+    real = _real_tokeniser()
+    if real is not None and time.perf_counter() - t0 < budget_s * 0.8:
+        results["mhubert_25hz_real_weights_fp32_agreement"] = default_mode_fp32_agreement(real[0].to(device), 11, device, dtype, real[1])
+        save(results)
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    save(results)
+    return results

@@ -128,6 +128,10 @@ class SynthConfig(_Section):
         16, ge=1, description="Kokoro sentences per batched forward (length-sorted, masked); 1 = one at a time.")
     kokoro_max_batch_tokens: int = Field(
         8192, ge=64, description="Kokoro phoneme tokens per batched forward, padding included (bounds GPU memory).")
+    kokoro_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Kokoro compute dtype on CUDA (autocast: convolutions, matmuls and LSTMs in the reduced "
+        "type, weights and normalisation statistics in float32); the CPU always computes in float32. The GPU bench "
+        "reports the audio difference and unit agreement of each against float32.")
 
 
 class VadConfig(_Section):
@@ -162,10 +166,14 @@ class UnitsConfig(_Section):
     kmeans_sample_frames: int = Field(200_000, ge=100, description="Frames sampled to fit k-means.")
     kmeans_iters: int = Field(20, ge=1, description="faiss k-means iterations.")
     batch_size: int = Field(16, ge=1, description="Segments per encoder batch.")
-    batching: Literal["exact", "padded"] = Field(
-        "exact", description="exact: only segments with the same 25 Hz frame count share a batch (units equal "
-        "one-at-a-time extraction bit for bit on CPU); padded: full length-sorted masked batches (more GPU "
-        "occupancy, units may differ at rare argmin near-ties).")
+    batching: Literal["invariant", "padded"] = Field(
+        "invariant", description="invariant: length-sorted batches whose frames run through the transformer as one "
+        "(rows, D) matrix with row-invariant kernels and per-segment attention, so a segment's units are the same "
+        "bits alone or in any batch, on CPU and GPU; padded: length-sorted masked (B, T, D) batches with the stock "
+        "kernels (units may differ from one-at-a-time extraction at rare argmin near-ties).")
+    invariant_matmul: Literal["auto", "triton", "blocks"] = Field(
+        "auto", description="Matmuls of invariant batching: triton (fixed-tile kernel, CUDA), blocks (torch ops on "
+        "fixed-size row blocks); auto: triton on CUDA when importable, else blocks.")
     shard_segments: int = Field(256, ge=1, description="Segments per unit shard (one Prefect task each).")
     dedup: bool = Field(True, description="Collapse repeated units, keeping run lengths as durations.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

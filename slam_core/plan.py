@@ -28,7 +28,9 @@ ASSUMED_DOWNLOAD_BYTES_PER_S = 50e6
 # Kokoro-82M on one GPU: public Kokoro-FastAPI figures are 35-100x real time unbatched; not measured here yet.
 ASSUMED_KOKORO_X_REALTIME = 100.0
 # HuBERT-base 25 Hz shape, fp16, on an H200 (this project, 2026-11-29, random weights): units per audio second.
-H200_UNITS_X_REALTIME = {"exact": 878.0, "padded": 5_379.0}
+# The invariant mode is not measured on a GPU yet: the old equal-frame-count mode's 878x (same per-item conv
+# encoder, smaller batches) stands in as a conservative figure until `bench.run_all --gpu` replaces it.
+H200_UNITS_X_REALTIME = {"invariant": 878.0, "padded": 5_379.0}
 # The same on the 2-core development CPU (bench/results/units-cpu.json, 2026-11-22): HuBERT-base shape and tiny.
 CPU_UNITS_X_REALTIME = {"hubert": 12.4, "tiny": 288.6}
 # Pair scoring, Slam shape, batched, on an H200 (this project, 2026-11-29).

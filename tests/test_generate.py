@@ -202,3 +202,17 @@ def test_repetition_penalty_matches_hf_processor() -> None:
     expected = RepetitionPenaltyLogitsProcessor(1.3)(history, logits.clone())
     assert torch.equal(penalise_repeats(logits, seen, 1.3), expected)
     assert torch.equal(penalise_repeats(logits, seen, 1.0), logits)
+
+
+def test_static_kv_cache_gives_the_dynamic_cache_samples(one_torch_thread: None) -> None:
+    model, prompts = _tiny_model(), _prompts(6)
+    seeds = [prompt_seed(5, f"p{i}") for i in range(6)]
+    kwargs = dict(temperature=0.8, top_k=25, max_new_tokens=20, repetition_penalty=1.1)
+    dynamic = sample_batch(model, prompts, seeds, **kwargs)
+    static = sample_batch(model, prompts, seeds, kv_cache="static", **kwargs)
+    assert static == dynamic
+    assert [sample_batch(model, [p], [s], kv_cache="static", **kwargs)[0] for p, s in zip(prompts, seeds)] == static
+    greedy = dict(temperature=1.0, top_k=1, max_new_tokens=12, repetition_penalty=1.3)
+    assert sample_batch(model, prompts, [0] * 6, kv_cache="static", **greedy) == sample_batch(model, prompts, [0] * 6, **greedy)
+    with pytest.raises(ValueError, match="kv_cache='paged'"):
+        sample_batch(model, prompts, seeds, kv_cache="paged", **kwargs)

@@ -118,12 +118,35 @@ def test_a_failing_batch_is_retried_alone_so_only_the_bad_request_fails(tiny, mo
                                       voices=["af_test"], kokoro_batch_size=8))
     real = kokoro_tts.forward_batch
 
-    def flaky(model, items, speed):
+    def flaky(model, items, speed, autocast_dtype=None):
         if any(len(it.input_ids) < 12 for it in items):  # "The dog." is the only short one
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real(model, items, speed)
+        return real(model, items, speed, autocast_dtype)
 
     monkeypatch.setattr(kokoro_tts, "forward_batch", flaky)
     results = backend.synthesize_aligned_batch([(TEXTS[1], "af_test"), (TEXTS[2], "af_test"), (TEXTS[0], "af_test")])
     assert isinstance(results[1], TTSError) and results[1].reason == "synth_failed" and "out of memory" in str(results[1])
     assert not isinstance(results[0], TTSError) and not isinstance(results[2], TTSError)
+
+
+def test_kmodel_imports_without_the_g2p_stack():
+    """The GPU bench loads KModel on hosts without misaki/spaCy (they come in through kokoro's __init__)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('misaki', 'spacy'):
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+from bench.synth_gpu import import_kmodel
+KModel = import_kmodel()
+assert KModel.__name__ == 'KModel' and 'misaki' not in sys.modules
+print('ok')
+"""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

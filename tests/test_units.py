@@ -423,8 +423,9 @@ def test_fit_kmeans_from_segments_is_seeded(encoder, tmp_path):
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
 
 
+@pytest.mark.parametrize("batching", ["invariant", "padded"])
 @pytest.mark.parametrize("stable_layer_norm", [False, True])
-def test_layer_features_equal_hubert_forward(stable_layer_norm, real_waves):
+def test_layer_features_equal_hubert_forward(stable_layer_norm, batching, real_waves):
     from transformers import HubertModel
 
     from slam_core.units.encoder import tiny_encoder_config
@@ -437,7 +438,7 @@ def test_layer_features_equal_hubert_forward(stable_layer_norm, real_waves):
     with torch.no_grad():
         reference = model(torch.nn.functional.pad(torch.from_numpy(wave)[None], (40, 40)), output_hidden_states=True)
     for layer in range(4):
-        got = UnitExtractor(model, None, layer).features([wave])[0]
+        got = UnitExtractor(model, None, layer, batching=batching).features([wave])[0]
         assert np.allclose(got, reference.hidden_states[layer][0].numpy(), atol=1e-5), layer
 
 
@@ -449,20 +450,6 @@ def test_build_extractor_from_config(tmp_path, extractor):
     assert built.layer == TINY_ENCODER_LAYER and built.batch_size == 3 and built.n_units == 32 and not built.dedup
     with pytest.raises(ValueError, match="units.layer=11 but the encoder has 2 layers"):
         build_extractor(UnitsConfig(encoder="tiny", layer=11), tmp_path, device="cpu")
-
-
-def test_exact_batching_groups_by_frame_count_and_stays_bitwise(extractor, real_waves):
-    a, b = real_waves
-    # Different sample counts, the same 62 frames: these share one batch with no padding.
-    waves = [a[:40_000], b[100:40_100 + 300], a[7:40_007 + 200], b[:39_700], a[:64_000]]
-    counts = [extractor.n_frames(len(w)) for w in waves]
-    assert counts[:4] == [62, 62, 62, 62] and len({len(w) for w in waves}) == 5
-    plan = extractor.batch_plan(counts, batch_size=8)
-    assert sorted(map(sorted, plan)) == [[0, 1, 2, 3], [4]]
-    single = [extractor.frames([w])[0] for w in waves]
-    assert all(np.array_equal(s, t) for s, t in zip(single, extractor.frames(waves, batch_size=8)))
-    feats = extractor.features(waves, batch_size=8)
-    assert all(np.array_equal(extractor.features([w])[0], f) for w, f in zip(waves, feats))
 
 
 def test_padded_batching_matches_masked_hubert_forward_and_mostly_single_units(extractor, real_waves):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import soxr
 
 TARGET_SAMPLE_RATE_HZ = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
@@ -54,6 +53,8 @@ def to_mono_16k(wave: np.ndarray, sample_rate_hz: int, source: str = "<array>") 
     if wave.ndim == 2:
         wave = wave.mean(axis=1, dtype=np.float32)
     if sample_rate_hz != TARGET_SAMPLE_RATE_HZ:
+        import soxr  # only when resampling: 16 kHz input needs no soxr
+
         wave = soxr.resample(wave, sample_rate_hz, TARGET_SAMPLE_RATE_HZ, quality="HQ").astype(np.float32)
     check_samples(wave, source, "after resampling to 16 kHz")
     return wave

@@ -61,7 +61,7 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
 @torch.no_grad()
 def sample_batch(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]], seeds: Sequence[int], temperature: float, top_k: int,
-    max_new_tokens: int, repetition_penalty: float,
+    max_new_tokens: int, repetition_penalty: float, kv_cache: str = "dynamic",
 ) -> list[list[int]]:
     """Sampled continuations (unit ids) of several prompts at once, one seeded sampler per row.
 
@@ -71,44 +71,61 @@ def sample_batch(
     (CPU, so a seed gives the same draws on any device), which makes the result that of sampling the row alone
     up to float effects of batching. Sampling is HF's: repetition penalty over the prompt (BOS included) and
     the tokens so far, then temperature and top-k.
+
+    kv_cache: "dynamic" (HF DynamicCache, grown by concatenation each step) or "static" (transformers
+    StaticCache preallocated for prompt + `max_new_tokens` and a preallocated attention mask: no per-step
+    allocation, the same tensor shapes every step; the faster choice on a GPU).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if kv_cache not in ("dynamic", "static"):
+        raise ValueError(f"kv_cache={kv_cache!r}: expected 'dynamic' or 'static'")
     if not prompts:
         return []
     device = next(model.parameters()).device
     encoded = [encode_units(p, add_bos=True, add_eos=False) for p in prompts]
     n_rows, width = len(encoded), max(len(e) for e in encoded)
+    # the static variant's mask covers the whole cache up front; slots not written yet stay 0 (masked)
+    total = width + max_new_tokens if kv_cache == "static" else width
     ids = torch.full((n_rows, width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((n_rows, width), dtype=torch.long)
+    mask = torch.zeros((n_rows, total), dtype=torch.long)
     vocab = model.get_output_embeddings().weight.shape[0]
     seen = torch.zeros((n_rows, vocab), dtype=torch.bool)  # tokens the repetition penalty applies to
     for row, tokens in enumerate(encoded):
         ids[row, width - len(tokens):] = torch.from_numpy(tokens)
-        mask[row, width - len(tokens):] = 1
+        mask[row, width - len(tokens):width] = 1
         seen[row, torch.from_numpy(tokens)] = True
     ids, mask, seen = ids.to(device), mask.to(device), seen.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the real tokens' positions
+    positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # left padding must not shift real tokens' positions
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    new_ids = torch.empty((n_rows, 0), dtype=torch.long, device=device)
+    new_ids = torch.full((n_rows, max_new_tokens), PAD_ID, dtype=torch.long, device=device)
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
-    cache = None
+    cache = _static_cache(model, total) if kv_cache == "static" else None
     step_ids, step_positions = ids, positions
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, past_key_values=cache,
                     use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         next_ids = _draw(penalise_repeats(logits, seen, repetition_penalty) / temperature, top_k, generators)
         next_ids = torch.where(finished, PAD_ID, next_ids)
-        new_ids = torch.cat([new_ids, next_ids[:, None]], dim=1)
+        new_ids[:, step] = next_ids
         seen[torch.arange(n_rows, device=device), next_ids] = True
         finished |= next_ids == EOS_ID
         if bool(finished.all()):
             break
         step_ids, step_positions = next_ids[:, None], step_positions[:, -1:] + 1
-        mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
+        if kv_cache == "static":
+            mask[:, width + step] = 1
+        else:
+            mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
     return [generated_units(row) for row in new_ids.cpu().numpy()]
+
+
+def _static_cache(model: torch.nn.Module, max_len: int):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_len)
 
 
 def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -157,6 +174,8 @@ def generate_from_prompts(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model = load_causal_lm(checkpoint_dir, pick_device(device))
+    # a preallocated cache pays off on a GPU (no per-step allocation); on a CPU the dynamic one attends to fewer slots
+    kv_cache = "static" if next(model.parameters()).device.type == "cuda" else "dynamic"
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]["prompt_units"]), i))
     continuations: dict[int, list[int]] = {}
     t0 = time.perf_counter()
@@ -164,7 +183,7 @@ def generate_from_prompts(
         batch = order[start:start + batch_size]
         samples = sample_batch(model, [prompts[i]["prompt_units"] for i in batch],
                                [prompt_seed(seed, str(prompts[i]["pair_id"])) for i in batch],
-                               temperature, top_k, max_new_tokens, repetition_penalty)
+                               temperature, top_k, max_new_tokens, repetition_penalty, kv_cache)
         continuations.update(zip(batch, samples))
     elapsed_s = time.perf_counter() - t0
     results = [{**row, "prompt_units": [int(u) for u in row["prompt_units"]], "generated_units": continuations[i]}

@@ -24,7 +24,8 @@ def get_backend(cfg: SynthConfig) -> TTSBackend:
         from slam_core.synth.kokoro_tts import KokoroBackend
 
         backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed, device=pick_device(cfg.device).type,
-                                batch_size=cfg.kokoro_batch_size, max_batch_tokens=cfg.kokoro_max_batch_tokens)
+                                batch_size=cfg.kokoro_batch_size, max_batch_tokens=cfg.kokoro_max_batch_tokens,
+                                dtype=cfg.kokoro_dtype)
     else:
         raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")
     for voice in cfg.voices:

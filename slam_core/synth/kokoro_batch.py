@@ -198,8 +198,19 @@ def _stretch(features: torch.Tensor, durations: list[torch.Tensor], width: int) 
 
 
 @torch.no_grad()
-def forward_batch(model, items: list[KokoroItem], speed: float = 1.0) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Audio (samples,) and per-token durations (tokens,) for each item, in input order, on the model's device."""
+def forward_batch(model, items: list[KokoroItem], speed: float = 1.0,
+                  autocast_dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Audio (samples,) and per-token durations (tokens,) for each item, in input order, on the model's device.
+
+    `autocast_dtype` (CUDA): run under torch.autocast in that dtype (bfloat16/float16); audio comes back float32.
+    """
+    if autocast_dtype is None:
+        return _forward_batch(model, items, speed)
+    with torch.autocast(device_type=model.device.type, dtype=autocast_dtype):
+        return [(wave.float(), dur) for wave, dur in _forward_batch(model, items, speed)]
+
+
+def _forward_batch(model, items: list[KokoroItem], speed: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
     device = model.device
     lengths = torch.tensor([len(it.input_ids) for it in items], device=device)
     width = int(lengths.max())

@@ -97,7 +97,7 @@ class KokoroBackend:
     sample_rate_hz = KOKORO_SAMPLE_RATE_HZ
 
     def __init__(self, model: str = KOKORO_HUB_ID, speed: float = 1.0, device: str = "cpu",
-                 batch_size: int = 1, max_batch_tokens: int = 8192) -> None:
+                 batch_size: int = 1, max_batch_tokens: int = 8192, dtype: str = "float32") -> None:
         import torch
 
         self.model_source = model
@@ -118,6 +118,8 @@ class KokoroBackend:
         except (RuntimeError, KeyError, AssertionError) as err:
             raise TTSSetupError(f"cannot load Kokoro weights {weights_path}: {err}") from None
         self._torch = torch
+        # reduced precision only where autocast has kernels for it: CUDA (the CPU computes in float32)
+        self._autocast = getattr(torch, dtype) if dtype != "float32" and self._device.type == "cuda" else None
         self._g2p: dict[str, object] = {}
         self._voice_cache: dict[str, "torch.Tensor"] = {}
         self._lock = threading.Lock()
@@ -196,7 +198,7 @@ class KokoroBackend:
         for batch in _length_batches(order, [len(p.item.input_ids) for p in parts], self.batch_size,
                                      self.max_batch_tokens):
             try:
-                done = forward_batch(self._model, [parts[i].item for i in batch], self.speed)
+                done = forward_batch(self._model, [parts[i].item for i in batch], self.speed, self._autocast)
             except (RuntimeError, ValueError) as err:
                 if len(batch) > 1:
                     for i in batch:

@@ -6,6 +6,8 @@ have the same shape as with `slprl/mhubert-base-25hz`; only the feature values d
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
 import hashlib
 import inspect
@@ -16,7 +18,9 @@ import torch
 from transformers import HubertConfig, HubertModel
 
 from slam_core.atomic import atomic_dir
-from slam_core.config import UnitsConfig
+
+if TYPE_CHECKING:  # the config (pydantic) is not needed to run an extractor
+    from slam_core.config import UnitsConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,18 @@
 """Speech -> deduplicated units: HuBERT layer features, nearest centroid, run-length dedup, Parquet shards.
 
-Batch invariance: the HuBERT-base feature encoder normalises each channel over the whole (padded)
-utterance (GroupNorm), and SlamKit's mask-less padded batches let the padding leak into the features of
-shorter items. Here the conv encoder runs per item on exactly its own samples, and batching starts at
-the 25 Hz frame level: by default ("exact") only items with the same number of frames share a batch,
-with no padding at all, so units equal one-at-a-time extraction bit for bit whatever the batch. Items
-whose sample counts differ share a frame count (640 samples per frame), so real VAD segments do batch.
-"padded" batching (full sorted batches, masked) trades that guarantee for GPU occupancy.
+Batch invariance: a segment's units must not depend on which other segments share its batch. The
+HuBERT-base feature encoder normalises each channel over the whole utterance (GroupNorm), and SlamKit's
+mask-less padded batches let the padding leak into the features of shorter items; and on a GPU every
+kernel is chosen per batch shape, so even equal-length batches change the rounding. Here the conv encoder
+runs per item on exactly its own samples, and batching starts at the 25 Hz frame level. By default
+("invariant") the transformer runs on the batch's concatenated frames with row-invariant kernels and
+per-item attention (`invariant.py`), so units equal one-at-a-time extraction bit for bit whatever the
+batch, on CPU and GPU. "padded" batching (sorted (B, T, D) batches, masked) uses the stock kernels instead.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import logging
 from collections import defaultdict
@@ -32,12 +35,15 @@ from slam_core.audio.io import (
     AUDIO_SUFFIXES, TARGET_SAMPLE_RATE_HZ, BadAudioError, decode_audio_bytes, list_audio_files, read_audio,
     read_segment_audio,
 )
-from slam_core.config import UnitsConfig
 from slam_core.schemas import EVAL_PAIRS_AUDIO, EVAL_PAIRS_UNITS, PREFERENCE_AUDIO, PREFERENCE_UNITS, UNITS
 from slam_core.device import pick_device, pick_dtype
 from slam_core.units.encoder import PAD_SAMPLES, frames_for_samples, load_encoder, resolve_encoder
-from slam_core.units.quantizer import assign_units, fit_kmeans, load_centroids, save_centroids
+from slam_core.units.invariant import InvariantTransformer
+from slam_core.units.quantizer import assign_units, fit_kmeans, load_centroids, nearest_centroid, save_centroids
 from slam_core.units.validate import check_unit_table, item_units_problem
+
+if TYPE_CHECKING:  # the config (pydantic) is not needed to run an extractor
+    from slam_core.config import UnitsConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +75,8 @@ def _split_run(total: int) -> list[int]:
 class UnitExtractor:
     """Waves (16 kHz mono float32) -> layer features -> per-frame units -> deduplicated units.
 
-    `centroids` may be None to only extract features (for fitting k-means). With batching="exact" results
-    do not depend on batch size or on the other waves in a call (see the module docstring).
+    `centroids` may be None to only extract features (for fitting k-means). With batching="invariant"
+    results do not depend on batch size or on the other waves in a call (see the module docstring).
     """
 
     def __init__(
@@ -82,10 +88,11 @@ class UnitExtractor:
         dtype: torch.dtype = torch.float32,
         dedup: bool = True,
         batch_size: int = 16,
-        batching: str = "exact",
+        batching: str = "invariant",
+        invariant_matmul: str = "auto",
     ) -> None:
-        if batching not in ("exact", "padded"):
-            raise ValueError(f"units.batching={batching!r}: expected 'exact' or 'padded'")
+        if batching not in ("invariant", "padded"):
+            raise ValueError(f"units.batching={batching!r}: expected 'invariant' or 'padded'")
         n_layers = encoder.config.num_hidden_layers
         if not 0 <= layer <= n_layers:
             raise ValueError(f"units.layer={layer} but the encoder has {n_layers} layers (0..{n_layers} allowed)")
@@ -100,6 +107,10 @@ class UnitExtractor:
         self.encoder = encoder.to(self.device, dtype).eval()
         self.centroids = centroids
         self.layer, self.dtype, self.dedup, self.batch_size, self.batching = layer, dtype, dedup, batch_size, batching
+        self.invariant = InvariantTransformer(self.encoder, layer, invariant_matmul) if batching == "invariant" else None
+        # On CUDA the centroids stay on the device: assignment follows the encoder without a copy per item.
+        self._centroids_cuda = (torch.as_tensor(centroids, device=self.device)
+                                if centroids is not None and self.device.type == "cuda" else None)
 
     @property
     def n_units(self) -> int:
@@ -110,27 +121,20 @@ class UnitExtractor:
         return max(0, frames_for_samples(self.encoder, n_samples)) if n_samples > 0 else 0
 
     def batch_plan(self, frame_counts: Sequence[int], batch_size: int | None = None) -> list[list[int]]:
-        """Indices of each batch. "exact": only items with the same frame count share a batch (no padding
-        anywhere, so results equal one-at-a-time extraction bit for bit). "padded": items sorted by frame
-        count share batches of `batch_size`, padded and masked (full batches; units agree with one-at-a-time
-        extraction except at rare near-ties of the argmin)."""
+        """Indices of each batch: items sorted by frame count (longest first), `batch_size` at a time, in
+        both modes (sorting keeps padding small; in "invariant" mode only the last row block is padded)."""
         bs = batch_size or self.batch_size
         order = sorted((i for i, n in enumerate(frame_counts) if n > 0), key=lambda i: (-frame_counts[i], i))
-        if self.batching == "padded":
-            return [order[lo : lo + bs] for lo in range(0, len(order), bs)]
-        by_frames: dict[int, list[int]] = defaultdict(list)
-        for i in order:
-            by_frames[frame_counts[i]].append(i)
-        return [idx[lo : lo + bs] for idx in by_frames.values() for lo in range(0, len(idx), bs)]
+        return [order[lo : lo + bs] for lo in range(0, len(order), bs)]
 
     @torch.no_grad()
-    def _features_batches(self, waves: Sequence[np.ndarray], batch_size: int | None) -> Iterator[tuple[list[int], torch.Tensor, list[int]]]:
-        """Yield (indices, (B, T_max, D) features on device, frame count per item) for `waves`.
+    def _features_batches(self, waves: Sequence[np.ndarray], batch_size: int | None) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+        """Yield (indices, one (n_frames, D) feature tensor on the device per item) for `waves`.
 
         The conv feature encoder runs one item at a time on the whole wave: HuBERT-base's GroupNorm
-        normalises over all of an item's frames and small-channel CPU convolutions pick batch-size-dependent
-        kernels, so neither padding nor batching is exact there. Its output is cheap to hold, and batching
-        starts at the frame level (projection + transformer), grouped by `batch_plan`.
+        normalises over all of an item's frames and convolution kernels are chosen per shape, so neither
+        padding nor batching is exact there. Its output is cheap to hold, and batching starts at the frame
+        level (projection + transformer), grouped by `batch_plan`.
         """
         counts = [self.n_frames(len(w)) for w in waves]
         conv: dict[int, torch.Tensor] = {}
@@ -143,20 +147,20 @@ class UnitExtractor:
                     raise RuntimeError(f"encoder gave {conv[i].shape[0]} frames for {len(waves[i])} samples, expected {n}")
         empty = [i for i, n in enumerate(counts) if n <= 0]
         if empty:  # shorter than one frame: nothing to encode
-            yield empty, torch.zeros(len(empty), 0, self.encoder.config.hidden_size), [0] * len(empty)
+            width = self.encoder.config.hidden_size
+            yield empty, [torch.zeros(0, width, device=self.device, dtype=self.dtype) for _ in empty]
         for idx in self.batch_plan(counts, batch_size):
-            lengths = [counts[i] for i in idx]
-            batch = torch.nn.utils.rnn.pad_sequence([conv.pop(i) for i in idx], batch_first=True)
-            yield idx, self._encode_frames(batch, lengths), lengths
+            items = [conv.pop(i) for i in idx]
+            if self.invariant is not None:
+                yield idx, self.invariant(items)
+            else:
+                hidden = self._encode_padded(torch.nn.utils.rnn.pad_sequence(items, batch_first=True), [counts[i] for i in idx])
+                yield idx, [hidden[j, : counts[i]] for j, i in enumerate(idx)]
 
-    def _encode_frames(self, conv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """`hidden_states[layer]` of HubertModel.forward from conv features (B, T, C), stopping at `layer`.
-
-        Equal lengths run with no mask at all (each row is computed independently, so batching is exact);
-        unequal lengths zero the padded frames before the positional conv and mask them as keys, as
-        HubertModel does with an attention mask. Equality with HubertModel.forward is tested for both
-        layer-norm layouts.
-        """
+    def _encode_padded(self, conv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """`hidden_states[layer]` of HubertModel.forward from a padded batch of conv features (B, T, C),
+        stopping at `layer`: padded frames are zeroed before the positional conv and masked as keys, as
+        HubertModel does with an attention mask (equality with HubertModel.forward is tested)."""
         model = self.encoder
         hidden = model.feature_projection(conv)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -177,9 +181,9 @@ class UnitExtractor:
     def features(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Layer features per wave, float32 (n_frames, hidden_size)."""
         out: list[np.ndarray] = [np.zeros((0, self.encoder.config.hidden_size), np.float32)] * len(waves)
-        for idx, hidden, lengths in self._features_batches(waves, batch_size):
-            for j, (i, n) in enumerate(zip(idx, lengths)):
-                out[i] = hidden[j, :n].float().cpu().numpy()
+        for idx, hidden in self._features_batches(waves, batch_size):
+            for i, h in zip(idx, hidden):
+                out[i] = h.float().cpu().numpy()
         return out
 
     def frames(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
@@ -187,13 +191,17 @@ class UnitExtractor:
         if self.centroids is None:
             raise ValueError("this UnitExtractor has no centroids (fit or load k-means first)")
         out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(waves)
-        for idx, hidden, lengths in self._features_batches(waves, batch_size):
-            if hidden.shape[1] == 0:
-                continue
-            # Per item, valid frames only: faiss switches from direct to BLAS distances at 20 queries, so
-            # one call over the whole batch could resolve an item's near-ties differently than alone.
-            for j, (i, n) in enumerate(zip(idx, lengths)):
-                out[i] = assign_units(hidden[j, :n], self.centroids)
+        for idx, hidden in self._features_batches(waves, batch_size):
+            # Per item: faiss switches from direct to BLAS distances at 20 queries, and a GPU matmul's
+            # kernel follows its shape, so one call over the whole batch could resolve an item's near-ties
+            # differently than alone; an item's own call has the same shape whatever its batch.
+            for i, h in zip(idx, hidden):
+                if len(h) == 0:
+                    continue
+                if self._centroids_cuda is not None:
+                    out[i] = nearest_centroid(h, self._centroids_cuda).cpu().numpy()
+                else:
+                    out[i] = assign_units(h, self.centroids)
         return out
 
     def units(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -214,7 +222,8 @@ def build_extractor(
     torch_device = pick_device(device)
     encoder = load_encoder(resolve_encoder(cfg, Path(data_root)), torch_device, pick_dtype(cfg.dtype, torch_device))
     c = load_centroids(Path(centroids)) if centroids is not None else None
-    return UnitExtractor(encoder, c, cfg.layer, torch_device, encoder.dtype, cfg.dedup, cfg.batch_size, cfg.batching)
+    return UnitExtractor(encoder, c, cfg.layer, torch_device, encoder.dtype, cfg.dedup, cfg.batch_size, cfg.batching,
+                         cfg.invariant_matmul)
 
 
 # ---- decoding overlapped with compute -------------------------------------------------------------
@@ -250,7 +259,7 @@ def extract_items(
     """Decode and tokenise items; returns ({id: (units, durations, n_frames, audio_s)}, bad items)."""
     results: dict[str, tuple[np.ndarray, np.ndarray, int, float]] = {}
     bad: list[BadItem] = []
-    # A window of many batches lets waves with equal frame counts meet (only those share an exact batch).
+    # A window of many batches lets waves of similar length meet, so sorted batches pad little.
     for window in decoded_windows(items, window=max(batch_size * 16, 256)):
         good = []
         for item_id, value in window:

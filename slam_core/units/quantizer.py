@@ -13,7 +13,6 @@ import math
 import pickle
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
@@ -42,6 +41,8 @@ def fit_kmeans(features: np.ndarray, n_units: int, iters: int, seed: int) -> np.
         raise KmeansError("k-means features contain NaN or Inf")
     # The caller already sampled the frames, so stop faiss from subsampling them again.
     max_points = math.ceil(x.shape[0] / n_units) + 1
+    import faiss  # here, not at import: GPU hosts assign units with torch and may lack faiss
+
     km = faiss.Kmeans(x.shape[1], n_units, niter=iters, seed=seed, max_points_per_centroid=max_points, verbose=False)
     km.train(x)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
@@ -112,6 +113,8 @@ def assign_units(features: np.ndarray | torch.Tensor, centroids: np.ndarray, bac
     if backend == "auto":
         backend = "torch" if isinstance(features, torch.Tensor) and features.is_cuda else "faiss"
     if backend == "faiss":
+        import faiss
+
         x = features.detach().float().cpu().numpy() if isinstance(features, torch.Tensor) else features
         x = np.ascontiguousarray(x, dtype=np.float32)
         index = faiss.IndexFlatL2(centroids.shape[1])
@@ -126,11 +129,8 @@ def assign_units(features: np.ndarray | torch.Tensor, centroids: np.ndarray, bac
 @torch.no_grad()
 def _assign_torch(features: np.ndarray | torch.Tensor, centroids: np.ndarray) -> np.ndarray:
     x = torch.as_tensor(features)
-    # float32 distances even for a half-precision encoder, so near-ties resolve as on the CPU path.
-    x = x.float()
     c = torch.as_tensor(centroids, device=x.device, dtype=torch.float32)
-    c_sq = (c * c).sum(dim=1)
-    out = [(c_sq - 2.0 * chunk @ c.T).argmin(dim=1) for chunk in x.split(_TORCH_CHUNK_FRAMES)]
+    out = [nearest_centroid(chunk, c) for chunk in x.split(_TORCH_CHUNK_FRAMES)]
     return torch.cat(out).cpu().numpy().astype(np.int64)
 
 
@@ -168,6 +168,15 @@ def verify_centroids_source(centroids_path: Path, expected_source_sha256: str) -
     if actual != own_sha256:
         raise KmeansError(f"{centroids_path}: sha256 {actual} differs from {own_sha256} recorded at conversion "
                           f"(the file changed since) — {fix}")
+
+
+@torch.no_grad()
+def nearest_centroid(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """argmin_k ‖x − c_k‖² per row as int64, on x's device: ‖c‖² − 2x·cᵀ in float32 even for a half-precision
+    encoder, so near-ties resolve as on the CPU path. A row with NaN/Inf gets -1, as faiss gives it."""
+    c = centroids.float()
+    ids = ((c * c).sum(dim=1) - 2.0 * x.float() @ c.T).argmin(dim=1)
+    return torch.where(torch.isfinite(x).all(dim=1), ids, -1)
 
 
 def _unpickle(pickle_path: Path) -> object:

@@ -1,0 +1,264 @@
+"""Kokoro-82M on the GPU: the batched masked forward in float32 vs bfloat16/float16 autocast, then several
+worker processes on the one GPU (aggregate × real time). Part of the synthesis bench (`bench_synth.run_gpu`).
+
+The real architecture (hexgrad/Kokoro-82M config.json shapes) with random weights. No G2P runs: GPU hosts
+have no espeak, and in the pipeline G2P is CPU work beside the GPU; utterances are random phoneme-id
+sequences of sentence length (40-200 phonemes) with random style vectors. `speed` is calibrated so the
+random model speaks ~80 ms per phoneme like the real one (audio length, and so decoder work per second of
+audio, then match). Audio difference against float32: signal-to-noise ratio on utterances whose predicted
+durations agree (equal length), log-spectral distance on all, and the share of 25 Hz frames whose units
+(HuBERT-base shape, random weights, float32) agree.
+
+Imports only torch, numpy, transformers and the `kokoro` package's model modules (not its G2P stack,
+which needs spaCy): carry the kokoro and loguru wheels to an offline host.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slam_core.synth.kokoro_batch import KokoroItem, forward_batch
+
+# hexgrad/Kokoro-82M config.json (v1.0): the shapes that decide the compute.
+KOKORO_REAL_CONFIG = {
+    "n_token": 178, "hidden_dim": 512, "style_dim": 128, "n_layer": 3, "max_dur": 50, "n_mels": 80, "dim_in": 64,
+    "max_conv_dim": 512, "text_encoder_kernel_size": 5, "dropout": 0.2,
+    "plbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
+               "max_position_embeddings": 512, "num_hidden_layers": 12, "dropout": 0.1},
+    "istftnet": {"upsample_rates": [10, 6], "upsample_kernel_sizes": [20, 12], "upsample_initial_channel": 512,
+                 "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+                 "gen_istft_n_fft": 20, "gen_istft_hop_size": 5},
+}
+REAL_SECONDS_PER_PHONEME = 0.08
+KOKORO_RATE_HZ = 24_000
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def import_kmodel():
+    """kokoro's KModel class; without misaki/spaCy (GPU hosts) its modules are loaded without the package's
+    __init__, which imports the G2P pipeline."""
+    try:
+        from kokoro.model import KModel
+
+        return KModel
+    except ImportError:
+        pass
+    spec = importlib.util.find_spec("kokoro")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("kokoro is not installed: carry kokoro==0.9.4 and loguru wheels (pip install 'slam[tts]')")
+    for name in [m for m in sys.modules if m == "kokoro" or m.startswith("kokoro.")]:
+        del sys.modules[name]
+    package = types.ModuleType("kokoro")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["kokoro"] = package
+    from kokoro.model import KModel
+
+    return KModel
+
+
+def build_model(root: Path, device: torch.device, seed: int = 0):
+    """The Kokoro-82M shape with random weights (an empty state dict), on `device`."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = {**KOKORO_REAL_CONFIG, "vocab": {chr(0x250 + i): i + 1 for i in range(KOKORO_REAL_CONFIG["n_token"] - 1)}}
+    (root / "config.json").write_text(json.dumps(config))
+    torch.save({}, root / "kokoro-v1_0.pth")
+    torch.manual_seed(seed)
+    model = import_kmodel()(repo_id="hexgrad/Kokoro-82M", config=str(root / "config.json"),
+                            model=str(root / "kokoro-v1_0.pth"))
+    return model.eval().to(device)
+
+
+def make_items(n: int, seed: int) -> list[KokoroItem]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for k in range(n):
+        ids = rng.integers(1, KOKORO_REAL_CONFIG["n_token"], int(rng.integers(40, 200))).tolist()
+        style = torch.from_numpy(0.1 * rng.standard_normal((1, 256)).astype(np.float32))
+        items.append(KokoroItem(input_ids=[0, *ids, 0], ref_s=style, seed=seed * 100_000 + k))
+    return items
+
+
+def calibrated_speed(model, items: list[KokoroItem]) -> float:
+    out = forward_batch(model, items, speed=1.0)
+    audio_s = sum(len(w) for w, _ in out) / KOKORO_RATE_HZ
+    return audio_s / (sum(len(it.input_ids) - 2 for it in items) * REAL_SECONDS_PER_PHONEME)
+
+
+def synthesize(model, items: list[KokoroItem], batch_size: int, speed: float, dtype: str) -> list[np.ndarray]:
+    """Audio per item (input order), items length-sorted into batches of `batch_size`."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].input_ids))
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(items)
+    for lo in range(0, len(order), batch_size):
+        batch = order[lo:lo + batch_size]
+        for i, (wave, _) in zip(batch, forward_batch(model, [items[i] for i in batch], speed, DTYPES[dtype])):
+            out[i] = wave.float().cpu().numpy()
+    return out
+
+
+def _x_realtime(model, items, batch_size: int, speed: float, dtype: str) -> dict:
+    synthesize(model, items[:batch_size], batch_size, speed, dtype)  # warm-up at this batch shape
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    audio_s = sum(map(len, synthesize(model, items, batch_size, speed, dtype))) / KOKORO_RATE_HZ
+    wall_s = time.perf_counter() - t0
+    return {"dtype": dtype, "batch_size": batch_size, "utterances": len(items), "audio_s": round(audio_s, 1),
+            "wall_s": round(wall_s, 3), "x_realtime": round(audio_s / wall_s, 1)}
+
+
+# ---- audio difference --------------------------------------------------------------------------------
+
+
+def _log_spectral_distance_db(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the RMS difference of the two log power spectra (dB), on the common prefix."""
+    n = min(len(a), len(b))
+    window = torch.hann_window(1024)
+    spec = [torch.stft(torch.from_numpy(x[:n].astype(np.float32)), 1024, 256, window=window, return_complex=True).abs()
+            for x in (a, b)]
+    diff = 20 * (torch.log10(spec[0] + 1e-5) - torch.log10(spec[1] + 1e-5))
+    return float(diff.pow(2).mean(dim=0).sqrt().mean())
+
+
+def resample_24k_to_16k(wave: torch.Tensor) -> torch.Tensor:
+    """Polyphase 2/3 resampling with a Kaiser-windowed sinc low-pass (cut-off 7.2 kHz), on wave's device."""
+    taps = 96 * 2 + 1
+    t = torch.arange(taps, dtype=torch.float64) - taps // 2
+    cutoff = 0.45 / 2  # of the upsampled 48 kHz rate: 0.9 x the 8 kHz Nyquist of the output
+    kernel = 2 * cutoff * torch.sinc(2 * cutoff * t) * torch.kaiser_window(taps, periodic=False, beta=8.0, dtype=torch.float64)
+    kernel = (2 * kernel / kernel.sum()).float().to(wave.device)
+    up = torch.zeros(wave.shape[-1] * 2, device=wave.device)
+    up[::2] = wave
+    filtered = F.conv1d(up[None, None], kernel.flip(0)[None, None], padding=taps // 2)[0, 0]
+    return filtered[::3]
+
+
+def dtype_agreement(model, items: list[KokoroItem], speed: float, batch_size: int, dtypes: list[str]) -> dict:
+    """Each reduced dtype's audio against float32's: SNR, log-spectral distance, units agreement."""
+    from bench.bench_units import _real_shape_encoder
+    from slam_core.units.extract import UnitExtractor
+
+    reference = synthesize(model, items, batch_size, speed, "float32")
+    device = next(model.parameters()).device
+    to16k = lambda w: resample_24k_to_16k(torch.from_numpy(w).to(device)).cpu().numpy()  # noqa: E731
+    encoder = _real_shape_encoder().to(device)
+    plain = UnitExtractor(encoder, None, 11, device, torch.float32, batch_size=32)
+    feats = np.concatenate(plain.features([to16k(w) for w in reference]))
+    centroids = feats[np.random.default_rng(0).choice(len(feats), min(500, len(feats)), replace=False)].copy()
+    units = UnitExtractor(encoder, centroids, 11, device, torch.float32, batch_size=32)
+    out = {}
+    for dtype in dtypes:
+        try:
+            got = synthesize(model, items, batch_size, speed, dtype)
+        except RuntimeError as err:  # e.g. an op without a kernel for this dtype: report, go on
+            out[dtype] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+            continue
+        same = [i for i in range(len(items)) if len(got[i]) == len(reference[i])]
+        noise = sum(float(np.sum((got[i] - reference[i]) ** 2)) for i in same)
+        signal = sum(float(np.sum(reference[i] ** 2)) for i in same)
+        ref_units = units.frames([to16k(reference[i]) for i in same])
+        got_units = units.frames([to16k(got[i]) for i in same])
+        agree = np.concatenate(ref_units) == np.concatenate(got_units) if same else np.zeros(0, bool)
+        out[dtype] = {
+            "finite": bool(all(np.isfinite(g).all() for g in got)),
+            "same_length_share": round(len(same) / len(items), 3),
+            "snr_db_same_length": round(10 * np.log10(signal / noise), 2) if noise > 0 else float("inf"),
+            "log_spectral_distance_db": round(float(np.mean([_log_spectral_distance_db(g, r) for g, r in zip(got, reference)])), 3),
+            "units_frame_agreement_same_length": round(float(agree.mean()), 4) if len(agree) else None,
+        }
+    return out
+
+
+# ---- several worker processes on one GPU -------------------------------------------------------------
+
+
+def _worker(rank: int, dtype: str, batch_size: int, speed: float, run_s: float, barrier, queue) -> None:
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = build_model(Path(tmp) / "kokoro", torch.device("cuda"))
+        items = make_items(4 * batch_size, seed=1000 + rank)
+        synthesize(model, items[:batch_size], batch_size, speed, dtype)  # warm-up
+        torch.cuda.synchronize()
+        barrier.wait(timeout=300)
+        start, audio_s = time.time(), 0.0
+        while time.time() - start < run_s:
+            audio_s += sum(map(len, synthesize(model, items, batch_size, speed, dtype))) / KOKORO_RATE_HZ
+        torch.cuda.synchronize()
+        queue.put((rank, audio_s, start, time.time(), None))
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which records it
+        barrier.abort()
+        queue.put((rank, 0.0, 0.0, 0.0, f"{type(err).__name__}: {err}"))
+
+
+def aggregate(workers: int, dtype: str, batch_size: int, speed: float, run_s: float) -> dict:
+    """`workers` processes, each with its own model, synthesising for `run_s` seconds after a common start."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, dtype, batch_size, speed, run_s, barrier, queue)) for r in range(workers)]
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    reports = [queue.get(timeout=run_s + 400) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    errors = [r[4] for r in reports if r[4]]
+    if errors:
+        return {"workers": workers, "error": errors[0]}
+    window_s = max(r[3] for r in reports) - min(r[2] for r in reports)
+    audio_s = sum(r[1] for r in reports)
+    return {"workers": workers, "dtype": dtype, "batch_size": batch_size, "audio_s": round(audio_s, 1),
+            "window_s": round(window_s, 2), "x_realtime_aggregate": round(audio_s / window_s, 1),
+            "start_up_s": round(time.perf_counter() - t0 - window_s, 1)}
+
+
+def run_gpu(budget_s: float = 100.0, save: Callable[[dict], object] = lambda r: None) -> dict:
+    t0 = time.perf_counter()
+    device = torch.device("cuda")
+    results: dict = {"note": __doc__.split("\n\n")[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(Path(tmp) / "kokoro", device)
+    speed = calibrated_speed(model, make_items(8, seed=7))
+    items = make_items(128, seed=0)
+    kokoro: dict = {"parameters": sum(p.numel() for p in model.parameters()), "calibrated_speed": round(speed, 2),
+                    "single_process": []}
+    results["kokoro"] = kokoro
+    for dtype, batch_size in (("float32", 16), ("float32", 64), ("bfloat16", 64), ("float16", 64)):
+        try:
+            kokoro["single_process"].append(_x_realtime(model, items, batch_size, speed, dtype))
+        except RuntimeError as err:
+            kokoro["single_process"].append({"dtype": dtype, "batch_size": batch_size, "error": str(err)[:200]})
+        print(f"kokoro single process: {kokoro['single_process'][-1]}")
+        save(results)
+    best = max((r for r in kokoro["single_process"] if "x_realtime" in r), key=lambda r: r["x_realtime"])
+    kokoro.update({"x_realtime_one_process": best["x_realtime"], "dtype": best["dtype"], "batch_size": best["batch_size"]})
+    if time.perf_counter() - t0 < budget_s * 0.4:
+        kokoro["dtype_agreement"] = dtype_agreement(model, items[:32], speed, 16, ["bfloat16", "float16"])
+        print(f"kokoro reduced precision vs float32: {kokoro['dtype_agreement']}")
+        save(results)
+    del model
+    torch.cuda.empty_cache()
+    kokoro["aggregate"] = []
+    for workers in (2, 4):
+        left = budget_s - (time.perf_counter() - t0)
+        if left < 45:
+            break
+        kokoro["aggregate"].append(aggregate(workers, best["dtype"], best["batch_size"], speed, run_s=min(15.0, left / 3)))
+        print(f"kokoro aggregate: {kokoro['aggregate'][-1]}")
+        save(results)
+    rates = [r["x_realtime_aggregate"] for r in kokoro["aggregate"] if "x_realtime_aggregate" in r]
+    kokoro["aggregate_x_realtime"] = max([*rates, best["x_realtime"]])
+    kokoro["aggregate_workers"] = (max(kokoro["aggregate"], key=lambda r: r.get("x_realtime_aggregate", 0))["workers"]
+                                   if rates and max(rates) > best["x_realtime"] else 1)
+    results["wall_s"] = round(time.perf_counter() - t0, 1)
+    save(results)
+    return results
