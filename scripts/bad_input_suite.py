@@ -9,6 +9,10 @@ bytes named `.flac`. Downloads and archives (the `prepare-source` HTTP path: `do
 127.0.0.1, `extract_archive`, failures recorded by `flows.data_sources.quarantine_part_failure`): a wrong
 checksum, a corrupt tar and a tar with a `../` member, beside a good archive.
 
+Hostile-user cases (scripts/bad_input_cases.py): huge float samples, same-stem files, out-of-vocabulary unit
+shards, malformed `--set`, centroids, weights and checkpoints, a bad SWAG validation file, two configs sharing
+an output path, files in the way of outputs, the judge key over plain http and a lost DPO reference.
+
 Checks: each bad input is handled with its expected named reason in the catalog's quarantine table (or, for
 the valid but unusual 8 kHz stereo and long files, segmented), the good files' segments are the same as in a
 shard of good files alone, the good archive is extracted, nothing escaped the target directory. Prints a
@@ -37,6 +41,9 @@ sys.path.insert(0, str(REPO / "tests"))  # corpus_fixtures: the 127.0.0.1 file s
 
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts"))
+from bad_input_cases import check_distinct_ids, more_audio_cases, run_all  # noqa: E402
 
 SR = 16_000
 STORY = ["One morning, Nemo the fish swam to the coral reef with a shiny shell.",
@@ -103,6 +110,7 @@ def build_audio_inputs(corpus: Path, good: list[Path], long_hours: float) -> dic
     junk = spk / "random-bytes.flac"
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
     add("random bytes named .flac", junk, {"unreadable"})
+    cases.update(more_audio_cases(spk, good))
     if long_hours > 0:
         long_file = spk / "long.flac"
         t0 = time.monotonic()
@@ -146,6 +154,7 @@ def run_audio(work: Path, long_hours: float) -> tuple[list[dict[str, Any]], list
                      "detail": (quarantine.get(path) or {}).get("detail") or case.get("note", "")})
         if not ok:
             failures.append(f"{name}: handled as {got!r}, expected one of {sorted(case['expect'])}")
+    failures += check_distinct_ids(segments)
     strip = [{k: v for k, v in s.items() if k not in ("segment_id",)} for s in pq.read_table(alone["path"]).to_pylist()]
     mixed_good = [{k: v for k, v in s.items() if k not in ("segment_id",)} for s in segments
                   if s["source_path"] in {str(p) for p in good}]
@@ -218,9 +227,9 @@ def run_archives(work: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'input':<28} {'handled as':<24} {'segments':>8}  ok   detail")
+    print(f"{'input':<40} {'handled as':<32} {'segments':>8}  ok   detail")
     for r in rows:
-        print(f"{r['input']:<28} {str(r['handled_as']):<24} {str(r['segments']):>8}  "
+        print(f"{r['input']:<40} {str(r['handled_as']):<32} {str(r['segments']):>8}  "
               f"{'yes' if r['ok'] else 'NO ':<4} {str(r['detail'])[:90]}")
 
 
@@ -237,16 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     audio_rows, audio_fail = run_audio(work, args.long_hours)
     archive_rows, archive_fail = run_archives(work)
-    rows, failures = audio_rows + archive_rows, audio_fail + archive_fail
+    case_rows, case_fail = run_all(work / "cases")
+    rows, failures = audio_rows + archive_rows + case_rows, audio_fail + archive_fail + case_fail
     print_table(rows)
-    bad = [r for r in rows if r["handled_as"] not in ("segmented", "extracted") and not r["input"].startswith("(")]
-    print(f"\n{len(bad)} bad inputs quarantined with a named reason, "
-          f"{sum(r['ok'] for r in rows)} of {len(rows)} checks passed, {time.monotonic() - t0:.0f} s")
+    bad = [r for r in rows if r["handled_as"] not in ("segmented", "extracted", "allowed", "checked")
+           and not r["input"].startswith(("(", "user files", "data root")) and "good speech" not in r["input"]]
+    handled = sum(r["ok"] for r in bad)
+    print(f"\n{handled} of {len(bad)} bad inputs handled (quarantined with a named reason, refused with one line, "
+          f"isolated or redone), {sum(r['ok'] for r in rows)} of {len(rows)} checks passed, "
+          f"{time.monotonic() - t0:.0f} s")
     for f in failures:
         print(f"  FAIL {f}")
     print("BAD-INPUT SUITE: " + ("PASSED" if not failures else "FAILED"))
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "failures": failures}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"rows": rows, "failures": failures, "bad_inputs": len(bad), "handled": handled},
+                                                  indent=2, default=str))
     if args.keep or failures:
         print(f"work dir kept: {work}")
     else:

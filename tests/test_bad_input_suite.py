@@ -39,6 +39,13 @@ def test_bad_input_suite_handles_every_case(tmp_path, monkeypatch):
     assert handled["corrupt.tar.gz"] == "corrupt_archive"
     assert handled["traversal.tar"] == "unsafe_archive_member"
     assert handled["good.tar.gz"] == "extracted"
+    assert handled["±3e38 float WAV, 8 kHz (resampled)"] == "out_of_range"
+    assert handled["same stem: twin.wav"] == handled["same stem: twin.flac"] == "segmented"
+    assert handled["shard holding unit 65535"] == "refused_at_commit"
+    assert handled["--set trian.lr=3 (mistyped section)"] == "refused (exit 2)"
+    assert handled["two configs, one output path"] == "redone, not served"
+    assert handled["DPO reference lost, resumed"] == "from the initial model"
+    assert figures["handled"] == figures["bad_inputs"] >= 40
     assert all(r["ok"] for r in figures["rows"])
 
 
