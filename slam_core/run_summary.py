@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 # The built-in pair sets are stand-ins for the paper's sets, not comparable with them (docs/offline-standins.md).
-PROXY_METRICS = {"tsc_like": "proxy of tSC (built-in stories, not the paper's set)",
-                 "ssc_like": "proxy of sSC (built-in triples, not the paper's set)"}
+PROXY_METRICS = {"tsc_like": "tSC", "ssc_like": "sSC"}  # proxy -> the paper's metric it stands in for
 REPORT_PORT_ENV = "SLAM_REPORT_PORT"
 DEFAULT_REPORT_PORT = 8765
 
@@ -40,7 +38,7 @@ def metric_rows(eval_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         details = json.loads(r.get("details") or "{}") if isinstance(r.get("details"), str) else (r.get("details") or {})
         notes = [details["skipped"]] if details.get("skipped") else []
         if r.get("metric") in PROXY_METRICS:
-            notes.append(PROXY_METRICS[str(r["metric"])])
+            notes.append(f"proxy of {PROXY_METRICS[str(r['metric'])]} (built-in pairs, not the paper's set)")
         if details.get("slamkit_difference"):
             notes.append(details["slamkit_difference"])
         out.append({"checkpoint": checkpoint_label(r["checkpoint"]), "metric": r["metric"],
@@ -50,12 +48,22 @@ def metric_rows(eval_rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def read_metrics_csv(path: str | Path | None) -> list[dict[str, float | None]]:
-    """Rows of a training metrics.csv as numbers (empty cells None); [] when there is no file."""
+def read_metrics_csv(path: str | Path | None) -> list[dict[str, float]]:
+    """Rows of a training metrics.csv keyed by header name, keeping only numeric cells (blank and other cells
+    dropped); [] when there is no file. The report draws from the same rows."""
     if not path or not Path(path).is_file():
         return []
+    rows = []
     with open(path, newline="") as fh:
-        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        for raw in csv.DictReader(fh):
+            row = {}
+            for name, cell in raw.items():
+                try:
+                    row[name] = float(cell)
+                except (TypeError, ValueError):
+                    continue
+            rows.append(row)
+    return rows
 
 
 def training_summary(metrics_csv: str | Path | None) -> dict[str, Any]:
@@ -108,16 +116,6 @@ def report_url(run: str, port: int | None = None) -> str:
 
     port = port or int(os.environ.get(REPORT_PORT_ENV) or DEFAULT_REPORT_PORT)
     return f"http://127.0.0.1:{port}/{run}/index.html"
-
-
-def _number(text: str | None) -> float | None:
-    if text in (None, ""):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _round(value: Any, digits: int = 4) -> Any:

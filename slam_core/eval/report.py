@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from slam_core.atomic import write_bytes_atomic, write_text_atomic
+from slam_core.run_summary import PROXY_METRICS, checkpoint_label, read_metrics_csv
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,6 @@ _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f3f3f3}td.l,th.l{text-align:left}code{font-size:85%;word-break:break-all}
 .note{color:#777;font-size:90%}"""
-
-
-def read_metrics_csv(path: Path) -> list[dict[str, float]]:
-    """Rows of a training metrics.csv, keyed by header name, keeping only numeric cells (others dropped)."""
-    rows = []
-    with open(path, newline="") as fh:
-        for raw in csv.DictReader(fh):
-            row = {}
-            for name, cell in raw.items():
-                try:
-                    row[name] = float(cell)
-                except (TypeError, ValueError):
-                    continue
-            rows.append(row)
-    return rows
 
 
 def _png_data_uri(fig: Any) -> str:
@@ -137,9 +122,6 @@ def _note(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-# The smoke preset's built-in pair sets: stand-ins for the paper's sets, never comparable with its numbers.
-PROXY_METRICS = {"tsc_like": "tSC", "ssc_like": "sSC"}
-
 
 def _paper_value(metric: str, paper: dict[str, float] | None) -> str:
     return f"{paper[metric]:.2f}" if paper and metric in paper else ""
@@ -147,13 +129,6 @@ def _paper_value(metric: str, paper: dict[str, float] | None) -> str:
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None or not math.isfinite(value) else f"{value:.2f}"
-
-
-def checkpoint_label(path: str) -> str:
-    """`.../pretrain-<fp>/checkpoints/step-000120` -> `pretrain step 120 (<fp>)` (see slam_core/run_summary.py)."""
-    from slam_core.run_summary import checkpoint_label as label
-
-    return label(path)
 
 
 def metrics_sections_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dict[str, float] | None) -> list[str]:
