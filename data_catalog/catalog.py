@@ -2,7 +2,9 @@
 
 A row in `artifacts` is the commit of a shard: stages write the file atomically first and record it
 second, so a crash between the two leaves a file without a row (redone on resume), never a row
-without a complete file. Writers from several threads or processes are serialised: a process-wide
+without a complete file. A row also keeps the identity of the bytes it recorded (size, sha256, stat signature;
+`data_catalog.identity`): a file rewritten since, by another config writing the same path or by hand, is
+reported and redone, never served. Writers from several threads or processes are serialised: a process-wide
 lock plus retries while another process holds DuckDB's file lock (DuckDB admits one writing process at a
 time); an artifact and its quarantine rows are committed in one transaction (`record_output`).
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 
 def _human_bytes(n: float) -> str:
@@ -40,6 +41,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
     quiet_offline_env()
     from flows.data_sources import plan_source, prepare_source
 
+    if args.local_dir and not Path(args.local_dir).expanduser().is_dir():  # refused before any flow starts
+        raise FileNotFoundError(f"local copy not found — --local-dir {args.local_dir} — pass the directory that holds "
+                                f"the {args.source} files, or leave --local-dir out to download them")
     if args.dry_run:  # no flow run (and no Prefect server) just to list a plan
         from slam_core.config import RunConfig, SlamConfig
         from slam_core.corpora.sources import get_source

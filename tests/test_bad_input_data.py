@@ -159,3 +159,25 @@ def test_non_numeric_labels_are_dropped_and_counted():
     triples, dropped = text_hub.build_swag_triples(rows, "train", seed=0)
     assert [t["pair_id"] for t in triples] == ["swag-train-000001", "swag-train-000002"]
     assert dropped == {"bad_label_or_text": 4}
+
+
+def test_unreadable_tinystories_validation_file_leaves_the_train_split(tmp_path):
+    root = tmp_path / "ts"
+    root.mkdir()
+    pq.write_table(pa.table({"text": ["Tom had a ball. He threw it high.", "Sue saw a cat. The cat ran."]}),
+                   root / "train-00000.parquet")
+    pq.write_table(pa.table({"story": ["no text column here. Really."]}), root / "validation-00000.parquet")
+    out = text_hub.prepare_tinystories(root, tmp_path / "stories.parquet")
+    assert out["per_split"] == {"train": 2} and list(out["unreadable"]) == [str(root / "validation-00000.parquet")]
+    (root / "train-00000.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match="unreadable TinyStories train file"):
+        text_hub.prepare_tinystories(root, tmp_path / "stories2.parquet")
+
+
+def test_data_prepare_with_a_missing_local_dir_is_refused_before_any_flow(tmp_path, capsys):
+    from flows.cli import main
+
+    rc = main(["data", "prepare", "librispeech", "--local-dir", str(tmp_path / "nowhere"),
+               "--data-root", str(tmp_path / "root")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("slam: error:") == 1 and "Traceback" not in err and "--local-dir" in err

@@ -125,21 +125,34 @@ def prepare_tinystories(root: str | Path, out_path: str | Path, max_rows: int | 
     rows: list[dict] = []
     counts: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
-    for path in tinystories_files(root):
+    unreadable: dict[str, str] = {}
+    files = tinystories_files(root)
+    for path in files:
         split = split_of(path) or "train"
-        for text in _read_stories(path):
-            if max_rows is not None and counts[split] >= max_rows:
-                break
-            sentences = split_sentences(normalise_text(text).text)
-            if len(sentences) < 2:
-                skipped["fewer_than_two_sentences"] += 1
-                continue
-            story_id = f"tinystories-{split}-{counts[split]:07d}"
-            counts[split] += 1
-            rows.append({"story_id": story_id, "topic": story_id, "split": split, "sentences": sentences})
+        kept_rows, kept_counts, kept_skipped = len(rows), counts.copy(), skipped.copy()
+        try:
+            for text in _read_stories(path):
+                if max_rows is not None and counts[split] >= max_rows:
+                    break
+                sentences = split_sentences(normalise_text(text).text)
+                if len(sentences) < 2:
+                    skipped["fewer_than_two_sentences"] += 1
+                    continue
+                story_id = f"tinystories-{split}-{counts[split]:07d}"
+                counts[split] += 1
+                rows.append({"story_id": story_id, "topic": story_id, "split": split, "sentences": sentences})
+        except (ValueError, OSError) as err:  # a corrupt Parquet, a missing 'text' column: this file only
+            reason = " ".join(str(err).split())[:300]
+            if split == "train" or len(files) == 1:
+                raise InputError(f"unreadable TinyStories {split} file ({reason})", path,
+                                 "replace it with the published file (roneneldan/TinyStories)") from None
+            log.warning("TinyStories: skipping the %s file %s (%s); the train split goes on", split, path, reason)
+            del rows[kept_rows:]
+            counts, skipped, unreadable[str(path)] = kept_counts, kept_skipped, reason
     path = write_parquet_atomic(rows, STORIES, Path(out_path))
     log.info("TinyStories: %s stories, skipped %s", dict(counts), dict(skipped))
-    return {"path": str(path), "rows": len(rows), "per_split": dict(counts), "skipped": dict(skipped)}
+    return {"path": str(path), "rows": len(rows), "per_split": dict(counts), "skipped": dict(skipped),
+            "unreadable": unreadable}
 
 
 # ---------------------------------------------------------------- SWAG
