@@ -123,3 +123,12 @@ def test_plan_flags_a_fitted_kmeans_and_lists_missing_inputs(tmp_path):
     assert [m["field"] for m in published["missing_inputs"]][:3] == ["units.kmeans_path", "eval.reference_path",
                                                                      "eval.vocoder"]
     assert not (tmp_path / "root").exists()  # the plan wrote nothing
+
+
+def test_slam_run_stops_before_any_work_with_one_error_line(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["run", "reproduce", "--preset", "slam", "--data-root", str(tmp_path / "root")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slam: error:")]
+    assert len(err) == 1 and "slam units convert-kmeans" in err[0] and "eval.allow_skip=true" in err[0]
+    assert not (tmp_path / "root").exists()

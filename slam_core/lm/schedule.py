@@ -65,7 +65,8 @@ def cosine_lr(step: int, total_steps: int, peak_lr: float, min_lr: float, warmup
 
 
 def inverse_sqrt_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up to peak_lr over warmup_steps, then peak_lr * sqrt(warmup / (step + 1))."""
+    """Linear warm-up to peak_lr over warmup_steps, then peak_lr * sqrt(warmup / (step + 1)): HF's
+    get_inverse_sqrt_schedule one step later, so the first step does not run at LR 0."""
     timescale = max(1, warmup_steps)
     if step < warmup_steps:
         return peak_lr * ((step + 1) / warmup_steps)
