@@ -39,7 +39,7 @@ def _run(sched: BudgetSchedule, step_s, start_step: int = 0, start_clock: float 
 
 def test_paper_schedule_has_no_spike_before_the_fit():
     """17,625 steps of 4.8 s in 23.5 h, warm-up 1 %: the LR before the step-time fit stays under the fitted
-    warm-up ramp (the old provisional 1,000-step total reached ~6e-4 by step 5, 20x the ramp), and from the fit
+    warm-up ramp (the old provisional 1,000-step total reached 6e-4 at step 5, 18x the fitted ramp), and from the fit
     on the curve is exactly one linear warm-up of ceil(1 % of 17,625) = 177 steps then one cosine ending at
     min_lr on the last step."""
     sched = _paper_schedule()
