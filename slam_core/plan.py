@@ -169,8 +169,13 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
         out.append({"name": "k-means", "eta_s": cfg.units.kmeans_sample_frames / 25 / rate,
                     "basis": f"encode {cfg.units.kmeans_sample_frames:,} frames at {rate:,.0f}x real time; faiss fit "
                              f"not included (unmeasured); {quantizer['note']}"})
-    out.append({"name": "pre-training", "eta_s": cfg.train.budget_s, "steps": budget.get("steps"),
-                "tokens": budget.get("tokens"), "basis": "train.budget_s (the schedule ends exactly at it)"})
+    eta, basis = cfg.train.budget_s, "train.budget_s (the schedule ends exactly at it)"
+    if cfg.train.max_steps and budget.get("tokens_per_s"):
+        capped = cfg.train.max_steps * cfg.tokens_per_step / budget["tokens_per_s"]
+        if capped < eta:
+            eta, basis = capped, f"train.max_steps={cfg.train.max_steps} reached before train.budget_s"
+    out.append({"name": "pre-training", "eta_s": eta, "steps": budget.get("steps"), "tokens": budget.get("tokens"),
+                "basis": basis})
     if cfg.dpo.enabled:
         out.append({"name": "DPO", "eta_s": cfg.dpo.budget_s, "basis": "dpo.budget_s"})
     pairs = _eval_pairs(cfg)

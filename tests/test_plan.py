@@ -108,7 +108,11 @@ def test_plan_human_output_and_cpu_without_throughput(tmp_path, capsys):
     assert "Datasets" in out and "Stages" in out and "pre-training" in out and "nothing was" in out
     assert not (tmp_path / "r").exists()
     plan = _plan(capsys, "--preset", "smoke", "--data-root", str(tmp_path / "r"), "--tokens-per-s", "16000")
-    assert plan["budget"]["steps"] == math.floor(120 * 16000 / (8 * 512))
+    train = plan["config"]["train"]
+    steps = math.floor(train["budget_s"] * 16000 / plan["config"]["derived"]["tokens_per_step"])
+    assert plan["budget"]["steps"] == min(steps, train["max_steps"] or steps)
+    eta = next(s["eta_s"] for s in plan["stages"] if s["name"] == "pre-training")
+    assert eta == pytest.approx(min(train["budget_s"], plan["budget"]["steps"] * 4096 / 16000))
     assert [d["name"] for d in plan["datasets"] if d["role"] == "train"] == ["stories"]
 
 
