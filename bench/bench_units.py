@@ -115,18 +115,24 @@ def _real_speech_dir() -> Path | None:
 
 
 def _speech_sets(quick: bool) -> dict[str, list[np.ndarray]]:
-    """Recorded speech (the shared real-speech files) and espeak-ng synthetic speech, 16 kHz mono."""
+    """Recorded speech (the shared real-speech files) and espeak-ng synthetic speech (formant speech where espeak-ng
+    cannot be loaded), 16 kHz mono."""
     from slam_core.audio.io import list_audio_files, read_audio, to_mono_16k
     from slam_core.config import SynthConfig
     from slam_core.synth.backends import get_backend
+    from slam_core.synth.base import TTSSetupError
 
     sets = {}
     real = _real_speech_dir()
     if real is not None:
         sets["real_speech"] = [read_audio(p) for p in list_audio_files(real)]
-    tts = get_backend(SynthConfig(backend="espeak"))
-    voices = ["en-us", "en-gb", "en-us+f3", "en-us+m3"]
     n = 8 if quick else 40
+    try:
+        tts = get_backend(SynthConfig(backend="espeak"))
+    except (TTSSetupError, OSError):
+        sets["synthetic_speech_formant"] = formant_speech(3.5 * n)
+        return sets
+    voices = ["en-us", "en-gb", "en-us+f3", "en-us+m3"]
     sets["synthetic_speech"] = [to_mono_16k(tts.synthesize(SYNTH_SENTENCES[i % len(SYNTH_SENTENCES)],
                                                            voices[i % len(voices)]), tts.sample_rate_hz)
                                 for i in range(n)]
@@ -147,7 +153,7 @@ def dtype_agreement(quick: bool = True, device: str | None = None) -> dict:
         return {"skipped": "no CUDA device: bf16/fp16 only differ from fp32 on a GPU (CPU always runs fp32)"}
     import copy
 
-    from slam_core.units.quantizer import fit_kmeans, load_centroids
+    from slam_core.units.quantizer import load_centroids
 
     device = torch.device(device or "cuda")
     if os.environ.get("SLAM_MHUBERT_DIR"):
@@ -160,8 +166,14 @@ def dtype_agreement(quick: bool = True, device: str | None = None) -> dict:
         centroids, centroid_source = load_centroids(Path(os.environ["SLAM_KMEANS_PATH"])), "SLAM_KMEANS_PATH"
     else:
         feats = np.concatenate([f for waves in sets.values() for f in fp32.features(waves)])
-        centroids = fit_kmeans(feats, 500, 20, seed=0)
-        centroid_source = f"faiss k-means 500 on {len(feats)} fp32 frames of the same audio"
+        try:
+            from slam_core.units.quantizer import fit_kmeans
+
+            centroids = fit_kmeans(feats, 500, 20, seed=0)
+            centroid_source = f"faiss k-means 500 on {len(feats)} fp32 frames of the same audio"
+        except ImportError:  # no faiss on this host: 500 of the frames themselves, a k-means-like geometry
+            centroids = feats[np.random.default_rng(0).choice(len(feats), 500, replace=False)].copy()
+            centroid_source = f"500 of {len(feats)} fp32 frames of the same audio (faiss unavailable)"
     out = {"target": AGREEMENT_TARGET, "encoder": encoder_name, "centroids": centroid_source, "layer": 11,
            "sets": {name: {"files": len(w), "audio_s": round(sum(len(x) for x in w) / 16000, 2)}
                     for name, w in sets.items()},
@@ -290,6 +302,9 @@ def run_gpu(budget_s: float = 90.0, save: Callable[[dict], object] = lambda r: N
     if time.perf_counter() - t0 < budget_s * 0.6:
         results["hubert_base_25hz"]["fp32_agreement"] = default_mode_fp32_agreement(_real_shape_encoder().to(device), 11, device, dtype)
         print(f"units fp16 vs fp32 frame agreement: {results['hubert_base_25hz']['fp32_agreement']}")
+        save(results)
+    if time.perf_counter() - t0 < budget_s * 0.7:
+        results["dtype_agreement"] = dtype_agreement(quick=True)  # fp32 vs bf16 vs fp16: which default
         save(results)
     real = _real_tokeniser()
     if real is not None and time.perf_counter() - t0 < budget_s * 0.8:
