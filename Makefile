@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench deploy-loop drill clean-data help
+.PHONY: setup demo test test-fast bench deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,15 @@ deploy-loop: $(STAMP)  ## prove the Prefect server/pool/deploy/worker/run loop o
 drill: $(STAMP)  ## kill drill (KILLS=5 SIGKILLs over every stage, byte-identical resume) + bad-input suite
 	$(PY) scripts/kill_drill.py --kills $(or $(KILLS),5) --seed $(or $(SEED),0) --preset smoke
 	$(PY) scripts/bad_input_suite.py --long-hours $(or $(LONG_HOURS),3)
+
+rehearsal: $(STAMP)  ## dress rehearsal of the paper recipe on CPU at reduced size -> bench/results/rehearsal-cpu.json
+	$(PY) scripts/rehearsal.py --size tiny $(ARGS)
+
+rehearsal-gpu:  ## dress rehearsal with real model shapes on a GPU host (no venv; uses .rehearsal-carry/ when there)
+	bash scripts/rehearsal_gpu.sh $(ARGS)
+
+wheels-rehearsal:  ## fetch the wheels + speech an offline GPU host needs for rehearsal-gpu into .rehearsal-carry/
+	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash scripts/carry_rehearsal.sh .rehearsal-carry
 
 clean-data:  ## delete the smoke artifacts and Prefect's local state
 	rm -rf slam-data .prefect

@@ -173,7 +173,7 @@ def run_from_command_line(flow_fn: Any, doc: str | None) -> None:
     from slam_core.config import parse_override
 
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="smoke", help="named preset (smoke, slam, slam_scaled, slam_large)")
+    parser.add_argument("--preset", default="smoke", help="named preset (smoke, slam, slam_scaled, slam_large, rehearsal)")
     parser.add_argument("--data-root", default=None, help="artifact root (default $SLAM_DATA_ROOT or ./slam-data)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, e.g. train.budget_s=60 (repeatable)")

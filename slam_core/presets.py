@@ -5,6 +5,8 @@
 - `slam`: the paper's recipe (Appendix A): 1×A5000, 24 h (23.5 h pre-training + 0.5 h DPO).
 - `slam_scaled`: the same recipe on 2 GPUs for 48 h.
 - `slam_large`: Qwen2.5-1.5B base with FSDP.
+- `rehearsal`: the `slam` recipe's code paths and model shapes with minute budgets and tiny corpora, for a
+  dress rehearsal on one GPU (`scripts/rehearsal.py` builds its random-weight inputs and points it at them).
 """
 
 from __future__ import annotations
@@ -100,8 +102,32 @@ def slam_large() -> SlamConfig:
     return cfg
 
 
+def rehearsal() -> SlamConfig:
+    """The `slam` preset's stages, shapes and hyperparameters with budgets of a minute and small shards, so every
+    stage (and a mid-run checkpoint) runs in minutes. Model and data fields keep the paper's hub ids; the
+    rehearsal runner overrides them with the local stand-ins it builds (README, "Dress rehearsal")."""
+    cfg = slam()
+    cfg.run.name = "rehearsal"
+    cfg.run.device = "auto"  # the same preset rehearses on CPU at reduced size
+    # Random Kokoro weights predict ~25 frames (0.6 s) per phoneme: the sum of max_dur=50 sigmoids near 0.5.
+    # Speed 7.8 gives real Kokoro's ~80 ms per phoneme, so audio (and decoder work) per text is realistic.
+    cfg.synth.kokoro_speed = 7.8
+    cfg.synth.shard_rows = 16
+    cfg.synth.voices = ["af_heart"]
+    cfg.units.shard_segments = 32
+    cfg.train.budget_s = 60.0
+    cfg.train.checkpoint_every_s = 30.0  # one mid-run checkpoint of the real-size optimiser state
+    cfg.train.log_every_steps = 1
+    cfg.train.calibration_steps = 3
+    cfg.dpo.budget_s = 30.0
+    cfg.dpo.checkpoint_every_s = 600.0
+    cfg.eval.n_generate = 8
+    cfg.eval.asr_max_tokens = 24
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], SlamConfig]] = {
-    "smoke": smoke, "slam": slam, "slam_scaled": slam_scaled, "slam_large": slam_large,
+    "smoke": smoke, "slam": slam, "slam_scaled": slam_scaled, "slam_large": slam_large, "rehearsal": rehearsal,
 }
 
 

@@ -13,9 +13,11 @@ whichever batch they land in (to float rounding; alone, bit for bit the stock `K
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
+import sys
 import threading
 import zlib
 from collections.abc import Sequence
@@ -68,6 +70,32 @@ def _missing_model_error(source: str, err: Exception) -> TTSSetupError:
     )
 
 
+def import_kmodel() -> type:
+    """kokoro's `KModel` class. The package's `__init__` also imports its English pipeline (misaki.en, which
+    imports spaCy), which slam never uses: G2P is misaki's espeak module. Where spaCy is not installed (an
+    offline GPU host that carries only the wheels slam needs), the model module is imported without running
+    the package `__init__`."""
+    try:
+        from kokoro.model import KModel
+
+        return KModel
+    except ImportError as err:
+        spec = importlib.util.find_spec("kokoro") if "kokoro" not in sys.modules else None
+        if spec is None or spec.submodule_search_locations is None:
+            raise
+        log.info("kokoro's package init failed (%s); importing kokoro.model on its own", err)
+        sys.modules["kokoro"] = importlib.util.module_from_spec(spec)  # the package, its __init__ not run
+        try:
+            from kokoro.model import KModel
+            from loguru import logger
+
+            logger.disable("kokoro")  # what the package __init__ does: no debug lines on stderr
+        except ImportError:
+            del sys.modules["kokoro"]
+            raise err from None
+        return KModel
+
+
 def resolve_kokoro_files(model: str) -> tuple[Path, Path, Path | None]:
     """(config.json, weights .pth, voices dir or None for hub voices) for a local dir or a hub id."""
     local = Path(model).expanduser()
@@ -106,7 +134,7 @@ class KokoroBackend:
         self.max_batch_tokens = int(max_batch_tokens)
         config_path, weights_path, self._voices_dir = resolve_kokoro_files(model)
         try:
-            from kokoro.model import KModel
+            KModel = import_kmodel()
         except ImportError as err:
             raise TTSSetupError(f"kokoro backend needs the 'kokoro' and 'misaki' packages: {err}") from None
         hub_id = model if self._voices_dir is None else KOKORO_HUB_ID  # repo_id only silences a warning
