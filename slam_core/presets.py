@@ -120,7 +120,6 @@ def rehearsal() -> SlamConfig:
     cfg.train.log_every_steps = 1
     cfg.train.calibration_steps = 3
     cfg.dpo.budget_s = 30.0
-    cfg.dpo.checkpoint_every_s = 600.0
     cfg.eval.n_generate = 8
     cfg.eval.asr_max_tokens = 24
     return cfg

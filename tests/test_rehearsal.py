@@ -29,6 +29,19 @@ def cutter() -> corpora.SpeechCutter:
     return corpora.SpeechCutter(corpora.read_speech(SPEECH), seed=0)
 
 
+def test_rehearsal_preset_is_the_paper_recipe_with_minute_budgets() -> None:
+    from slam_core.presets import get_preset
+
+    paper, rehearsal = get_preset("slam").model_dump(), get_preset("rehearsal").model_dump()
+    changed = {(section, key) for section, fields in paper.items() for key, value in fields.items()
+               if rehearsal[section][key] != value}
+    assert changed == {("run", "name"), ("run", "device"), ("synth", "kokoro_speed"), ("synth", "shard_rows"),
+                       ("units", "shard_segments"), ("train", "budget_s"), ("train", "checkpoint_every_s"),
+                       ("train", "log_every_steps"), ("train", "calibration_steps"), ("dpo", "budget_s"),
+                       ("eval", "n_generate"), ("eval", "asr_max_tokens")}
+    assert rehearsal["train"]["budget_s"] + rehearsal["dpo"]["budget_s"] <= 120
+
+
 def test_corpora_are_read_by_the_real_readers(tmp_path: Path, cutter: corpora.SpeechCutter) -> None:
     from slam_core.corpora import librilight, librispeech, text_hub
 

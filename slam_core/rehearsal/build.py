@@ -25,7 +25,7 @@ MANIFEST = "manifest.json"
 # Corpus sizes per rehearsal size: enough for every stage to have work (train and held-out splits, a few
 # shards), small enough that synthesis and unit extraction take seconds.
 CORPUS_SIZES: dict[str, dict[str, int]] = {
-    "real": {"train_stories": 64, "heldout_stories": 24, "sentences_per_story": 5, "librispeech_utterances": 24,
+    "real": {"train_stories": 48, "heldout_stories": 16, "sentences_per_story": 4, "librispeech_utterances": 24,
              "librilight_files": 4, "eval_pairs": 24},
     "tiny": {"train_stories": 6, "heldout_stories": 4, "sentences_per_story": 2, "librispeech_utterances": 4,
              "librilight_files": 2, "eval_pairs": 4},
@@ -103,6 +103,11 @@ def input_overrides(manifest: dict[str, Any]) -> dict[str, Any]:
     return {
         "corpus.tinystories_local_dir": b["tinystories"]["path"],
         "corpus.swag_local_dir": b["swag"]["path"],
+        "corpus.librispeech_dir": b["librispeech"]["path"],
+        "corpus.librispeech_train_parts": [p for p in corpora.LIBRISPEECH_PARTS if p.startswith("train")],
+        "corpus.librispeech_val_parts": [p for p in corpora.LIBRISPEECH_PARTS if p.startswith("dev")],
+        "corpus.librilight_dir": b["librilight"]["path"],
+        "corpus.librilight_subsets": [corpora.LIBRILIGHT_SUBSET],
         "units.encoder": b["hubert"]["path"],
         "units.layer": manifest["encoder_layer"],
         "units.n_units": manifest["n_units"],
