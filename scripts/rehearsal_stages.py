@@ -32,9 +32,13 @@ def run_stages(stage: Callable[..., Any], report: dict[str, Any], overrides: dic
     from flows.prepare_data import prepare_data
     from flows.synthesize import synthesize
     from flows.train_lm import train_lm
+    from slam_core.data_mix import VALIDATION_SPLIT
     from slam_core.paths import catalog_path
     from slam_core.rehearsal import checks
     from slam_core.rehearsal.corpora import LIBRILIGHT_SUBSET, LIBRISPEECH_PARTS
+
+    mix = [f"librilight/{VALIDATION_SPLIT}", "librilight/train", *(f"librispeech/{p}" for p in LIBRISPEECH_PARTS),
+           "stinystories/train"]
 
     root = str(data_root)
     built = manifest["built"]
@@ -49,12 +53,9 @@ def run_stages(stage: Callable[..., Any], report: dict[str, Any], overrides: dic
                  overrides=overrides, data_root=root)
     story_shards = _shards(Path(stories["out"]) / "train", "*.parquet")
     swag_shards = _shards(Path(swag["out"]) / "train", "preferences-*.parquet")
-    # Real-speech sources in their published layouts, cut into segments (LibriSpeech by utterance, Libri-Light
-    # by its voice-activity JSON).
+    # `slam data prepare librispeech` on the local copy: prepare-data reuses these segments (same paths and keys).
     ls = stage("prepare-librispeech", prepare_source, "librispeech", subsets=list(LIBRISPEECH_PARTS),
                local_dir=built["librispeech"]["path"], data_root=root)
-    ll = stage("prepare-librilight", prepare_source, "librilight", subsets=[LIBRILIGHT_SUBSET],
-               local_dir=built["librilight"]["path"], data_root=root)
 
     # reproduce = check resources, record the run, prepare-data -> train-lm -> evaluate (flows/reproduce.py);
     # its three flows are called here one by one so that each is timed.
@@ -78,19 +79,24 @@ def run_stages(stage: Callable[..., Any], report: dict[str, Any], overrides: dic
     pairs = prepared["pairs"]
     preference_shards = _shards(pairs["preferences"], "*.parquet") if Path(pairs["preferences"]).is_dir() \
         else [pairs["preferences"]]
+    val_shards = [p for paths in prepared.get("val_unit_shards", {}).values() for p in paths]
+    report["data_mix"] = prepared.get("sets", {})
     results += [
         checks.audio_finite("sTinyStories synthesis", story_shards, ["audio"]),
         checks.audio_finite("SpokenSwag synthesis", swag_shards, ["prompt_audio", "chosen_audio", "rejected_audio"]),
         checks.recorded("synthesis", catalog, story_shards + swag_shards),
-        checks.recorded("LibriSpeech and Libri-Light segments", catalog, ls["shards"] + ll["shards"]),
-        checks.units_in_range("pre-training units", prepared["unit_shards"], n_units),
+        checks.recorded("LibriSpeech segments", catalog, ls["shards"]),
+        checks.data_mix(prepared.get("sets", {}), mix),
+        checks.units_in_range("pre-training and validation units", prepared["unit_shards"] + val_shards, n_units),
         checks.units_in_range("evaluation pair units", [pairs["tsc_like"], pairs["ssc_like"]], n_units,
                               ("positive_units", "negative_units")),
         checks.units_in_range("DPO pair units", preference_shards, n_units,
                               ("prompt_units", "chosen_units", "rejected_units")),
-        checks.recorded("prepare-data", catalog, [*prepared["unit_shards"], pairs["tsc_like"], pairs["ssc_like"],
+        checks.recorded("prepare-data", catalog, [*prepared["unit_shards"], *val_shards, pairs["tsc_like"],
+                                                  pairs["ssc_like"],
                                                   *preference_shards, prepared["centroids"]]),
-        checks.finite_columns("pre-training", pre_csv, ("loss", "grad_norm", "lr")),
+        checks.finite_columns("pre-training", pre_csv, ("loss", "grad_norm", "lr", *(
+            f"val_loss/{name}" for name in mix if not name.endswith("/train") and "train-" not in name))),
         checks.trend("pre-training", pre_csv, "loss", "down"),
         checks.finite_weights("pre-trained checkpoint", checkpoints[0]),
         checks.finite_columns("DPO", dpo_csv, ("loss", "grad_norm", "reward_margin")),

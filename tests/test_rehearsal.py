@@ -71,7 +71,7 @@ def test_corpora_are_read_by_the_real_readers(tmp_path: Path, cutter: corpora.Sp
 
 def test_eval_sets_have_the_published_layouts(tmp_path: Path, cutter: corpora.SpeechCutter) -> None:
     from slam_core.corpora.eval_sets import check_eval_set
-    from slam_core.eval.published import published_sets
+    from slam_core.corpora.published_layout import published_sets
 
     expected = corpora.write_eval_sets(tmp_path / "ref", cutter, 3, ["cat", "dog", "sun", "hat"])
     found: dict[str, int] = {}
@@ -183,7 +183,18 @@ def test_rehearsal_runs_every_stage_on_cpu_with_the_gpu_hosts_imports(tmp_path: 
     failures = [c for c in result["checks"] if not c["ok"]]
     assert proc.returncode == 0 and result["ok"] and not failures, (failures, proc.stdout[-3000:], proc.stderr[-3000:])
     assert list(result["stages"]) == ["build-inputs", "synth-stinystories", "synth-spokenswag", "prepare-librispeech",
-                                      "prepare-librilight", "prepare-data", "train-lm", "evaluate"]
-    assert result["runtime"] == "plain" and len(result["checks"]) == 18
+                                      "prepare-data", "train-lm", "evaluate"]
+    assert result["runtime"] == "plain" and len(result["checks"]) == 19
+    assert {"librilight/validation", "librispeech/dev-other", "stinystories/train"} <= set(result["data_mix"])
     metrics = result["checks"][-3]["detail"]["values"]
     assert len(metrics) == 2 * 10 and all(math.isfinite(v) for v in metrics.values())
+
+
+def test_kokoro_model_imports_without_spacy() -> None:
+    """kokoro's package __init__ imports spaCy (for an English pipeline slam does not use); the GPU host has none."""
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); sys.modules['spacy'] = None\n"
+              "from slam_core.synth.kokoro_tts import import_kmodel\n"
+              "print(import_kmodel().__module__, 'spacy' in sys.modules and sys.modules['spacy'] is not None)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["kokoro.model", "False"]

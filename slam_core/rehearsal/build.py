@@ -112,6 +112,7 @@ def input_overrides(manifest: dict[str, Any]) -> dict[str, Any]:
         "units.layer": manifest["encoder_layer"],
         "units.n_units": manifest["n_units"],
         "units.kmeans_path": b["centroids"]["path"],
+        "units.kmeans_source_sha256": None,  # not the published quantiser: its origin is not checked
         "model.base": b["text_lm"]["path"],
         "synth.kokoro_model": b["kokoro"]["path"],
         "eval.reference_path": b["eval_sets"]["path"],

@@ -143,6 +143,14 @@ def audio_finite(name: str, paths: Sequence[str | Path], columns: Sequence[str])
                    {"shards": len(paths), "utterances": n, "problems": problems[:10]})
 
 
+def data_mix(sets: dict[str, dict[str, Any]], expected: Sequence[str]) -> Check:
+    """prepare-data made unit shards with tokens for every expected `dataset/split` of the pre-training mix."""
+    empty = [name for name in expected if not sets.get(name, {}).get("tokens")]
+    return _result("pre-training mix: every set has units", not empty,
+                   {"sets": {k: {f: v for f, v in s.items() if f in ("role", "shards", "tokens")} for k, s in sets.items()},
+                    "missing_or_empty": empty})
+
+
 def nothing_quarantined(catalog: Any) -> Check:
     """No input was quarantined: every rehearsal input is well formed, so a quarantine row is a bug."""
     rows = catalog.quarantined()

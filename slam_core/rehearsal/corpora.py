@@ -169,8 +169,8 @@ def write_eval_sets(out_dir: Path, cutter: SpeechCutter, pairs_per_set: int, wor
     """Every published modelling set in SlamKit's layout, `pairs_per_set` pairs each (SALMon: two parts)."""
     n = pairs_per_set
     with atomic_dir(out_dir) as tmp:
-        for i in range(2 * n):  # sBLIMP: '+' separator, two sub-folders, numbered across them
-            _write(tmp / "sblimp" / ("a" if i < n else "b") / f"{i}+{words[i % len(words)]}.wav",
+        for i in range(2 * n):  # sBLIMP: '+' separator, two sub-folders of whole pairs, numbered across them
+            _write(tmp / "sblimp" / ("a" if i < 2 * (n // 2) else "b") / f"{i}+{words[i % len(words)]}.wav",
                    cutter.cut(0.6 + 0.1 * (i % 5)), "WAV")
         for name in ("swuggy_inter", "swuggy_oov"):
             for i in range(2 * n):
