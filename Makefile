@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
+.PHONY: setup demo test test-fast bench bench-gpu wheels deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,6 +43,22 @@ test-fast: $(STAMP)  ## the tests without the slow end-to-end ones
 
 bench: $(STAMP)  ## benchmarks (CPU here; GPU parts run where a GPU is visible)
 	$(PY) -m bench.run_all
+
+# Wheels the offline GPU host lacks (it has torch, transformers, pyarrow, ...) for what the GPU benches import,
+# for CPython 3.12 manylinux x86-64, pinned as in pyproject.toml, each dependency named (--no-deps); 5.4 MB, carried
+# with the repository (64 MiB limit). The full-pipeline rehearsal's carry is `make wheels-rehearsal`.
+# soundfile needs cffi + pycparser, or transformers' lazy imports fail ("Could not import module 'Qwen2ForCausalLM'").
+WHEELS_BENCH := liger-kernel==0.8.5 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing-extensions==4.16.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0
+WHEEL_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+
+wheels:  ## download the wheels the offline GPU host lacks for the GPU benches into .wheels/bench
+	$(PYTHON) -m pip download -q --no-deps $(WHEEL_PLATFORM) -d .wheels/bench $(WHEELS_BENCH)
+	@du -sh .wheels/bench
+
+bench-gpu:  ## on the offline GPU host: install .wheels/bench, run every GPU bench part (<= 6 minutes)
+	$(PYTHON) -m bench.run_all --gpu
 
 deploy-loop: $(STAMP)  ## prove the Prefect server/pool/deploy/worker/run loop on 127.0.0.1
 	bash scripts/deploy_loop.sh

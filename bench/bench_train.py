@@ -1,177 +1,249 @@
-"""Pre-training throughput (tokens/s, MFU): our trainer step vs HF `Trainer`, same model, same process.
+"""Pre-training throughput (tokens/s, MFU) of this project's trainer against a plain loop in the same process.
 
-Ours: `slam_core.lm.train._train_step` on PackedLoader rows (packed, per-document position ids), bf16
-autocast, fused AdamW, flash-attn when importable else SDPA (optionally torch.compile on CUDA).
-Baseline: HF `Trainer` + the same model config + SDPA + `DataCollatorWithFlattening` (HF's packing
-collator), bf16, HF defaults otherwise. Both see documents of the same length distribution and about the
-same tokens per optimiser step; tokens/s counts the tokens actually trained on.
+CPU (`make bench`): a tiny shape for a few steps (proves the paths run; MFU is None on CPU): the plain loop,
+the old attention path (HF SDPA deriving a dense mask from position_ids), the new one (packed kernel, one host
+sync per step) and HF `Trainer` + `DataCollatorWithFlattening`; plus the numerics check: the smoke shape
+trained 200 steps on a fixed seed through the old and the new attention path, loss curves compared.
 
-CUDA: the exact Slam shape (Qwen2.5-0.5B dims, vocabulary 502, random weights, context 1024, 8 x 16
-sequences per step). CPU: a tiny shape for a few steps, to prove the path works (MFU is None on CPU).
+CUDA (`python -m bench.run_all --gpu`): the exact Slam shape (Qwen2.5-0.5B dims, vocabulary 502, random
+weights, context 1024, 128 sequences per step) in three time-boxed parts, each writing
+bench/results/train-gpu.json after every variant:
+- `train`: plain-loop reference (unpacked causal SDPA, no masks), eager SDPA (the old path), the packed kernel
+  eager at micro-batches 8/16/32, and the configuration the `slam` preset runs (packed kernel, regional
+  compile, probed micro-batch): its tokens/s and MFU are the headline figures;
+- `train_dpo`: DPO tokens/s with the `slam` preset's DPO batch, eager and compiled;
+- `train_kernels`: FlexAttention compiled, and liger-kernel's fused RMSNorm/SwiGLU/RoPE eager and compiled.
 """
 
 from __future__ import annotations
 
+import csv
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from slam_core.config import TrainConfig
+from bench import train_variants as tv
+from bench.common import RESULTS_DIR, machine
+from slam_core.config import DpoConfig, ModelConfig, TrainConfig
 from slam_core.device import pick_attn_implementation
-from slam_core.lm.data import PackedLoader, PrefetchingLoader, sources_from_paths
-from slam_core.lm.distributed import DistEnv
-from slam_core.lm.metrics import device_peak_flops, mfu, model_flops_per_token
-from slam_core.lm.attention import register_packed_attention
-from slam_core.lm.step import make_optimizer, train_step
-from slam_core.lm.vocab import encode_units
-from slam_core.schemas import UNITS
+from slam_core.lm.metrics import mfu, peak_flops_for_name
 
-SLAM_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2)
-TINY_SHAPE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1)
+CPU = {"shape": tv.TINY_SHAPE, "context_len": 128, "micro": 2, "accum": 2, "steps": (2, 10), "doc_len": (10, 120)}
+GPU = {"shape": tv.SLAM_SHAPE, "context_len": 1024, "micro": 8, "accum": 16, "steps": (2, 4), "doc_len": (50, 1000)}
+NUMERICS_STEPS = 200
 
 
-def _setup(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"shape": SLAM_SHAPE, "context_len": 1024, "micro_batch": 8, "grad_accum": 16, "warmup_steps": 3,
-                "timed_steps": 8, "doc_len": (50, 1000)}
-    return {"shape": TINY_SHAPE, "context_len": 128, "micro_batch": 2, "grad_accum": 2, "warmup_steps": 2,
-            "timed_steps": 10, "doc_len": (10, 120)}
+def _fmt(result: dict) -> str:
+    util = result.get("mfu")
+    return (f"{result['tokens_per_s']:,.0f} tok/s" + (f" (MFU {100 * util:.1f}%)" if util else "")
+            + (f", compile {result['compile_s']} s" if result.get("compile_s") else ""))
 
 
-def _model(setup: dict, attn: str, device: torch.device) -> Qwen2ForCausalLM:
-    cfg = Qwen2Config(vocab_size=502, tie_word_embeddings=True, rope_theta=10_000.0, use_cache=False,
-                      max_position_embeddings=max(1024, setup["context_len"]), **setup["shape"])
-    register_packed_attention()
-    cfg._attn_implementation = attn
-    torch.manual_seed(0)
-    return Qwen2ForCausalLM(cfg).to(device).train()  # fp32 master weights; bf16 via autocast
+# ---------------------------------------------------------------- CPU -----------------------------------------
+def run(quick: bool = True) -> dict:
+    """The CPU bench, also on a CUDA host (there `python -m bench.run_all --gpu` runs the GPU parts)."""
+    device = torch.device("cpu")
+    torch.set_num_threads(1)  # the tiny shape gains nothing from threads; spinning OpenMP threads slows a shared host
+    s, dtype = CPU, torch.float32
+    seqs = s["micro"] * s["accum"]
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        shard = tv.write_shard(Path(tmp) / "units" / "bench" / "train" / "u.parquet",
+                               int(1.2 * sum(s["steps"]) * seqs * s["context_len"]), s["doc_len"])
+        ref = tv.plain_loop(s["shape"], s["context_len"], s["micro"], s["accum"], s["steps"], device, dtype)
+        old = tv.trainer(s["shape"], s["context_len"], s["micro"], seqs, shard, s["steps"], device, dtype, "sdpa", False)
+        new = tv.trainer(s["shape"], s["context_len"], s["micro"], seqs, shard, s["steps"], device, dtype,
+                         pick_attn_implementation("auto", device), False)
+        hf = _hf_trainer(s, shard, device, Path(tmp) / "hf")
+        numerics = numerics_check(Path(tmp) / "numerics", NUMERICS_STEPS)
+    print(f"train (cpu, tiny shape): plain loop {_fmt(ref)}; old path {_fmt(old)}; new path {_fmt(new)}; "
+          f"HF Trainer {_fmt(hf)}")
+    print(f"numerics ({numerics['steps']} smoke steps): max |loss diff| {numerics['max_abs_loss_diff']:.2e}, "
+          f"final {numerics['final_loss_old']:.4f} vs {numerics['final_loss_new']:.4f}")
+    return {"results_kind": "cpu", "shape": {**s["shape"], "vocab_size": 502, "context_len": s["context_len"], "micro_batch": s["micro"],
+                      "grad_accum": s["accum"], "timed_steps": s["steps"][1]},
+            "tokens_per_s": new["tokens_per_s"], "mfu": None, "plain_loop": ref, "old_path_sdpa": old,
+            "new_path": new, "baseline_hf_trainer": hf, "ratio_new_vs_plain_loop": new["tokens_per_s"] / ref["tokens_per_s"],
+            "ratio_new_vs_hf_trainer": new["tokens_per_s"] / hf["tokens_per_s"], "numerics": numerics}
 
 
-def _documents(setup: dict, n_tokens: int, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    docs, total = [], 0
-    while total < n_tokens:
-        units = rng.integers(0, 500, int(rng.integers(*setup["doc_len"])))
-        docs.append(units)
-        total += len(units) + 2
-    return docs
-
-
-def _write_shard(docs: list[np.ndarray], path: Path) -> Path:
-    rows = [{"segment_id": f"d{i}", "dataset": "bench", "split": "train", "units": d.tolist(),
-             "durations": [1] * len(d), "n_frames": len(d), "audio_seconds": 0.04 * len(d)} for i, d in enumerate(docs)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), path, row_group_size=1024)
-    return path
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _tokens_per_s(step_ends: list[float], step_tokens: list[int], warmup_steps: int) -> float:
-    """Tokens of the timed steps over their wall time (the steps after `warmup_steps`)."""
-    timed_s = step_ends[-1] - step_ends[warmup_steps - 1]
-    return sum(step_tokens[warmup_steps:]) / timed_s
-
-
-def run_ours(setup: dict, shard: Path, device: torch.device, compile_model: bool = False) -> dict:
-    attn = pick_attn_implementation("auto", device)
-    model = _model(setup, attn, device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    cfg = TrainConfig(micro_batch_size=setup["micro_batch"], grad_accum=setup["grad_accum"])
-    optimizer = make_optimizer(model, cfg, device, cfg.lr)
-    loader = PackedLoader(sources_from_paths([shard]), setup["context_len"], setup["micro_batch"], seed=0)
-    if device.type == "cuda":
-        loader = PrefetchingLoader(loader, depth=2 * setup["grad_accum"], pin_memory=True)
-    forward_model = torch.compile(model) if compile_model else model
-    tokens = setup["micro_batch"] * setup["grad_accum"] * setup["context_len"]
-    ends = []
-    try:
-        for _ in range(setup["warmup_steps"] + setup["timed_steps"]):
-            train_step(forward_model, model, model, optimizer, loader, setup["grad_accum"], cfg.grad_clip, device,
-                       dtype, attn, DistEnv())
-            _sync(device)
-            ends.append(time.perf_counter())
-    finally:
-        if isinstance(loader, PrefetchingLoader):
-            loader.close()
-    tok_s = _tokens_per_s(ends, [tokens] * len(ends), setup["warmup_steps"])
-    return {"tokens_per_s": tok_s, "attn_implementation": attn, "compile": compile_model,
-            "step_s": statistics.median(np.diff(ends[setup["warmup_steps"] - 1:]).tolist()),
-            "flops_per_token": model_flops_per_token(model, setup["context_len"])}
-
-
-def run_hf_trainer(setup: dict, docs: list[np.ndarray], device: torch.device, out_dir: Path) -> dict:
+def _hf_trainer(setup: dict, shard: Path, device: torch.device, out_dir: Path) -> dict:
+    """HF `Trainer` + SDPA + `DataCollatorWithFlattening` on the same documents, about as many tokens per step."""
+    import pyarrow.parquet as pq
     from transformers import DataCollatorWithFlattening, Trainer, TrainerCallback, TrainingArguments
 
-    model = _model(setup, "sdpa", device)
+    from slam_core.lm.vocab import encode_units
+
+    docs = [np.asarray(u) for u in pq.read_table(shard, columns=["units"]).column("units").to_pylist()]
+    model = tv.build_model(setup["shape"], setup["context_len"], "sdpa", device)
     mean_len = float(np.mean([len(d) + 2 for d in docs]))
-    per_device = max(1, round(setup["micro_batch"] * setup["context_len"] / mean_len))  # about as many tokens
+    per_device = max(1, round(setup["micro"] * setup["context_len"] / mean_len))
     dataset = [{"input_ids": encode_units(d).tolist()} for d in docs]
-    flatten = DataCollatorWithFlattening()
-    seen = [0]
+    flatten, seen, ends, step_tokens = DataCollatorWithFlattening(), [0], [], []
 
     def collate(features: list[dict]) -> dict:
         seen[0] += sum(len(f["input_ids"]) for f in features)
         return flatten(features)
 
-    ends, step_tokens = [], []
-
     class Timer(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            _sync(device)
+            tv.sync(device)
             ends.append(time.perf_counter())
             step_tokens.append(seen[0] - sum(step_tokens))
 
-    n_steps = setup["warmup_steps"] + setup["timed_steps"]
+    warmup, timed = setup["steps"]
     args = TrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=setup["grad_accum"],
-        max_steps=n_steps, learning_rate=1e-3, lr_scheduler_type="cosine", max_grad_norm=0.5,
+        output_dir=str(out_dir), per_device_train_batch_size=per_device, gradient_accumulation_steps=setup["accum"],
+        max_steps=warmup + timed, learning_rate=1e-3, lr_scheduler_type="cosine", max_grad_norm=0.5,
         bf16=device.type == "cuda", use_cpu=device.type != "cuda", save_strategy="no", report_to=[],
-        logging_strategy="no", remove_unused_columns=False, seed=0, disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[Timer()])
-    trainer.train()
-    return {"tokens_per_s": _tokens_per_s(ends, step_tokens, setup["warmup_steps"]), "per_device_batch": per_device,
-            "optim": str(args.optim), "tokens_per_step": statistics.mean(step_tokens[setup["warmup_steps"]:])}
+        logging_strategy="no", remove_unused_columns=False, seed=0, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[Timer()]).train()
+    return {"tokens_per_s": sum(step_tokens[warmup:]) / (ends[-1] - ends[warmup - 1]), "per_device_batch": per_device,
+            "tokens_per_step": statistics.mean(step_tokens[warmup:])}
 
 
-def run(quick: bool = True) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":  # the tiny shape gains nothing from threads, and spinning OpenMP threads on a
-        torch.set_num_threads(1)  # shared host slows both trainers many-fold (and noisily)
-    setup = _setup(device)
-    steps = setup["warmup_steps"] + setup["timed_steps"]
-    docs = _documents(setup, n_tokens=int(1.2 * steps * setup["micro_batch"] * setup["grad_accum"] * setup["context_len"]))
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        shard = _write_shard(docs, Path(tmp) / "units" / "bench" / "train" / "units-00000.parquet")
-        ours = run_ours(setup, shard, device)
-        compiled = run_ours(setup, shard, device, compile_model=True) if device.type == "cuda" else None
-        baseline = run_hf_trainer(setup, docs, device, Path(tmp) / "hf")
-    peak = device_peak_flops(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    flops_tok = ours["flops_per_token"]
-    best = max([ours] + ([compiled] if compiled else []), key=lambda r: r["tokens_per_s"])
-    for result in filter(None, (ours, compiled, baseline)):
-        result["mfu"] = mfu(result["tokens_per_s"], flops_tok, peak)
-    ratio = best["tokens_per_s"] / baseline["tokens_per_s"]
-    fmt = lambda m: "n/a" if m is None else f"{100 * m:.1f}%"  # noqa: E731
-    print(f"train: ours {ours['tokens_per_s']:,.0f} tok/s (MFU {fmt(ours['mfu'])})"
-          + (f", compiled {compiled['tokens_per_s']:,.0f} tok/s (MFU {fmt(compiled['mfu'])})" if compiled else "")
-          + f" vs HF Trainer {baseline['tokens_per_s']:,.0f} tok/s (MFU {fmt(baseline['mfu'])}): ratio {ratio:.2f}")
-    return {"shape": {**setup["shape"], "vocab_size": 502, "context_len": setup["context_len"],
-                      "micro_batch": setup["micro_batch"], "grad_accum": setup["grad_accum"],
-                      "timed_steps": setup["timed_steps"]},
-            "flops_per_token": flops_tok, "peak_flops": peak,
-            "tokens_per_s": best["tokens_per_s"], "mfu": best["mfu"], "ours": ours, "ours_compiled": compiled,
-            "baseline_hf_trainer": baseline, "ratio": ratio}
+def numerics_check(root: Path, steps: int) -> dict:
+    """The smoke preset's model and batch, trained `steps` steps on a fixed seed through the old attention path
+    (HF SDPA, mask from position_ids) and the new one (packed kernel): per-step loss differences."""
+    from slam_core.lm.model import init_speech_lm, resolve_base
+    from slam_core.lm.train import pretrain
+    from slam_core.presets import smoke
+
+    preset = smoke()
+    model_cfg: ModelConfig = preset.model
+    shard = tv.write_shard(root / "units" / "smoke" / "train" / "u.parquet",
+                           int(1.1 * steps * preset.train.sequences_per_step * model_cfg.context_len), (40, 700), seed=1,
+                           learnable=True)
+    init = init_speech_lm(model_cfg, resolve_base(model_cfg, root), root / "init", seed=0)["path"]
+    curves = {}
+    for attn in ("sdpa", "auto"):
+        cfg = TrainConfig(**{**preset.train.model_dump(), "budget_s": 1e9, "max_steps": steps, "log_every_steps": 1,
+                             "checkpoint_every_s": 1e9, "val_fraction": 0.0})
+        t0 = time.perf_counter()
+        pretrain(Path(init), [shard], model_cfg.model_copy(update={"attn_implementation": attn}), cfg,
+                 root / f"run-{attn}", seed=0, device="cpu", tensorboard=False)
+        rows = list(csv.DictReader((root / f"run-{attn}" / "metrics.csv").open()))
+        curves[attn] = ([float(r["loss"]) for r in rows if r["loss"]], time.perf_counter() - t0)
+    old, new = curves["sdpa"][0], curves["auto"][0]
+    diffs = np.abs(np.array(old) - np.array(new))
+    return {"steps": len(old), "attn_old": "sdpa", "attn_new": pick_attn_implementation("auto", torch.device("cpu")),
+            "max_abs_loss_diff": float(diffs.max()), "mean_abs_loss_diff": float(diffs.mean()),
+            "final_loss_old": old[-1], "final_loss_new": new[-1], "first_loss": old[0],
+            "seconds_old": round(curves["sdpa"][1], 1), "seconds_new": round(curves["auto"][1], 1),
+            "within_noise": bool(diffs.max() < 1e-3)}
+
+
+# ---------------------------------------------------------------- GPU -----------------------------------------
+# SLAM_BENCH_DRY_RUN=1 runs the GPU parts on the CPU with the tiny shape (a rehearsal of the bench code itself,
+# so that device time is not spent finding its bugs); results go to a separate file.
+DRY_RUN = os.environ.get("SLAM_BENCH_DRY_RUN") == "1"
+GPU_RESULTS = RESULTS_DIR / ("train-gpu-dryrun.json" if DRY_RUN else "train-gpu.json")
+if DRY_RUN:
+    GPU = {**CPU, "micro": 2, "accum": 8, "steps": (1, 2)}
+
+
+def _gpu_context() -> tuple[torch.device, torch.dtype, float | None, Path]:
+    if DRY_RUN:
+        torch.set_num_threads(1)
+        return torch.device("cpu"), torch.float32, None, Path(tempfile.mkdtemp(prefix="bench-train-dry-"))
+    device = torch.device("cuda")
+    torch._dynamo.config.recompile_limit = 64  # variants share the layer code object: never fall back to eager
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-gpu-"))
+    tv.update_results(GPU_RESULTS, {"machine": machine()})
+    return device, torch.bfloat16, peak_flops_for_name(torch.cuda.get_device_name(device)), tmp
+
+
+def _record(name: str, result: dict, peak: float | None, flops: float | None = None) -> dict:
+    result["mfu"] = mfu(result["tokens_per_s"], flops or result.get("flops_per_token", 0), peak) if (
+        flops or result.get("flops_per_token")) else None
+    tv.update_results(GPU_RESULTS, {"variants": {name: result}})
+    print(f"  {name}: {_fmt(result)}", flush=True)
+    return result
+
+
+def _variant(name: str, deadline: float, min_s: float, fn, peak: float | None, flops: float | None = None):
+    """Run one variant unless fewer than `min_s` seconds are left; an error is recorded, not raised."""
+    left = deadline - time.monotonic()
+    if left < min_s:
+        tv.update_results(GPU_RESULTS, {"variants": {name: {"skipped": f"{left:.0f} s left of the part's budget"}}})
+        print(f"  {name}: skipped ({left:.0f} s left)", flush=True)
+        return None
+    print(f"  {name}: running ({left:.0f} s left)", flush=True)
+    try:
+        return _record(name, fn(), peak, flops)
+    except Exception as err:  # noqa: BLE001 — one failing variant must not lose the others
+        tv.update_results(GPU_RESULTS, {"variants": {name: {"error": f"{type(err).__name__}: {err}"[:500]}}})
+        print(f"  {name}: failed: {type(err).__name__}: {err}", flush=True)
+        tv.release(torch.device("cpu" if DRY_RUN else "cuda"))
+        return None
+
+
+def run_gpu_train(budget_s: float, save=None) -> None:
+    """Part `train`: reference, the slam preset's configuration, old path, packed eager micro-batch sweep.
+    (`save` is unused: the training parts merge their variants into one file, train-gpu.json.)"""
+    deadline = time.monotonic() + budget_s
+    device, dtype, peak, tmp = _gpu_context()
+    g = GPU
+    seqs = g["micro"] * g["accum"]
+    shard = tv.write_shard(tmp / "units" / "bench" / "train" / "u.parquet",
+                           int(1.3 * sum(g["steps"]) * seqs * g["context_len"]), g["doc_len"])
+    kernel = pick_attn_implementation("auto", device)
+    args = (g["shape"], g["context_len"])
+    ref = _variant("plain_loop_reference", deadline, 20, lambda: tv.plain_loop(
+        *args, g["micro"], g["accum"], g["steps"], device, dtype), peak)
+    preset = _variant("slam_preset", deadline, 40, lambda: tv.trainer(
+        *args, "auto", seqs, shard, g["steps"], device, dtype, kernel, True, cache_dir=tmp), peak)
+    if preset is not None:
+        flops = preset["flops_per_token"]
+        tv.update_results(GPU_RESULTS, {
+            "slam_preset_config": {"attn_implementation": kernel, "compile": True, "run_micro_batch": preset["micro_batch"]},
+            "tokens_per_s": preset["tokens_per_s"], "mfu": preset["mfu"], "flops_per_token": flops, "peak_flops": peak,
+            "ratio_vs_plain_loop": preset["tokens_per_s"] / ref["tokens_per_s"] if ref else None})
+    _variant("eager_sdpa_old_path", deadline, 20, lambda: tv.trainer(
+        *args, 8, seqs, shard, g["steps"], device, dtype, "sdpa", False), peak)
+    for micro in (8, 16, 32):
+        _variant(f"{kernel}_eager_micro{micro}", deadline, 15, lambda m=micro: tv.trainer(
+            *args, m, seqs, shard, g["steps"], device, dtype, kernel, False), peak)
+
+
+def run_gpu_dpo(budget_s: float, save=None) -> None:
+    """Part `train_dpo`: the slam preset's DPO batch, eager and compiled (as it runs)."""
+    deadline = time.monotonic() + budget_s
+    from slam_core.presets import slam
+
+    device, dtype, peak, _ = _gpu_context()
+    cfg: DpoConfig = slam().dpo
+    if DRY_RUN:
+        cfg = cfg.model_copy(update={"micro_batch_size": 2, "grad_accum": 2})
+    kernel = pick_attn_implementation("auto", device)
+    best = 0.0
+    for name, compiled in (("dpo_eager", False), ("dpo_compiled", True)):  # eager first: it always fits the budget
+        result = _variant(name, deadline, 20, lambda c=compiled: tv.dpo(GPU["shape"], GPU["steps"], device, dtype,
+                                                                        kernel, c, cfg), None)
+        if result is not None and result["tokens_per_s"] > best:  # DPO runs compiled by default; the faster one counts
+            best = result["tokens_per_s"]
+            tv.update_results(GPU_RESULTS, {"dpo_tokens_per_s": best, "dpo_config": {"compile": compiled,
+                                                                                     "attn_implementation": kernel}})
+
+
+def run_gpu_kernels(budget_s: float, save=None) -> None:
+    """Part `train_kernels`: liger-kernel eager, FlexAttention compiled, liger compiled (liger patches modules
+    globally: it runs in its own process)."""
+    deadline = time.monotonic() + budget_s
+    device, dtype, peak, tmp = _gpu_context()
+    g = GPU
+    seqs = g["micro"] * g["accum"]
+    shard = tv.write_shard(tmp / "units" / "bench" / "train" / "u.parquet",
+                           int(1.3 * sum(g["steps"]) * seqs * g["context_len"]), g["doc_len"])
+    kernel = pick_attn_implementation("auto", device)
+    args = (g["shape"], g["context_len"], 8, seqs, shard, g["steps"], device, dtype)
+    _variant(f"{kernel}_liger_eager_micro8", deadline, 12, lambda: tv.trainer(*args, kernel, False, liger=True), peak)
+    _variant("packed_flex_compiled_micro8", deadline, 20, lambda: tv.trainer(*args, "packed_flex", True), peak)
+    _variant(f"{kernel}_liger_compiled_micro8", deadline, 20, lambda: tv.trainer(*args, kernel, True, liger=True), peak)
+
+
+GPU_PARTS = {"train": run_gpu_train, "train_dpo": run_gpu_dpo, "train_kernels": run_gpu_kernels}

@@ -39,9 +39,11 @@ def machine() -> dict[str, Any]:
             "machine": platform.machine()}
 
 
-def save_results(name: str, results: dict[str, Any]) -> Path:
+def save_results(name: str, results: dict[str, Any], kind: str | None = None) -> Path:
+    """bench/results/<name>-<kind>.json; kind defaults to gpu where CUDA is visible (a bench that measured on the
+    CPU anyway says so with kind="cpu")."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    kind = "gpu" if torch.cuda.is_available() else "cpu"
+    kind = kind or ("gpu" if torch.cuda.is_available() else "cpu")
     out = RESULTS_DIR / f"{name}-{kind}.json"
     out.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
     return out

@@ -111,6 +111,50 @@ def test_packed_flex_forward_equals_documents_alone_on_cpu():
     _check_kernel("packed_flex", torch.device("cpu"), torch.float32, 1e-4, backward=False)
 
 
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, causal_flag, scale=None, gqa_ok=False):
+    """A plain-torch stand-in for a varlen kernel on (T, H, D): causal SDPA per segment."""
+    assert causal_flag and q.dtype == k.dtype == v.dtype and cu_q.dtype == torch.int32 and isinstance(max_q, int)
+    assert k.shape[1] == q.shape[1] or gqa_ok
+    out = torch.zeros_like(q)
+    bounds = cu_q.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            seg = [t[a:b].transpose(0, 1)[None] for t in (q, k, v)]
+            out[a:b] = F.scaled_dot_product_attention(*seg, is_causal=True, scale=scale,
+                                                      enable_gqa=True)[0].transpose(0, 1)
+    return out
+
+
+def test_varlen_wrappers_pass_the_right_layout_and_arguments(monkeypatch):
+    """The CUDA kernels' wrappers (flattening, causal flag, GQA, boundaries), checked on CPU against stand-ins
+    with the kernels' signatures: flash-attn's, and torch varlen_attn's of both the is_causal and the
+    window_size generations."""
+    import sys
+    import types
+
+    import torch.nn.attention.varlen as varlen_mod
+
+    from slam_core.lm import attention
+
+    fake_fa = types.ModuleType("flash_attn")
+    fake_fa.flash_attn_varlen_func = lambda q, k, v, cu_q, cu_k, mq, mk, dropout_p=0.0, softmax_scale=None, causal=False: (
+        _reference_varlen(q, k, v, cu_q, cu_k, mq, mk, causal_flag=causal, scale=softmax_scale, gqa_ok=True))
+    monkeypatch.setitem(sys.modules, "flash_attn", fake_fa)
+    _check_kernel("packed_fa2", torch.device("cpu"), torch.float32, 1e-4)
+
+    def new_style(q, k, v, cu_q, cu_k, mq, mk, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return _reference_varlen(q, k, v, cu_q, cu_k, mq, mk, causal_flag=tuple(window_size) == (-1, 0), scale=scale,
+                                 gqa_ok=enable_gqa)
+
+    def old_style(q, k, v, cu_q, cu_k, mq, mk, is_causal=False):
+        return _reference_varlen(q, k, v, cu_q, cu_k, mq, mk, causal_flag=is_causal)
+
+    for fake in (new_style, old_style):
+        monkeypatch.setattr(varlen_mod, "varlen_attn", fake)
+        monkeypatch.setattr(attention, "_VARLEN_OPTIONS", attention._torch_varlen_options())
+        _check_kernel("packed_varlen", torch.device("cpu"), torch.float32, 1e-4)
+
+
 def test_cpu_trains_with_packed_sdpa():
     assert available_kernels(torch.device("cpu")) == ["packed_sdpa"]
 

@@ -113,15 +113,17 @@ def fa2_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tenso
     return out.view(batch, length, *out.shape[1:]), None
 
 
-@lru_cache(maxsize=1)
-def _torch_varlen_options() -> tuple[dict[str, Any], bool]:
-    """(causal keyword arguments, native GQA) for this torch's varlen_attn: its signature moved between
-    releases (`is_causal=True` early on, `window_size=(-1, 0)` later; `enable_gqa` came later still)."""
+_VARLEN_OPTIONS: dict[str, Any] = {}  # filled at registration, outside any traced code
+
+
+def _torch_varlen_options() -> dict[str, Any]:
+    """Keyword arguments for this torch's varlen_attn: its signature moved between releases (`is_causal=True`
+    early on, `window_size=(-1, 0)` later; `enable_gqa` and `scale` are not in every release)."""
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
     causal = {"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)}
-    return causal, "enable_gqa" in params
+    return {"causal": causal, "gqa": "enable_gqa" in params, "scale": "scale" in params}
 
 
 def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -133,14 +135,18 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     batch, heads, length, _ = query.shape
     cu, max_len = _boundaries(kwargs, query)
     q, k, v = _flatten(query, key, value)
-    causal, native_gqa = _torch_varlen_options()
-    extra = dict(causal)
+    options = _VARLEN_OPTIONS or _torch_varlen_options()
+    extra = dict(options["causal"])
+    if options["scale"]:
+        extra["scale"] = scaling
+    elif scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
+        raise ValueError("this torch's varlen_attn has no scale argument; only the default 1/sqrt(head_dim) works")
     if k.shape[1] != heads:
-        if native_gqa:
+        if options["gqa"]:
             extra["enable_gqa"] = True
         else:
             k, v = (t.repeat_interleave(heads // t.shape[1], dim=1) for t in (k, v))
-    out = varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, **extra)
+    out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **extra)
     return out.view(batch, length, *out.shape[1:]), None
 
 
@@ -218,6 +224,8 @@ def register_packed_attention() -> None:
 
     for name, forward in _FORWARDS.items():
         AttentionInterface.register(name, forward)
+    if torch_varlen_importable() and not _VARLEN_OPTIONS:
+        _VARLEN_OPTIONS.update(_torch_varlen_options())
 
 
 def is_packed(attn_implementation: str) -> bool:

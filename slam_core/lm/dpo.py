@@ -221,7 +221,7 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
     model.train()
     compile_s = 0.0
     if tuning.compile_enabled(dpo_cfg.compile, dev):  # after the (eager, no-grad) reference pass
-        tuning.compile_decoder_layers(model)
+        tuning.compile_decoder_layers(model, dynamic=True)  # widths vary by pair: one compile, symbolic length
         width = -(-(dpo_cfg.max_prompt_tokens + dpo_cfg.max_completion_tokens) // PAD_MULTIPLE) * PAD_MULTIPLE
         compile_s = tuning.warm_up(model, 2 * dpo_cfg.micro_batch_size, width, attn, dev, dtype)
         log.info("DPO: compiled the decoder layers in %.1f s (counted in the budget)", compile_s)

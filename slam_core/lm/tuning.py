@@ -44,11 +44,12 @@ def decoder_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return blocks
 
 
-def compile_decoder_layers(model: torch.nn.Module) -> int:
-    """Regional compile (in place); returns the number of compiled blocks."""
+def compile_decoder_layers(model: torch.nn.Module, dynamic: bool | None = False) -> int:
+    """Regional compile (in place); returns the number of compiled blocks. dynamic=False for pre-training's
+    fixed [B, L] rows; True (symbolic sizes, one compile) for DPO's varying widths."""
     blocks = decoder_blocks(model)
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile(dynamic=dynamic)
     return len(blocks)
 
 

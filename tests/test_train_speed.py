@@ -1,0 +1,193 @@
+"""The speed path changes speed, not the recipe: packed attention trains the same curve as HF's SDPA path, the
+micro-batch split keeps the effective batch, metrics leave the training thread in order; on CUDA: one host
+sync and one bf16 weight cast per optimiser step, the micro-batch probe, compiled layers."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import csv
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from slam_core.config import ConfigError, ModelConfig, TrainConfig, apply_overrides
+from slam_core.lm import tuning
+from slam_core.lm.data import PackedLoader, sources_from_paths
+from slam_core.lm.distributed import DistEnv
+from slam_core.lm.metrics import BackgroundReporter
+from slam_core.lm.model import init_speech_lm, load_speech_lm, resolve_base
+from slam_core.lm.step import make_optimizer, train_step
+from slam_core.lm.train import pretrain
+from slam_core.presets import get_preset
+from slam_core.schemas import UNITS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+MODEL = ModelConfig(base="tiny-qwen2", context_len=128, dtype="float32", tiny_hidden_size=64, tiny_layers=2)
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speed")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(150):
+        units = np.resize(rng.integers(0, 40, rng.integers(2, 6)), rng.integers(5, 200)).tolist()
+        rows.append({"segment_id": f"s-{i}", "dataset": "stories", "split": "train", "units": units,
+                     "durations": [1] * len(units), "n_frames": len(units), "audio_seconds": 0.04 * len(units)})
+    shard = root / "units" / "stories" / "train" / "units-00000.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), shard, row_group_size=50)
+    init = init_speech_lm(MODEL, resolve_base(MODEL, root), root / "init", seed=0)
+    return {"shard": shard, "init": Path(init["path"])}
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [float(r["loss"]) for r in csv.DictReader((run_dir / "metrics.csv").open()) if r["loss"]]
+
+
+def test_packed_attention_trains_the_same_curve_as_hf_sdpa(corpus, tmp_path):
+    """Fixed seed, same batches: the packed kernel (CPU: packed_sdpa) and HF's position_ids-derived SDPA mask
+    give the same losses step by step (the 200-step smoke comparison is in bench/results/train-cpu.json)."""
+    cfg = TrainConfig(budget_s=1e6, max_steps=8, lr=3e-3, micro_batch_size=2, grad_accum=2, log_every_steps=1,
+                      checkpoint_every_s=1e9, val_fraction=0.0)
+    out = {}
+    for attn in ("sdpa", "auto"):
+        out[attn] = pretrain(corpus["init"], [corpus["shard"]], MODEL.model_copy(update={"attn_implementation": attn}),
+                             cfg, tmp_path / attn, seed=3, device="cpu", tensorboard=False)
+    assert out["auto"]["attn_implementation"] == "packed_sdpa" and out["sdpa"]["attn_implementation"] == "sdpa"
+    old, new = _losses(tmp_path / "sdpa"), _losses(tmp_path / "auto")
+    assert len(old) == len(new) == 8 and old[-1] < old[0]
+    assert max(abs(a - b) for a, b in zip(old, new)) < 1e-4
+    assert out["auto"]["micro_batch_size"] == 2 and out["auto"]["compile_s"] == 0.0  # CPU: configured, no compile
+
+
+def test_run_micro_batch_keeps_the_effective_batch(corpus):
+    cfg = TrainConfig(micro_batch_size=8, grad_accum=16)
+    assert cfg.run_micro_batch == "auto" and cfg.compile == "auto" and cfg.sequences_per_step == 128
+    assert [tuning.batch_split(cfg, m, 1) for m in (8, 16, 32, 128)] == [16, 8, 4, 1]
+    assert tuning.batch_split(cfg, 16, 2) == 4  # 2 GPUs x 4 micro-steps x 16 sequences
+    with pytest.raises(ValueError, match="does not split the effective batch"):
+        tuning.batch_split(cfg, 24, 1)
+    cpu = torch.device("cpu")
+    model = load_speech_lm(corpus["init"], "packed_sdpa")
+    assert tuning.probe_micro_batch(model, cfg, 128, "packed_sdpa", cpu, torch.float32, DistEnv(), None) == 8
+    fixed = TrainConfig(micro_batch_size=8, grad_accum=16, run_micro_batch=32)
+    assert tuning.probe_micro_batch(model, fixed, 128, "packed_sdpa", cpu, torch.float32, DistEnv(), None) == 32
+    assert not tuning.compile_enabled("auto", cpu) and tuning.compile_enabled(True, cpu)
+
+
+def test_slam_preset_keeps_table_4_and_sizes_the_run_to_the_gpu():
+    cfg = get_preset("slam")
+    assert (cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.tokens_per_step) == (8, 16, 128 * 1024)
+    assert cfg.train.run_micro_batch == "auto" and cfg.train.compile == "auto" and cfg.model.attn_implementation == "auto"
+    assert apply_overrides(cfg, ["train.run_micro_batch=32"]).train.run_micro_batch == 32
+    with pytest.raises(ConfigError, match="run_micro_batch"):
+        apply_overrides(cfg, ["train.run_micro_batch=0"])
+
+
+def test_background_reporter_keeps_order_flushes_and_reraises():
+    seen, thread_names = [], set()
+    reporter = BackgroundReporter()
+
+    def record(x):
+        thread_names.add(threading.current_thread().name)
+        seen.append(x)
+
+    for i in range(50):
+        reporter.submit(record, i)
+    reporter.flush()
+    assert seen == list(range(50)) and thread_names == {"train-reporter"}
+    reporter.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        reporter.flush()
+    reporter.close()
+
+
+# ---------------------------------------------------------------- CUDA ----------------------------------------
+def _cuda_setup(corpus, attn: str):
+    device = torch.device("cuda")
+    model = load_speech_lm(corpus["init"], attn).to(device).train()
+    cfg = TrainConfig(micro_batch_size=2, grad_accum=4)
+    return device, model, cfg, make_optimizer(model, cfg, device, 1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_step_syncs_once_and_casts_weights_once(corpus):
+    from torch.profiler import ProfilerActivity, profile
+
+    from slam_core.device import pick_attn_implementation
+    from slam_core.lm.data import PrefetchingLoader
+
+    attn = pick_attn_implementation("auto", torch.device("cuda"))
+    device, model, cfg, optimizer = _cuda_setup(corpus, attn)
+    loader = PrefetchingLoader(PackedLoader(sources_from_paths([corpus["shard"]]), 128, 2, seed=0), 8, pin_memory=True)
+    try:
+        step = lambda: train_step(model, model, model, optimizer, loader, 4, 0.5, device, torch.bfloat16, attn,  # noqa: E731
+                                  DistEnv())
+        step()  # warm-up: lazily created optimiser state, allocator
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+        torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+        assert len(syncs) <= 1, [str(w.message) for w in syncs]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        n_weight_matrices = sum(1 for p in model.parameters() if p.ndim == 2)
+        casts = sum(e.count for e in prof.key_averages() if e.key == "aten::_to_copy")
+        assert casts < 2 * n_weight_matrices  # one cast per weight per step, not one per micro-step (4 here)
+    finally:
+        loader.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_probe_picks_a_fitting_divisor_and_caches_it(corpus, tmp_path):
+    from slam_core.device import pick_attn_implementation
+
+    attn = pick_attn_implementation("auto", torch.device("cuda"))
+    device, model, _, _ = _cuda_setup(corpus, attn)
+    cfg = TrainConfig(micro_batch_size=2, grad_accum=32)
+    micro = tuning.probe_micro_batch(model, cfg, 128, attn, device, torch.bfloat16, DistEnv(), tmp_path)
+    assert micro >= 2 and 64 % micro == 0
+    assert (tmp_path / tuning.MICRO_BATCH_CACHE).exists()
+    assert tuning.probe_micro_batch(model, cfg, 128, attn, device, torch.bfloat16, DistEnv(), tmp_path) == micro
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_cuda_compiled_layers_give_the_eager_loss(corpus):
+    from slam_core.device import pick_attn_implementation
+    from slam_core.lm.step import autocast_for, packed_loss_sum
+
+    attn = pick_attn_implementation("auto", torch.device("cuda"))
+    device, model, _, _ = _cuda_setup(corpus, attn)
+    batch = {k: v.to(device) for k, v in PackedLoader(sources_from_paths([corpus["shard"]]), 128, 4, seed=0)
+             .next_batch().items()}
+    with torch.no_grad(), autocast_for(device, torch.bfloat16):
+        eager = float(packed_loss_sum(model, batch, attn)[0])
+        tuning.compile_decoder_layers(model)
+        compiled = float(packed_loss_sum(model, batch, attn)[0])
+    assert abs(compiled - eager) / abs(eager) < 2e-2
+
+
+def test_gpu_bench_parts_resolve_and_fit_six_minutes():
+    import importlib
+
+    from bench.run_all import GPU_PARTS, GPU_TOTAL_S
+
+    assert sum(budget + 8 for _, budget in GPU_PARTS.values()) <= GPU_TOTAL_S <= 360  # ~8 s to start each process
+    for target, _ in GPU_PARTS.values():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function))
