@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command, for an offline GPU host that has torch + transformers (docs/gpu-host.md):
+# The whole GPU check in one command, for an offline GPU host that has torch + transformers (docs/performance.md):
 # the GPU benches (bench/run_all.py --gpu, <= 6 minutes, results written after every variant), then the
 # GPU-marked tests (packed kernels vs documents alone, compiled too), with the results copied to $OUT.
 #
 # Prepare where PyPI is reachable:  make wheels        (.wheels/bench, 5 MB; .wheels/rehearsal adds duckdb, faiss)
-# Run on the device tool:           command "bash scripts/gpu_session.sh", carry [".wheels"], timeout_s 600
+# Run on the device tool:           command "bash scripts/gpu_session.sh", carry [".wheels/bench"], timeout_s 600
+# (carry [".wheels"] also brings the rehearsal wheels, 47 MB in all, under the 64 MiB limit)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/slam-gpu-out}"
