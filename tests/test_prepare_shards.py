@@ -118,7 +118,9 @@ def test_prepare_data_turns_shards_into_units_and_dpo_pairs_then_reuses_and_redo
 
     # rerun: every shard reused, nothing new recorded, same result
     n_rows = len(cat.artifacts())
-    assert prepare_data(preset="smoke", overrides=TINY | SHARDS, data_root=str(root)) == out
+    rerun = prepare_data(preset="smoke", overrides=TINY | SHARDS, data_root=str(root))
+    assert {k: v for k, v in rerun.items() if k != "shards"} == {k: v for k, v in out.items() if k != "shards"}
+    assert all(c["redone"] == 0 and c["reused"] > 0 for c in rerun["shards"].values())
     assert len(cat.artifacts()) == n_rows
 
     # a shard lost (as if the run died before it was done) is redone alone, with the same bytes
@@ -127,6 +129,7 @@ def test_prepare_data_turns_shards_into_units_and_dpo_pairs_then_reuses_and_redo
     lost.unlink()
     again = prepare_data(preset="smoke", overrides=TINY | SHARDS, data_root=str(root))
     assert again["pairs"] == out["pairs"] and lost.read_bytes() == before
+    assert again["shards"]["SpokenSwag pair-unit shards"] == {"reused": len(swag_files) - 1, "redone": 1}
     assert len(cat.artifacts()) == n_rows
     capsys.readouterr()
 
