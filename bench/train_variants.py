@@ -154,8 +154,9 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
 
 def dpo(shape: dict, steps: tuple[int, int], device: torch.device, dtype: torch.dtype, attn: str,
         compile_layers: bool, cfg: DpoConfig, n_pairs: int = 512) -> dict:
-    """DPO steps of cfg.micro_batch_size x cfg.grad_accum pairs (prompt 50-300, completions 30-250 tokens,
-    about SpokenSwag's lengths at 25 Hz); reference log-probs are random (they only enter the loss)."""
+    """DPO steps of cfg.micro_batch_size x cfg.grad_accum pairs, cfg.run_micro_batch per forward (auto: probed),
+    prompts of 50-300 and completions of 30-250 tokens (about SpokenSwag's lengths at 25 Hz); the reference
+    log-probs are random (they only enter the loss)."""
     from slam_core.lm import dpo as dpo_lib
 
     model = build_model(shape, cfg.max_prompt_tokens + cfg.max_completion_tokens, attn, device)
@@ -164,17 +165,20 @@ def dpo(shape: dict, steps: tuple[int, int], device: torch.device, dtype: torch.
                                  rng.integers(0, 500, rng.integers(30, 250)), cfg.max_prompt_tokens,
                                  cfg.max_completion_tokens) for _ in range(n_pairs)]
     reference = -100.0 * torch.rand(n_pairs, 2)
+    pairs_per_step = cfg.micro_batch_size * cfg.grad_accum
+    width = -(-(cfg.max_prompt_tokens + cfg.max_completion_tokens) // dpo_lib.PAD_MULTIPLE) * dpo_lib.PAD_MULTIPLE
+    micro = tuning.fit_micro_batch(model, cfg.run_micro_batch, cfg.micro_batch_size, pairs_per_step, 2, width, attn,
+                                   device, dtype, DistEnv(), None)
     compile_s = 0.0
     if compile_layers:
         tuning.compile_decoder_layers(model, dynamic=True)
-        width = dpo_lib.PAD_MULTIPLE * 2
-        compile_s = tuning.warm_up(model, 2 * cfg.micro_batch_size, width, attn, device, dtype)
+        compile_s = tuning.warm_up(model, 2 * micro, width, attn, device, dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=device.type == "cuda" or None)
     order = dpo_lib._PairOrder(n_pairs, 0)
     tokens = []
 
     def step():
-        idx = [order.take(cfg.micro_batch_size) for _ in range(cfg.grad_accum)]
+        idx = [order.take(micro) for _ in range(pairs_per_step // micro)]
         tokens.append(dpo_lib._dpo_step(model, optimizer, pairs, reference, idx, cfg, device, dtype, attn)[3])
 
     ends = []
@@ -186,7 +190,7 @@ def dpo(shape: dict, steps: tuple[int, int], device: torch.device, dtype: torch.
     del model, optimizer
     release(device)
     return {"tokens_per_s": sum(tokens[steps[0]:]) / timed_s, "step_s": timed_s / steps[1],
-            "pairs_per_step": cfg.micro_batch_size * cfg.grad_accum, "attn_implementation": attn,
+            "pairs_per_step": pairs_per_step, "pairs_per_forward": micro, "attn_implementation": attn,
             "compile": compile_layers, "compile_s": round(compile_s, 1)}
 
 

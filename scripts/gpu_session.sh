@@ -3,9 +3,8 @@
 # the GPU benches (bench/run_all.py --gpu, <= 6 minutes, results written after every variant), then the
 # GPU-marked tests (packed kernels vs documents alone, compiled too), with the results copied to $OUT.
 #
-# Prepare where PyPI is reachable:  make wheels        (.wheels/bench, 5 MB; .wheels/rehearsal adds duckdb, faiss)
-# Run on the device tool:           command "bash scripts/gpu_session.sh", carry [".wheels/bench"], timeout_s 600
-# (carry [".wheels"] also brings the rehearsal wheels, 47 MB in all, under the 64 MiB limit)
+# Prepare where PyPI is reachable:  make wheels        (.wheels/bench, 5.4 MB)
+# Run on the device tool:           command "bash scripts/gpu_session.sh", carry [".wheels"], timeout_s 600
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/slam-gpu-out}"
@@ -17,7 +16,7 @@ PY="${PYTHON:-python3}"
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   timeout 400 "$PY" -m bench.run_all --gpu
   echo "bench exit: $?"
-  timeout 150 "$PY" -m pytest -q -x -m gpu -p no:cacheprovider tests/test_lm_attention.py tests/test_train_speed.py
+  timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_lm_attention.py tests/test_train_speed.py
   echo "gpu tests exit: $?"
 } 2>&1 | tee "$OUT/gpu_session.log"
 cp bench/results/*-gpu.json bench/results/gpu-parts.json "$OUT"/ 2>/dev/null || true

@@ -291,6 +291,11 @@ class DpoConfig(_Section):
     compile: bool | Literal["auto"] = Field(
         "auto", description="Regional torch.compile of the decoder layers after the reference pass (auto: on CUDA "
         "only); its time counts against budget_s.")
+    run_micro_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Pairs per forward pass actually run, a speed setting: a step still holds "
+        "micro_batch_size x grad_accum pairs, drawn in the same order. auto: on CUDA the largest divisor of that "
+        "which fits (probed with rows of max_prompt_tokens + max_completion_tokens, cached per GPU model under the "
+        "data root); on CPU micro_batch_size.")
 
 
 class EvalConfig(_Section):

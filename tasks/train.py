@@ -77,7 +77,7 @@ def run_dpo(init_checkpoint: str, preference_path: str, model_cfg: ModelConfig, 
     def produce() -> dict[str, Any]:
         progress = progress_reporter("DPO")
         summary.update(dpo.train_dpo(Path(init_checkpoint), Path(preference_path), model_cfg, dpo_cfg, Path(run_dir),
-                                     seed, device=device, progress=progress))
+                                     seed, device=device, progress=progress, cache_dir=Path(data_root) / "cache"))
         progress(1.0, f"done: {summary['steps']} steps")  # DPO ends on steps or epochs before its time budget
         return {"rows": summary["steps"], "tokens": summary.get("tokens_seen", 0), "bad": summary.get("skipped", [])}
 

@@ -137,3 +137,19 @@ def test_train_dpo_stops_after_max_epochs_and_constant_schedule(setup, tmp_path)
     assert out["pairs_seen"] >= n_pairs > out["pairs_seen"] - 4
     lrs = [float(r["lr"]) for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())]
     assert lrs[:2] == [5e-4, 1e-3] and set(lrs[2:]) == {1e-3}
+
+
+def test_run_micro_batch_regroups_the_same_pairs(setup, tmp_path):
+    """dpo.run_micro_batch only changes how a step's pairs are grouped into forwards: same losses, same weights."""
+    out = {}
+    for micro in (4, 2, 8):
+        cfg = DpoConfig(max_steps=3, budget_s=600, lr=2e-3, warmup_steps=1, micro_batch_size=4, grad_accum=2,
+                        run_micro_batch=micro)
+        out[micro] = train_dpo(setup["init"], setup["prefs"], MODEL, cfg, tmp_path / f"m{micro}", seed=0, device="cpu")
+        assert out[micro]["micro_batch_size"] == micro and out[micro]["pairs_seen"] == 24
+    assert out[2]["final_loss"] == pytest.approx(out[4]["final_loss"], abs=1e-5)
+    assert out[8]["final_loss"] == pytest.approx(out[4]["final_loss"], abs=1e-5)
+    with pytest.raises(ValueError, match="does not divide"):
+        train_dpo(setup["init"], setup["prefs"], MODEL, DpoConfig(max_steps=1, micro_batch_size=4, grad_accum=2,
+                                                                  run_micro_batch=3), tmp_path / "bad", seed=0,
+                  device="cpu")

@@ -33,6 +33,7 @@ from slam_core.errors import InputError
 from slam_core.lm import tuning
 from slam_core.lm.attention import cu_seqlens_from_positions, is_packed, packed_kwargs
 from slam_core.lm.checkpoint import latest_checkpoint, restore_or_seed, rng_state, save_checkpoint
+from slam_core.lm.distributed import DistEnv
 from slam_core.lm.metrics import BackgroundReporter, MetricsLog
 from slam_core.lm.model import load_speech_lm
 from slam_core.lm.schedule import DPO_SCHEDULES
@@ -197,11 +198,12 @@ def _reference_model(ckpt: Path | None, init_checkpoint: Path, run_dir: Path, mo
 def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConfig, dpo_cfg: DpoConfig,
               run_dir: Path, seed: int, device: str = "auto",
               progress: Callable[[float, str], None] | None = None, *,
-              clock: Callable[[], float] = time.monotonic) -> dict:
+              clock: Callable[[], float] = time.monotonic, cache_dir: Path | None = None) -> dict:
     """DPO from `init_checkpoint` (or resume from run_dir's latest checkpoint) within budget_s / max_steps.
 
+    `cache_dir` keeps the probed pairs per forward pass per GPU model (dpo.run_micro_batch=auto).
     Returns {"final_checkpoint", "steps", "pairs_seen", "tokens_seen", "elapsed_s", "final_loss",
-    "reward_margin", "skipped", "compile_s", "attn_implementation"}.
+    "reward_margin", "skipped", "compile_s", "micro_batch_size", "attn_implementation"}.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -219,11 +221,17 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
     reference = _load_or_compute_reference(run_dir, _reference_model(ckpt, init_checkpoint, run_dir, model, attn, dev),
                                            pairs, dpo_cfg, dev, dtype, attn)
     model.train()
+    width = -(-(dpo_cfg.max_prompt_tokens + dpo_cfg.max_completion_tokens) // PAD_MULTIPLE) * PAD_MULTIPLE
+    pairs_per_step = dpo_cfg.micro_batch_size * dpo_cfg.grad_accum
+    micro = tuning.fit_micro_batch(model, dpo_cfg.run_micro_batch, dpo_cfg.micro_batch_size, pairs_per_step, 2, width,
+                                   attn, dev, dtype, DistEnv(), cache_dir)
+    if pairs_per_step % micro:
+        raise ValueError(f"dpo.run_micro_batch={micro} does not divide the {pairs_per_step} pairs of a step "
+                         f"(micro_batch_size x grad_accum)")
     compile_s = 0.0
     if tuning.compile_enabled(dpo_cfg.compile, dev):  # after the (eager, no-grad) reference pass
         tuning.compile_decoder_layers(model, dynamic=True)  # widths vary by pair: one compile, symbolic length
-        width = -(-(dpo_cfg.max_prompt_tokens + dpo_cfg.max_completion_tokens) // PAD_MULTIPLE) * PAD_MULTIPLE
-        compile_s = tuning.warm_up(model, 2 * dpo_cfg.micro_batch_size, width, attn, dev, dtype)
+        compile_s = tuning.warm_up(model, 2 * micro, width, attn, dev, dtype)
         log.info("DPO: compiled the decoder layers in %.1f s (counted in the budget)", compile_s)
     optimizer = torch.optim.AdamW(model.parameters(), lr=dpo_cfg.lr, betas=tuple(dpo_cfg.betas), eps=dpo_cfg.eps,
                                   weight_decay=dpo_cfg.weight_decay, fused=dev.type == "cuda" or None,
@@ -259,7 +267,7 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
             lr = schedule(step, dpo_cfg.lr, dpo_cfg.warmup_steps)  # a function of the step only: resumes exactly
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            idx = [order.take(dpo_cfg.micro_batch_size) for _ in range(dpo_cfg.grad_accum)]
+            idx = [order.take(micro) for _ in range(pairs_per_step // micro)]  # same pairs, same order
             loss, margin, grad_norm, n_tokens = _dpo_step(model, optimizer, pairs, reference, idx, dpo_cfg, dev, dtype,
                                                           attn)
             step, pairs_seen, tokens_seen = step + 1, pairs_seen + sum(map(len, idx)), tokens_seen + n_tokens
@@ -285,7 +293,7 @@ def train_dpo(init_checkpoint: Path, preference_path: Path, model_cfg: ModelConf
     return {"final_checkpoint": str(final), "steps": step, "pairs_seen": pairs_seen, "tokens_seen": tokens_seen,
             "elapsed_s": elapsed, "final_loss": loss,
             "reward_margin": float(margin.mean()) if margin is not None else None, "skipped": skipped,
-            "compile_s": compile_s, "attn_implementation": attn}
+            "compile_s": compile_s, "micro_batch_size": micro, "attn_implementation": attn}
 
 
 def _dpo_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, pairs: Sequence, reference: torch.Tensor,

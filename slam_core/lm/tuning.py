@@ -108,20 +108,20 @@ def batch_split(train_cfg: TrainConfig, micro_batch: int, world_size: int) -> in
     return per_rank
 
 
-def _cache_key(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, context_len: int,
+def _cache_key(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, width: int, rows_per_item: int,
                attn_implementation: str, per_rank: int) -> str:
     cfg = model.config
     shape = (cfg.model_type, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.num_attention_heads,
              cfg.vocab_size)
     return (f"{torch.cuda.get_device_name(device)}|torch {torch.__version__}|{'x'.join(map(str, shape))}|"
-            f"L{context_len}|{str(dtype).removeprefix('torch.')}|{attn_implementation}|per-rank {per_rank}")
+            f"{rows_per_item}x{width}|{str(dtype).removeprefix('torch.')}|{attn_implementation}|per-rank {per_rank}")
 
 
-def _probe_peak_bytes(model: torch.nn.Module, rows: int, context_len: int, attn_implementation: str,
+def _probe_peak_bytes(model: torch.nn.Module, rows: int, width: int, attn_implementation: str,
                       device: torch.device, dtype: torch.dtype) -> int:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    forward_backward(model, synthetic_batch(rows, context_len, model.config.vocab_size, device), attn_implementation,
+    forward_backward(model, synthetic_batch(rows, width, model.config.vocab_size, device), attn_implementation,
                      device, dtype)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device)
@@ -129,48 +129,58 @@ def _probe_peak_bytes(model: torch.nn.Module, rows: int, context_len: int, attn_
 
 def probe_micro_batch(model: torch.nn.Module, train_cfg: TrainConfig, context_len: int, attn_implementation: str,
                       device: torch.device, dtype: torch.dtype, env: DistEnv, cache_dir: Path | None) -> int:
-    """The micro-batch to run: train.run_micro_batch, or for auto on CUDA the largest divisor of the per-rank
-    sequences per step whose probed step fits MEMORY_FRACTION of the GPU next to the AdamW moments (on CPU,
-    auto is the recipe's micro_batch_size)."""
-    if isinstance(train_cfg.run_micro_batch, int):
-        return train_cfg.run_micro_batch
+    """The pre-training micro-batch to run: train.run_micro_batch, or for auto on CUDA the largest divisor of the
+    per-rank sequences per step that fits (`fit_micro_batch`); on CPU auto is the recipe's micro_batch_size."""
+    return fit_micro_batch(model, train_cfg.run_micro_batch, train_cfg.micro_batch_size,
+                           train_cfg.sequences_per_step // env.world_size, 1, context_len, attn_implementation, device,
+                           dtype, env, cache_dir)
+
+
+def fit_micro_batch(model: torch.nn.Module, setting: int | str, configured: int, per_rank_items: int,
+                    rows_per_item: int, width: int, attn_implementation: str, device: torch.device,
+                    dtype: torch.dtype, env: DistEnv, cache_dir: Path | None) -> int:
+    """Items (sequences, or DPO pairs of `rows_per_item` = 2 rows) per forward pass: `setting` when it is a
+    number; for auto on CUDA the largest divisor of `per_rank_items` whose probed forward + backward on rows of
+    `width` tokens fits MEMORY_FRACTION of the GPU next to the AdamW moments (cached per GPU model under
+    `cache_dir`); `configured` elsewhere."""
+    if isinstance(setting, int):
+        return setting
     if device.type != "cuda":
-        return train_cfg.micro_batch_size
-    per_rank = train_cfg.sequences_per_step // env.world_size
-    key = _cache_key(model, device, dtype, context_len, attn_implementation, per_rank)
+        return configured
+    key = _cache_key(model, device, dtype, width, rows_per_item, attn_implementation, per_rank_items)
     cache_path = Path(cache_dir) / MICRO_BATCH_CACHE if cache_dir is not None else None
     cache = json.loads(cache_path.read_text()) if cache_path is not None and cache_path.exists() else {}
     if key in cache:
         chosen = int(cache[key])
     else:
-        chosen = _probe(model, per_rank, train_cfg.micro_batch_size, context_len, attn_implementation, device, dtype)
+        chosen = _probe(model, per_rank_items, configured, rows_per_item, width, attn_implementation, device, dtype)
         if cache_path is not None and env.is_main:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache_path, json.dumps({**cache, key: chosen}, indent=2, sort_keys=True) + "\n")
     chosen = min_int_across(chosen, env, device)  # every rank must split the step the same way
-    log.info("micro-batch %d sequences (auto; %s)", chosen, "cached" if key in cache else "probed")
+    log.info("micro-batch %d (auto; %s)", chosen, "cached" if key in cache else "probed")
     return chosen
 
 
-def _probe(model: torch.nn.Module, per_rank: int, start: int, context_len: int, attn_implementation: str,
-           device: torch.device, dtype: torch.dtype) -> int:
+def _probe(model: torch.nn.Module, per_rank: int, start: int, rows_per_item: int, width: int,
+           attn_implementation: str, device: torch.device, dtype: torch.dtype) -> int:
     total = torch.cuda.get_device_properties(device).total_memory
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # AdamW state, not yet allocated
     budget = MEMORY_FRACTION * total - moments
     divisors = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
     start = max([m for m in divisors if m <= start] or [1])
     chosen = None
-    for rows in [m for m in divisors if m >= start]:
+    for items in [m for m in divisors if m >= start]:
         try:
-            peak = _probe_peak_bytes(model, rows, context_len, attn_implementation, device, dtype)
+            peak = _probe_peak_bytes(model, items * rows_per_item, width, attn_implementation, device, dtype)
         except torch.OutOfMemoryError:
             peak = None
         model.zero_grad(set_to_none=True)
-        log.info("micro-batch probe: %d x %d tokens -> %s", rows, context_len,
+        log.info("micro-batch probe: %d x %d tokens -> %s", items * rows_per_item, width,
                  "out of memory" if peak is None else f"{peak / 2**30:.1f} GiB peak")
         if peak is None or peak > budget:
             break
-        chosen = rows
+        chosen = items
     torch.cuda.empty_cache()
     if chosen is None:  # not even the configured micro-batch fits: go below it
         smaller = [m for m in divisors if m < start]
