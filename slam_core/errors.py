@@ -16,3 +16,7 @@ class InputError(ValueError):
     def __init__(self, what: str, where: str | os.PathLike, fix: str) -> None:
         self.what, self.where, self.fix = what, str(where), fix
         super().__init__(f"{what} — {where} — {fix}")
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """A model directory or hub id that cannot be loaded here; the message says how to provide it."""

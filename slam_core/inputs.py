@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from slam_core.config import SlamConfig
 from slam_core.corpora.published_layout import PUBLISHED_METRICS, find_set_dir
+from slam_core.offline import offline, offline_variable
 from slam_core.preflight import PreflightError
 
 log = logging.getLogger(__name__)
@@ -67,13 +67,13 @@ def _hub_or_local_available(name: str) -> str | None:
         return None
     if name.startswith(("/", ".", "~")):
         return f"{name} does not exist"
-    if os.environ.get("HF_HUB_OFFLINE", "0") in ("", "0"):
+    if not offline():
         return None  # downloaded on first use
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return None
-    return f"'{name}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+    return f"'{name}' is not in the Hugging Face cache and {offline_variable()} is set"
 
 
 def _asr_available(name: str) -> str | None:
@@ -83,12 +83,12 @@ def _asr_available(name: str) -> str | None:
 
     if name not in whisper._MODELS:
         return f"'{name}' is neither a file nor an openai-whisper model name"
-    from slam_core.eval.asr import _offline, _whisper_cache_dir
+    from slam_core.eval.asr import _whisper_cache_dir
 
     cached = _whisper_cache_dir() / Path(whisper._MODELS[name]).name
-    if cached.is_file() or not _offline():
+    if cached.is_file() or not offline():
         return None
-    return f"{cached} not found and downloads are off (HF_HUB_OFFLINE/SLAM_OFFLINE)"
+    return f"{cached} not found and downloads are off ({offline_variable()} is set)"
 
 
 def eval_inputs(cfg: SlamConfig) -> list[MissingInput]:

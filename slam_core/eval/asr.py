@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from slam_core.device import pick_device
+from slam_core.offline import offline
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ def _whisper_cache_dir() -> Path:
     return Path(os.getenv("XDG_CACHE_HOME", Path.home() / ".cache")) / "whisper"
 
 
-def _offline() -> bool:
-    return any(os.environ.get(name, "0") not in ("", "0") for name in ("HF_HUB_OFFLINE", "SLAM_OFFLINE"))
-
-
 def load_asr(
     name_or_path: str | Path = DEFAULT_ASR_MODEL, device: str | torch.device = "cpu",
     allow_download: bool | None = None,
@@ -44,13 +41,13 @@ def load_asr(
     """A Whisper model from an official name (`large-v3-turbo`, `tiny`, ...) or a local checkpoint file.
 
     Official names load from the whisper cache (~/.cache/whisper); a download is attempted only when
-    `allow_download` (default: not offline, i.e. HF_HUB_OFFLINE/SLAM_OFFLINE unset). Anything missing raises one
+    `allow_download` (default: not offline, see slam_core/offline.py). Anything missing raises one
     `AsrModelNotFoundError` naming the URL and the local-file option.
     """
     import whisper
 
     source = str(name_or_path)
-    allow_download = (not _offline()) if allow_download is None else allow_download
+    allow_download = (not offline()) if allow_download is None else allow_download
     local = Path(source).expanduser()
     if local.is_file():
         source = str(local)

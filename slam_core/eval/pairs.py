@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from slam_core.device import pick_device
+from slam_core.errors import CheckpointNotFoundError  # noqa: F401 - raised by load_causal_lm, caught by callers
 from slam_core.lm.vocab import encode_units
 from slam_core.schemas import EVAL_PAIRS_UNITS
 
@@ -27,30 +28,11 @@ log = logging.getLogger(__name__)
 PAIR_COLUMNS = tuple(EVAL_PAIRS_UNITS.names)
 
 
-class CheckpointNotFoundError(FileNotFoundError):
-    """A model directory or hub id that cannot be loaded here; the message says how to provide it."""
-
-
 def load_causal_lm(name_or_dir: str | Path, device: torch.device, what: str = "speech LM checkpoint") -> torch.nn.Module:
-    """Load an HF causal LM (save_pretrained dir or hub id) in eval mode on `device`, float32.
+    """`slam_core.lm.model.load_lm` (float32, one clear error) in eval mode on `device`."""
+    from slam_core.lm.model import load_lm  # here: the LM module pulls in the typed config
 
-    A missing artifact raises one `CheckpointNotFoundError` naming the path/hub id and the local-dir option,
-    instead of a deep transformers/huggingface_hub traceback.
-    """
-    from transformers import AutoModelForCausalLM
-
-    source = str(name_or_dir)
-    local = Path(source).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise CheckpointNotFoundError(f"{what}: {local} has no config.json (expected a save_pretrained directory)")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else source, dtype=torch.float32)
-    except (OSError, ValueError) as err:
-        raise CheckpointNotFoundError(
-            f"{what}: cannot load '{source}' ({type(err).__name__}). Pass a local save_pretrained directory, "
-            f"or make the hub id '{source}' available (online, or in the HF cache with HF_HUB_OFFLINE=1)."
-        ) from None
-    return model.to(device).eval()
+    return load_lm(name_or_dir, what=what).to(device).eval()
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, PretrainedConfig, PreTrainedModel
 
 from slam_core.atomic import atomic_dir
+from slam_core.errors import CheckpointNotFoundError
 from slam_core.lm.model_check import check_weights_complete, is_causal_lm_config
 from slam_core.config import ModelConfig
 from slam_core.errors import InputError
@@ -204,12 +205,31 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_speech_lm(path: Path, attn_implementation: str = "sdpa") -> PreTrainedModel:
-    """Load a saved speech LM (fp32 master weights) for training or scoring."""
+def load_lm(name_or_dir: str | Path, attn_implementation: str = "sdpa", what: str = "speech LM checkpoint") -> PreTrainedModel:
+    """The one loader of causal LMs (speech LM checkpoints, and the text LMs of GenPPL and the judge): a
+    save_pretrained directory or a hub id, always float32 weights (training keeps fp32 master weights under
+    autocast; scoring and sampling cast the model themselves). A missing artifact raises one
+    `CheckpointNotFoundError` naming the path or hub id and the local-directory option."""
     from slam_core.lm.attention import is_packed, register_packed_attention
 
     if is_packed(attn_implementation):
         register_packed_attention()
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
+    source = str(name_or_dir)
+    local = Path(source).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise CheckpointNotFoundError(f"{what}: {local} has no config.json (expected a save_pretrained directory)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else source,
+                                                    attn_implementation=attn_implementation, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise CheckpointNotFoundError(
+            f"{what}: cannot load '{source}' ({type(err).__name__}). Pass a local save_pretrained directory, "
+            f"or make the hub id '{source}' available (online, or in the HF cache with HF_HUB_OFFLINE=1)."
+        ) from None
+
+
+def load_speech_lm(path: Path, attn_implementation: str = "sdpa") -> PreTrainedModel:
+    """Load a saved speech LM (fp32 master weights) for training or scoring, without a KV cache."""
+    model = load_lm(path, attn_implementation)
     model.config.use_cache = False
     return model

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 import logging
 import hashlib
 import inspect
-import os
 from pathlib import Path
 
 import torch
 from transformers import HubertConfig, HubertModel
 
 from slam_core.atomic import atomic_dir
+from slam_core.offline import offline, offline_variable
 
 if TYPE_CHECKING:  # the config (pydantic) is not needed to run an extractor
     from slam_core.config import UnitsConfig
@@ -100,10 +100,6 @@ def _init_conv_as_smoothing(model: HubertModel, first_layer: int, noise: float =
         weight.copy_(identity + noise * torch.randn_like(weight) / (in_ch * kernel) ** 0.5)
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def load_encoder(name_or_dir: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> HubertModel:
     """Load a HubertModel from a local directory or a hub id (same `from_pretrained` path), in eval mode.
 
@@ -116,9 +112,9 @@ def load_encoder(name_or_dir: str, device: torch.device | str = "cpu", dtype: to
         raise EncoderNotAvailableError(f"encoder directory {local} does not exist (set units.encoder to a HubertModel dir or a hub id)")
     source = str(local) if is_local else name_or_dir
     try:
-        model = HubertModel.from_pretrained(source, torch_dtype=dtype, local_files_only=not is_local and _hub_offline())
+        model = HubertModel.from_pretrained(source, torch_dtype=dtype, local_files_only=not is_local and offline())
     except (OSError, ValueError) as err:
-        hint = " (HF_HUB_OFFLINE is set)" if _hub_offline() else ""
+        hint = f" ({offline_variable()} is set)" if offline() else ""
         raise EncoderNotAvailableError(
             f"cannot load speech encoder '{name_or_dir}'{hint}: {str(err).splitlines()[0][:160]}. "
             f"Download it once (huggingface-cli download {REAL_ENCODER_ID} --local-dir DIR) and pass "
