@@ -21,6 +21,7 @@ import logging
 import sys
 import time
 import types
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -77,8 +78,11 @@ class PlainTask:
         return self
 
 
+_RUNNING: list[tuple[str, str]] = []  # (run id, flow name) of the plain flows being called, outermost first
+
+
 class PlainFlow:
-    """A flow: calling it calls the function."""
+    """A flow: calling it calls the function (a flow called inside another is its subflow, as in Prefect)."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, **_ignored: Any) -> None:
         functools.update_wrapper(self, fn)
@@ -86,7 +90,11 @@ class PlainFlow:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         log.info("flow %s (plain runtime)", self.name)
-        return self.fn(*args, **kwargs)
+        _RUNNING.append((str(uuid.uuid4()), self.name))
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            _RUNNING.pop()
 
     def with_options(self, **kwargs: Any) -> "PlainFlow":
         return self
@@ -111,6 +119,24 @@ class _NoContext:
     @classmethod
     def get(cls) -> None:
         return None
+
+
+class _FlowRunInfo:
+    """`prefect.runtime.flow_run`: the running plain flow's id and name, and its parent's id (None at the top)."""
+
+    @property
+    def id(self) -> str | None:
+        return _RUNNING[-1][0] if _RUNNING else None
+
+    @property
+    def flow_name(self) -> str | None:
+        return _RUNNING[-1][1] if _RUNNING else None
+
+    name = flow_name
+
+    @property
+    def parent_flow_run_id(self) -> str | None:
+        return _RUNNING[-2][0] if len(_RUNNING) > 1 else None
 
 
 def _no_artifact(*args: Any, **kwargs: Any) -> None:
@@ -138,9 +164,11 @@ def install() -> None:
     for name in ("create_progress_artifact", "update_progress_artifact", "create_link_artifact",
                  "create_markdown_artifact", "create_table_artifact"):
         setattr(artifacts, name, _no_artifact)
-    root.task_runners, root.context, root.artifacts = runners, context, artifacts
+    runtime = types.ModuleType("prefect.runtime")
+    runtime.flow_run = _FlowRunInfo()
+    root.task_runners, root.context, root.artifacts, root.runtime = runners, context, artifacts, runtime
     sys.modules.update({"prefect": root, "prefect.task_runners": runners, "prefect.context": context,
-                        "prefect.artifacts": artifacts})
+                        "prefect.artifacts": artifacts, "prefect.runtime": runtime})
     log.info("plain runtime installed: flows run as plain functions, without a Prefect server")
 
 

@@ -35,7 +35,7 @@ def run_stages(stage: Callable[..., Any], report: dict[str, Any], overrides: dic
     from slam_core.data_mix import VALIDATION_SPLIT
     from slam_core.paths import catalog_path
     from slam_core.rehearsal import checks
-    from slam_core.rehearsal.corpora import LIBRILIGHT_SUBSET, LIBRISPEECH_PARTS
+    from slam_core.rehearsal.corpora import LIBRISPEECH_PARTS
 
     mix = [f"librilight/{VALIDATION_SPLIT}", "librilight/train", *(f"librispeech/{p}" for p in LIBRISPEECH_PARTS),
            "stinystories/train"]

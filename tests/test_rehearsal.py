@@ -146,6 +146,18 @@ PLAIN_RUNTIME_SCRIPT = textwrap.dedent("""
         return flaky.submit(21).result(), caught
 
     print(f(), len(calls), f.name, flaky.fn(1), plain_runtime.is_installed())
+
+    from prefect.runtime import flow_run
+
+    @flow(name="inner")
+    def inner():
+        return flow_run.parent_flow_run_id is not None, flow_run.flow_name
+
+    @flow(name="outer")
+    def outer():
+        return flow_run.parent_flow_run_id is None, inner()
+
+    print(outer(), flow_run.id)
 """)
 
 
@@ -153,7 +165,9 @@ def test_plain_runtime_runs_flows_with_retries_and_deferred_errors() -> None:
     out = subprocess.run([sys.executable, "-c", PLAIN_RUNTIME_SCRIPT, str(REPO)], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["(42,", "'bad", "input')", "3", "f", "2", "True"]
+    first, second = out.stdout.splitlines()
+    assert first.split() == ["(42,", "'bad", "input')", "3", "f", "2", "True"]
+    assert second == "(True, (True, 'inner')) None"  # a flow called inside another is its subflow
     refused = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); import prefect; "
                               "from flows import plain_runtime; plain_runtime.install()"],
                              capture_output=True, text=True, timeout=120)
@@ -198,3 +212,24 @@ def test_kokoro_model_imports_without_spacy() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["kokoro.model", "False"]
+
+
+def test_plain_runtime_provides_every_prefect_name_the_flows_and_tasks_import() -> None:
+    """A new `from prefect.x import y` in flows/ or tasks/ must be added to the plain runtime, or the GPU rehearsal
+    (no Prefect there) breaks: caught here in a second instead of minutes into the slow run."""
+    import ast
+
+    wanted: set[tuple[str, str]] = set()
+    for path in [*(REPO / "flows").glob("*.py"), *(REPO / "tasks").glob("*.py")]:
+        if path.name == "plain_runtime.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "prefect":
+                wanted |= {(node.module, a.name) for a in node.names}
+    script = (f"import sys, json; sys.path.insert(0, {str(REPO)!r})\n"
+              "from flows import plain_runtime; plain_runtime.install()\n"
+              f"wanted = {sorted(wanted)!r}\n"
+              "print(json.dumps([f'{m}.{n}' for m, n in wanted if not hasattr(sys.modules.get(m), n)]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert ("prefect", "flow") in wanted and json.loads(out.stdout) == []
