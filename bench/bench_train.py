@@ -2,7 +2,7 @@
 
 CPU (`make bench`): a tiny shape for a few steps (proves the paths run; MFU is None on CPU): the plain loop,
 the old attention path (HF SDPA deriving a dense mask from position_ids), the new one (packed kernel, one host
-sync per step) and HF `Trainer` + `DataCollatorWithFlattening`; plus the numerics check: the smoke shape
+sync per step), HF `Trainer` + `DataCollatorWithFlattening` and a DPO step; plus the numerics check: the smoke shape
 trained 200 steps on a fixed seed through the old and the new attention path, loss curves compared.
 
 CUDA (`python -m bench.run_all --gpu`): the exact Slam shape (Qwen2.5-0.5B dims, vocabulary 502, random
@@ -59,16 +59,19 @@ def run(quick: bool = True) -> dict:
         new = tv.trainer(s["shape"], s["context_len"], s["micro"], seqs, shard, s["steps"], device, dtype,
                          pick_attn_implementation("auto", device), False)
         hf = _hf_trainer(s, shard, device, Path(tmp) / "hf")
+        dpo = tv.dpo(s["shape"], s["steps"], device, dtype, pick_attn_implementation("auto", device), False,
+                     DpoConfig(micro_batch_size=2, grad_accum=2, max_prompt_tokens=64, max_completion_tokens=64), 64)
         numerics = numerics_check(Path(tmp) / "numerics", NUMERICS_STEPS)
     print(f"train (cpu, tiny shape): plain loop {_fmt(ref)}; old path {_fmt(old)}; new path {_fmt(new)}; "
-          f"HF Trainer {_fmt(hf)}")
+          f"HF Trainer {_fmt(hf)}; DPO {_fmt(dpo)}")
     print(f"numerics ({numerics['steps']} smoke steps): max |loss diff| {numerics['max_abs_loss_diff']:.2e}, "
           f"final {numerics['final_loss_old']:.4f} vs {numerics['final_loss_new']:.4f}")
     return {"results_kind": "cpu", "shape": {**s["shape"], "vocab_size": 502, "context_len": s["context_len"], "micro_batch": s["micro"],
                       "grad_accum": s["accum"], "timed_steps": s["steps"][1]},
             "tokens_per_s": new["tokens_per_s"], "mfu": None, "plain_loop": ref, "old_path_sdpa": old,
             "new_path": new, "baseline_hf_trainer": hf, "ratio_new_vs_plain_loop": new["tokens_per_s"] / ref["tokens_per_s"],
-            "ratio_new_vs_hf_trainer": new["tokens_per_s"] / hf["tokens_per_s"], "numerics": numerics}
+            "ratio_new_vs_hf_trainer": new["tokens_per_s"] / hf["tokens_per_s"], "dpo": dpo,
+            "dpo_tokens_per_s": dpo["tokens_per_s"], "numerics": numerics}
 
 
 def _hf_trainer(setup: dict, shard: Path, device: torch.device, out_dir: Path) -> dict:

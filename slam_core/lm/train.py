@@ -5,9 +5,11 @@ count, so gradient accumulation gives exactly the token-weighted mean of one big
 
 Data parallelism lives in `slam_core.lm.distributed` (launched by `slam_core.lm.launch` under torchrun):
 with a DistEnv of world size W, each rank packs the same stream and keeps every W-th micro-batch, runs
-grad_accum / W micro-steps (gradient all-reduce on the last only), and rank 0 writes checkpoints and
-metrics. Loader position, schedule and stop decisions are identical on every rank, so resume works the
-same, under any world size.
+its share of the step's micro-batches (gradient all-reduce on the last only), and rank 0 writes checkpoints
+and metrics. Loader position, schedule and stop decisions are identical on every rank, so resume works the
+same, under any world size. A step always holds micro_batch_size x grad_accum sequences; the micro-batch
+actually run (train.run_micro_batch, `slam_core.lm.tuning`) only regroups them, and the loader's position
+is kept in rows, so a run may resume with another micro-batch (another GPU) on the same data.
 """
 
 from __future__ import annotations
