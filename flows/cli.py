@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from flows.cli_common import (
-    non_negative_int, parse_overrides, positive_int, quiet_offline_env, report_rejected, run_reporting_errors,
+    parse_overrides, positive_int, quiet_offline_env, report_rejected, run_reporting_errors,
     split_debug_flag,
 )
 from slam_core import published_kmeans
