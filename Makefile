@@ -48,13 +48,18 @@ bench: $(STAMP)  ## benchmarks (CPU here; GPU parts run where a GPU is visible)
 # for CPython 3.12 manylinux x86-64, pinned as in pyproject.toml, each dependency named (--no-deps); 5.4 MB, carried
 # with the repository (64 MiB limit). The full-pipeline rehearsal's carry is `make wheels-rehearsal`.
 # soundfile needs cffi + pycparser, or transformers' lazy imports fail ("Could not import module 'Qwen2ForCausalLM'").
+# kokoro + loguru: the synthesis part loads Kokoro's model modules without its G2P stack (misaki, spaCy).
 WHEELS_BENCH := liger-kernel==0.8.5 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-	typing-inspection==0.4.5 typing-extensions==4.16.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0
+	typing-inspection==0.4.5 typing-extensions==4.16.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 \
+	kokoro==0.9.4 loguru==0.7.3
 WHEEL_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 
 wheels:  ## download the wheels the offline GPU host lacks for the GPU benches into .wheels/bench
 	$(PYTHON) -m pip download -q --no-deps $(WHEEL_PLATFORM) -d .wheels/bench $(WHEELS_BENCH)
+	@# the two real recordings + reference units (564 kB) for the units part's fp32 agreement, when they are here
+	@for d in ../shared/data/real-speech /work/shared/data/real-speech; do \
+	  if [ -d $$d ]; then mkdir -p .wheels/real-speech && cp $$d/*.flac $$d/*.jsonl .wheels/real-speech/ && break; fi; done
 	@du -sh .wheels/bench
 
 bench-gpu:  ## on the offline GPU host: install .wheels/bench, run every GPU bench part (<= 6 minutes)

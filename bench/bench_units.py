@@ -250,17 +250,17 @@ def _real_speech() -> tuple[list[np.ndarray], list[dict] | None, str]:
 
 
 def default_mode_fp32_agreement(encoder: HubertModel, layer: int, device: torch.device, dtype: torch.dtype,
-                   centroids: np.ndarray | None = None) -> dict:
+                                centroids: np.ndarray | None = None, synthetic_s: float = 120.0) -> dict:
     """Share of 25 Hz frames whose units (default mode, `dtype`) equal those of fp32 extraction, on the real
     recordings and on synthetic speech: `dtype_agreement` for a GPU host without espeak or faiss (formant
     speech instead of TTS; 500 frames of the fp32 features as centroids, a k-means-like geometry). With the real encoder and k-means (SLAM_MHUBERT_DIR,
     SLAM_KMEANS_PATH) also the agreement with the published reference units."""
     real, refs, real_note = _real_speech()
-    synthetic = formant_speech(120.0)
+    synthetic = formant_speech(synthetic_s)
     fp32 = UnitExtractor(encoder.float(), None, layer, device, torch.float32)
     if centroids is None:
         feats = np.concatenate(fp32.features(real + synthetic))
-        centroids = feats[np.random.default_rng(0).choice(len(feats), 500, replace=False)].copy()
+        centroids = feats[np.random.default_rng(0).choice(len(feats), min(500, len(feats)), replace=False)].copy()
     fp32 = UnitExtractor(encoder, centroids, layer, device, torch.float32)
     sets = {"real_speech": real, "synthetic_speech": synthetic}
     ref_frames = {k: fp32.frames(v) for k, v in sets.items()}
@@ -287,29 +287,67 @@ def _real_tokeniser() -> tuple[HubertModel, np.ndarray] | None:
     return load_encoder(enc_dir, "cpu", torch.float32), load_centroids(Path(km))
 
 
-def run_gpu(budget_s: float = 90.0, save: Callable[[dict], object] = lambda r: None) -> dict:
-    """HuBERT-base 25 Hz shape, fp16, 30 min of 1-20 s segments: the default mode (invariant; triton, then the
-    fixed-block backend), padded, one at a time; then fp32 agreement. Results are saved after each part."""
-    device, dtype = torch.device("cuda"), torch.float16
+def run_gpu(budget_s: float = 40.0, save: Callable[[dict], object] = lambda r: None, smoke: bool = False) -> dict:
+    """HuBERT-base 25 Hz shape, fp16, 15 min of 1-20 s segments, within `budget_s`: the default mode (invariant,
+    triton) against one-at-a-time extraction (speed on a 5-minute subset, equality on it), then padded batching,
+    the fixed-block backend and fp32 agreement while time is left. Results are saved after each part.
+    `smoke`: the same code on the CPU with a small encoder and little audio (tests run it)."""
+    device, dtype = (torch.device("cpu"), torch.float32) if smoke else (torch.device("cuda"), torch.float16)
+    make_encoder, layer = (_small_encoder, 2) if smoke else (_real_shape_encoder, 11)
     t0 = time.perf_counter()
-    encoder = _real_shape_encoder().to(device, dtype)
-    waves = _waves(1800.0)
+    left = lambda: budget_s - (time.perf_counter() - t0)  # noqa: E731
+    encoder = make_encoder().to(device, dtype)
+    waves = _waves(20.0 if smoke else 900.0)
+    subset = _waves(10.0 if smoke else 300.0, seed=1)
+    centroids = np.random.default_rng(1).standard_normal((500, encoder.config.hidden_size)).astype(np.float32)
     results: dict = {"note": "HuBERT-base 25 Hz shape, random weights, layer 11, fp16; x_realtime and "
                              "equal_to_one_at_a_time are for the default mode (units.batching=invariant)"}
-    results["hubert_base_25hz"] = _compare_modes(encoder, 11, waves, device, dtype, 64, matmuls=("auto", "blocks"))
-    _print("hubert_base_25hz", results["hubert_base_25hz"])
-    save(results)
-    if time.perf_counter() - t0 < budget_s * 0.6:
-        results["hubert_base_25hz"]["fp32_agreement"] = default_mode_fp32_agreement(_real_shape_encoder().to(device), 11, device, dtype)
-        print(f"units fp16 vs fp32 frame agreement: {results['hubert_base_25hz']['fp32_agreement']}")
+    r: dict = {"audio_s": _audio_s(waves), "segments": len(waves), "batch_size": 64, "dtype": str(dtype).split(".")[1],
+               "mode": "invariant", "equality_checked_on_audio_s": _audio_s(subset)}
+    results["hubert_base_25hz"] = r
+    single = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=1)
+    reference = [single.frames([w])[0] for w in subset]
+    t_single = best_of(lambda: [single.units([w]) for w in subset], repeats=1)
+    r["one_at_a_time_x_realtime"] = _audio_s(subset) / t_single
+    variants = [("", "invariant", "auto"), ("padded_", "padded", "auto"), ("invariant_blocks_", "invariant", "blocks")]
+    for prefix, batching, matmul in variants:
+        if prefix and left() < (5 if smoke else 12):
+            break
+        extractor = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=64, batching=batching,
+                                  invariant_matmul=matmul)
+        seconds = best_of(lambda: extractor.units(waves), repeats=1)
+        got = extractor.frames(subset)
+        r[f"{prefix}x_realtime"] = r["audio_s"] / seconds
+        if batching == "invariant":
+            r[f"{prefix}equal_to_one_at_a_time"] = all(np.array_equal(a, b) for a, b in zip(got, reference))
+            r[f"{prefix}matmul"] = extractor.invariant.matmul
+        else:
+            r["padded_frame_agreement"] = float((np.concatenate(got) == np.concatenate(reference)).mean())
+        print(f"units {prefix or 'invariant_'}: {r[f'{prefix}x_realtime']:,.0f}x real time", flush=True)
         save(results)
-    if time.perf_counter() - t0 < budget_s * 0.7:
-        results["dtype_agreement"] = dtype_agreement(quick=True)  # fp32 vs bf16 vs fp16: which default
+    if "padded_x_realtime" in r:
+        r["padded_ratio_vs_invariant"] = r["padded_x_realtime"] / r["x_realtime"]
+    if left() > (5 if smoke else 15):
+        agreement = default_mode_fp32_agreement(make_encoder().to(device), layer, device, dtype,
+                                                synthetic_s=10.0 if smoke else 60.0)
+        r["fp32_agreement"] = agreement
+        print(f"units {r['dtype']} vs float32 frame agreement: {agreement}", flush=True)
         save(results)
     real = _real_tokeniser()
-    if real is not None and time.perf_counter() - t0 < budget_s * 0.8:
-        results["mhubert_25hz_real_weights_fp32_agreement"] = default_mode_fp32_agreement(real[0].to(device), 11, device, dtype, real[1])
+    if real is not None and left() > 15:
+        results["mhubert_25hz_real_weights_fp32_agreement"] = default_mode_fp32_agreement(
+            real[0].to(device), 11, device, dtype, real[1])
         save(results)
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     save(results)
     return results
+
+
+def _small_encoder() -> HubertModel:
+    """HuBERT-base's layout (group norm in conv layer 0, post-LN) at a CPU-friendly size, for smoke runs."""
+    from slam_core.units.encoder import tiny_encoder_config
+
+    cfg = tiny_encoder_config()
+    cfg.feat_extract_norm = "group"
+    torch.manual_seed(0)
+    return HubertModel(cfg).eval()

@@ -30,6 +30,12 @@ def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
     return min(times)
 
 
+def sync() -> None:
+    """Wait for queued GPU work (timings must not stop while kernels still run); no-op without CUDA."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def machine() -> dict[str, Any]:
     import transformers
 

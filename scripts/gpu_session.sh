@@ -11,12 +11,15 @@ OUT="${OUT:-/tmp/slam-gpu-out}"
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="/tmp/slam-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
+# real speech for the units part's fp32 agreement, carried by `make wheels` (.wheels/real-speech)
+[ -d .wheels/real-speech ] && export SLAM_REAL_SPEECH_DIR="$PWD/.wheels/real-speech"
 {
   nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv || true
   "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   timeout 400 "$PY" -m bench.run_all --gpu
   echo "bench exit: $?"
-  timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_lm_attention.py tests/test_train_speed.py
+  timeout 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_lm_attention.py tests/test_train_speed.py \
+    tests/test_units_invariant.py
   echo "gpu tests exit: $?"
 } 2>&1 | tee "$OUT/gpu_session.log"
 cp bench/results/*-gpu.json bench/results/gpu-parts.json "$OUT"/ 2>/dev/null || true

@@ -125,7 +125,10 @@ def _generator(generator, x, s, f0_curve, frames: torch.Tensor, rngs: list[torch
     `x` is at twice the alignment frame rate, `frames` the items' alignment frame counts."""
     batch = x.shape[0]
     up = 2 * frames  # decoder rate: two steps per alignment frame
-    sources = [_harmonic_source(generator, f0_curve[b:b + 1, :int(up[b])], rngs[b]) for b in range(batch)]
+    # phase accumulation and the STFTs stay float32 under autocast: in bf16 a cumulative phase of thousands of
+    # radians keeps no fractional part
+    with torch.autocast(x.device.type, enabled=False):
+        sources = [_harmonic_source(generator, f0_curve[b:b + 1, :int(up[b])].float(), rngs[b]) for b in range(batch)]
     width = max(src.shape[-1] for src in sources)
     har = x.new_zeros(batch, sources[0].shape[1], width)
     for b, src in enumerate(sources):
@@ -152,9 +155,10 @@ def _generator(generator, x, s, f0_curve, frames: torch.Tensor, rngs: list[torch
     x = generator.conv_post(F.leaky_relu(x) * mask)
     bins = generator.post_n_fft // 2 + 1
     waves = []
-    for b in range(batch):
-        item = x[b:b + 1, :, :int(lengths[b])]
-        waves.append(generator.stft.inverse(torch.exp(item[:, :bins, :]), torch.sin(item[:, bins:, :]))[0, 0])
+    with torch.autocast(x.device.type, enabled=False):
+        for b in range(batch):
+            item = x[b:b + 1, :, :int(lengths[b])].float()
+            waves.append(generator.stft.inverse(torch.exp(item[:, :bins, :]), torch.sin(item[:, bins:, :]))[0, 0])
     return waves
 
 

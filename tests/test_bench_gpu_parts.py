@@ -1,0 +1,46 @@
+"""The GPU bench parts (`python -m bench.run_all --gpu`) run their own code on the CPU in smoke mode, so the
+prepared GPU command does not first fail on a GPU host over a bug that a CPU could have shown."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _run(module_name: str) -> tuple[dict, list[dict]]:
+    import importlib
+
+    saved: list[dict] = []
+    results = importlib.import_module(module_name).run_gpu(budget_s=1e6, save=lambda r: saved.append(dict(r)), smoke=True)
+    return results, saved
+
+
+def test_units_part_reports_the_default_mode_and_its_invariance():
+    results, saved = _run("bench.bench_units")
+    r = results["hubert_base_25hz"]
+    assert r["mode"] == "invariant" and r["matmul"] == "blocks" and r["x_realtime"] > 0
+    assert r["equal_to_one_at_a_time"] is True and r["invariant_blocks_equal_to_one_at_a_time"] is True
+    assert 0.9 <= r["padded_frame_agreement"] <= 1.0
+    agreement = r["fp32_agreement"]  # float32 on CPU: the reference itself
+    assert agreement["synthetic_speech"]["agreement"] == 1.0 and agreement["synthetic_speech"]["frames"] > 100
+    assert len(saved) >= 2 and "hubert_base_25hz" in saved[0]  # written after the first part already
+
+
+def test_generate_part_compares_with_hf_generate():
+    results, saved = _run("bench.bench_generate")
+    assert results["prompts_per_s"] > 0 and results["baseline_prompts_per_s"] > 0 and results["kv_cache"] == "static"
+    assert results["ratio"] == pytest.approx(results["prompts_per_s"] / results["baseline_prompts_per_s"])
+    assert "dynamic_cache_prompts_per_s" in results and len(saved) == 3
+
+
+def test_synth_part_measures_dtypes_and_worker_processes():
+    pytest.importorskip("kokoro")
+    results, _ = _run("bench.synth_gpu")
+    k = results["kokoro"]
+    assert [r["dtype"] for r in k["single_process"]] == ["float32", "bfloat16"]
+    assert all("x_realtime" in r for r in k["single_process"]), k["single_process"]
+    bf16 = k["dtype_agreement"]["bfloat16"]
+    assert bf16["finite"] and 0 <= bf16["same_length_share"] <= 1 and bf16["log_spectral_distance_db"] >= 0
+    assert k["aggregate"][0]["workers"] == 2 and k["aggregate"][0]["x_realtime_aggregate"] > 0, k["aggregate"]
+    assert k["aggregate_x_realtime"] > 0
