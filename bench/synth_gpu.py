@@ -30,18 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import sync
+from slam_core.rehearsal.models import KOKORO_82M
 from slam_core.synth.kokoro_batch import KokoroItem, forward_batch
 
-# hexgrad/Kokoro-82M config.json (v1.0): the shapes that decide the compute.
-KOKORO_REAL_CONFIG = {
-    "n_token": 178, "hidden_dim": 512, "style_dim": 128, "n_layer": 3, "max_dur": 50, "n_mels": 80, "dim_in": 64,
-    "max_conv_dim": 512, "text_encoder_kernel_size": 5, "dropout": 0.2,
-    "plbert": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 2048,
-               "max_position_embeddings": 512, "num_hidden_layers": 12, "dropout": 0.1},
-    "istftnet": {"upsample_rates": [10, 6], "upsample_kernel_sizes": [20, 12], "upsample_initial_channel": 512,
-                 "resblock_kernel_sizes": [3, 7, 11], "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-                 "gen_istft_n_fft": 20, "gen_istft_hop_size": 5},
-}
+# hexgrad/Kokoro-82M config.json (v1.0): the shapes that decide the compute (one copy, shared with the rehearsal).
+KOKORO_REAL_CONFIG = KOKORO_82M
 # A lighter variant for smoke runs on a CPU (tests): the same modules with a small PL-BERT (the decoder's
 # widths are fixed in kokoro's code).
 SMALL_CONFIG = {**KOKORO_REAL_CONFIG,
