@@ -185,16 +185,23 @@ def _variant(name: str, deadline: float, min_s: float, fn, peak: float | None, f
         return None
 
 
-def run_gpu_train(budget_s: float, save=None) -> None:
-    """Part `train`: reference, the slam preset's configuration, old path, packed eager micro-batch sweep.
-    (`save` is unused: the training parts merge their variants into one file, train-gpu.json.)"""
-    deadline = time.monotonic() + budget_s
+def _gpu_train_setup():
+    """What the training parts share: device, dtype, peak FLOP/s, a scratch folder, sequences per step, a unit
+    shard long enough for every variant, and the attention kernel the preset's `auto` picks."""
     device, dtype, peak, tmp = _gpu_context()
     g = GPU
     seqs = g["micro"] * g["accum"]
     shard = tv.write_shard(tmp / "units" / "bench" / "train" / "u.parquet",
                            int(1.3 * sum(g["steps"]) * seqs * g["context_len"]), g["doc_len"])
-    kernel = pick_attn_implementation("auto", device)
+    return device, dtype, peak, tmp, seqs, shard, pick_attn_implementation("auto", device)
+
+
+def run_gpu_train(budget_s: float, save=None) -> None:
+    """Part `train`: reference, the slam preset's configuration, old path, packed eager micro-batch sweep.
+    (`save` is unused: the training parts merge their variants into one file, train-gpu.json.)"""
+    deadline = time.monotonic() + budget_s
+    device, dtype, peak, tmp, seqs, shard, kernel = _gpu_train_setup()
+    g = GPU
     args = (g["shape"], g["context_len"])
     ref = _variant("plain_loop_reference", deadline, 20, lambda: tv.plain_loop(
         *args, g["micro"], g["accum"], g["steps"], device, dtype), peak)
@@ -237,12 +244,8 @@ def run_gpu_kernels(budget_s: float, save=None) -> None:
     """Part `train_kernels`: liger-kernel eager, FlexAttention compiled, liger compiled (liger patches modules
     globally: it runs in its own process)."""
     deadline = time.monotonic() + budget_s
-    device, dtype, peak, tmp = _gpu_context()
+    device, dtype, peak, tmp, seqs, shard, kernel = _gpu_train_setup()
     g = GPU
-    seqs = g["micro"] * g["accum"]
-    shard = tv.write_shard(tmp / "units" / "bench" / "train" / "u.parquet",
-                           int(1.3 * sum(g["steps"]) * seqs * g["context_len"]), g["doc_len"])
-    kernel = pick_attn_implementation("auto", device)
     args = (g["shape"], g["context_len"], 8, seqs, shard, g["steps"], device, dtype)
     _variant(f"{kernel}_liger_eager_micro8", deadline, 12, lambda: tv.trainer(*args, kernel, False, liger=True), peak)
     _variant("packed_flex_compiled_micro8", deadline, 20, lambda: tv.trainer(*args, "packed_flex", True), peak)
