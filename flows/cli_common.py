@@ -32,26 +32,24 @@ def parse_overrides(items: list[str]) -> dict[str, str] | None:
     return dict(parse_override(o) for o in items) or None
 
 
-def positive_int(text: str) -> int:
-    """argparse type of counts that must be at least 1 (batch sizes, workers, limits)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int, doc: str):
+    """An argparse type: a whole number >= `minimum`, else argparse's one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type of seeds and indices."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+positive_int = _int_at_least(1, "argparse type of counts that must be at least 1 (batch sizes, workers, limits).")
+non_negative_int = _int_at_least(0, "argparse type of seeds and indices.")
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
