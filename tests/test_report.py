@@ -144,3 +144,17 @@ def test_report_lists_caveats_first(tmp_path: Path) -> None:
     assert "not measured: auto_bleu, genppl — no vocoder configured (eval.vocoder)" in caveats
     assert "tsc_like" not in caveats
     assert "Caveats" not in write_report(tmp_path / "clean.html", "r", None, EVAL_ROWS, None, {}).read_text()
+
+
+def test_loss_plot_has_one_validation_curve_per_held_out_set(tmp_path: Path) -> None:
+    from slam_core.eval.report import loss_curves, loss_plot
+
+    csv_path = _metrics_csv(tmp_path / "m.csv", "step,loss,lr,val_loss,val_loss/librispeech/dev-other,val_loss/librispeech/dev-clean",
+                            ["1,6.0,0.1,,,", "2,5.0,0.1,,,", "2,,,4.9,5.2,4.8"])
+    curves = loss_curves(read_metrics_csv(csv_path))
+    assert [label for label, _, _ in curves] == ["train loss", "val loss", "val loss librispeech/dev-clean",
+                                                 "val loss librispeech/dev-other"]
+    assert curves[2][1:] == ([2.0], [4.8]) and curves[3][1:] == ([2.0], [5.2]) and curves[0][2] == [6.0, 5.0]
+    pooled_only = _metrics_csv(tmp_path / "p.csv", "step,loss,val_loss", ["1,6.0,", "2,,4.9"])
+    assert [label for label, _, _ in loss_curves(read_metrics_csv(pooled_only))] == ["train loss", "val loss"]
+    assert loss_plot(csv_path) != loss_plot(pooled_only)  # the extra curves are drawn

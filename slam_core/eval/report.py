@@ -47,9 +47,21 @@ def _series(rows: list[dict[str, float]], x: str, y: str) -> tuple[list[float], 
     return [p[0] for p in picked], [p[1] for p in picked]
 
 
+def loss_curves(rows: list[dict[str, float]]) -> list[tuple[str, list[float], list[float]]]:
+    """(label, steps, values) of each loss curve in a metrics table: train, pooled validation, then one per
+    held-out set (`val_loss/<set>`, e.g. LibriSpeech dev-clean and dev-other on the paper presets)."""
+    cols = {name for row in rows for name in row}
+    curves = [("train loss", *_series(rows, "step", "loss"))]
+    if "val_loss" in cols:
+        curves.append(("val loss", *_series(rows, "step", "val_loss")))
+    for col in sorted(c for c in cols if c.startswith("val_loss/")):
+        curves.append((f"val loss {col.split('/', 1)[1]}", *_series(rows, "step", col)))
+    return curves
+
+
 def loss_plot(metrics_csv: Path) -> str | None:
-    """Train loss, validation loss (where logged) and the learning rate on a second axis, as a PNG data URI;
-    None without a loss column."""
+    """Train loss, validation loss (pooled and per held-out set, where logged) and the learning rate on a second
+    axis, as a PNG data URI; None without a loss column."""
     # a bare Figure renders with Agg and touches no pyplot global state (safe in Prefect worker threads)
     from matplotlib.figure import Figure
 
@@ -59,10 +71,9 @@ def loss_plot(metrics_csv: Path) -> str | None:
         return None
     fig = Figure(figsize=(8, 3.5))
     ax = fig.subplots()
-    steps, loss = _series(rows, "step", "loss")
-    ax.plot(steps, loss, color="tab:blue", label="train loss")
-    if "val_loss" in cols:
-        ax.plot(*_series(rows, "step", "val_loss"), "o-", color="tab:green", label="val loss")
+    for label, steps, values in loss_curves(rows):
+        # the train curve is dense; validation points are few, so they get markers
+        ax.plot(steps, values, "-" if label == "train loss" else "o-", label=label)
     ax.set_xlabel("step" if "step" in cols else "row")
     ax.set_ylabel("loss")
     ax.legend(loc="upper right")
