@@ -83,7 +83,7 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
     from flows.common import load_config
     from slam_core.audio.io import BadAudioError, list_audio_files
     from slam_core.corpora.local import probe_duration_s, write_segments
-    from slam_core.units import extract
+    from slam_core.units import extract, shards
     from slam_core.units.quantizer import verify_centroids_source
 
     from slam_core.input_checks import check_centroids_file
@@ -119,7 +119,7 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
         extract.fit_kmeans_from_segments([segments], fitter, cfg.units, cfg.run.seed, centroids)
         print(f"fitted {cfg.units.n_units} centroids on {len(rows)} file(s): {centroids}")
     extractor = extract.build_extractor(cfg.units, cfg.data_root, centroids=centroids, device=cfg.run.device)
-    result = extract.extract_audio_dir(Path(args.audio), out, extractor, cfg.units.batch_size,
+    result = shards.extract_audio_dir(Path(args.audio), out, extractor, cfg.units.batch_size,
                                        cfg.units.shard_segments)
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -76,7 +76,8 @@ def run_units(work: Path) -> tuple[list[Row], list[str]]:
     import torch
 
     from slam_core.units.encoder import TINY_ENCODER_LAYER, build_tiny_encoder, load_encoder
-    from slam_core.units.extract import UnitExtractor, extract_audio_dir
+    from slam_core.units.extract import UnitExtractor
+    from slam_core.units.shards import extract_audio_dir
     from slam_core.units.quantizer import fit_kmeans
     from slam_core.units.validate import InvalidUnitsError, check_unit_table
 

@@ -10,7 +10,7 @@ from prefect import task
 from data_catalog import produce_or_reuse
 from slam_core.config import UnitsConfig
 from slam_core.paths import under_root
-from slam_core.units import extract, quantizer
+from slam_core.units import extract, quantizer, shards
 from tasks.common import CACHED, catalog_at
 
 
@@ -39,7 +39,7 @@ def extract_units(segments_path: str, centroids_path: str, cfg: UnitsConfig, dev
     """Tokenise one shard of segments into deduplicated units."""
     def produce() -> dict[str, Any]:
         extractor = extract.build_extractor(cfg, Path(data_root), centroids=Path(centroids_path), device=device)
-        return extract.extract_segment_shard(Path(segments_path), Path(out_path), extractor, cfg.batch_size)
+        return shards.extract_segment_shard(Path(segments_path), Path(out_path), extractor, cfg.batch_size)
 
     return produce_or_reuse(catalog_at(data_root), stage="units", dataset=dataset, split=split, out_path=out_path,
                             fingerprint=fingerprint, produce=produce)
@@ -51,7 +51,7 @@ def extract_pair_units(audio_path: str, centroids_path: str, cfg: UnitsConfig, d
     """Tokenise spoken pairs or preference triples."""
     def produce() -> dict[str, Any]:
         extractor = extract.build_extractor(cfg, Path(data_root), centroids=Path(centroids_path), device=device)
-        return extract.extract_pair_units(Path(audio_path), Path(out_path), extractor, cfg.batch_size)
+        return shards.extract_pair_units(Path(audio_path), Path(out_path), extractor, cfg.batch_size)
 
     return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset=dataset, split=split,
                             out_path=out_path, fingerprint=fingerprint, produce=produce)

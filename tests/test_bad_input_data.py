@@ -16,7 +16,8 @@ from slam_core.audio.io import BadAudioError, read_audio, to_mono_16k
 from slam_core.corpora import text_hub
 from slam_core.errors import InputError
 from slam_core.units.encoder import TINY_ENCODER_LAYER, build_tiny_encoder, load_encoder
-from slam_core.units.extract import UnitExtractor, extract_audio_dir, extract_items
+from slam_core.units.extract import UnitExtractor, extract_items
+from slam_core.units.shards import extract_audio_dir
 from slam_core.units.quantizer import fit_kmeans
 from slam_core.units.validate import InvalidUnitsError, check_unit_table, item_units_problem
 
