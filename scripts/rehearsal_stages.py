@@ -35,6 +35,7 @@ def run_stages(stage: Callable[..., Any], report: dict[str, Any], overrides: dic
     from slam_core.data_mix import VALIDATION_SPLIT
     from slam_core.paths import catalog_path
     from slam_core.rehearsal import checks
+    from slam_core.run_summary import read_metrics_csv
     from slam_core.rehearsal.corpora import LIBRISPEECH_PARTS
 
     mix = [f"librilight/{VALIDATION_SPLIT}", "librilight/train", *(f"librispeech/{p}" for p in LIBRISPEECH_PARTS),
@@ -74,8 +75,8 @@ def run_stages(stage: Callable[..., Any], report: dict[str, Any], overrides: dic
     report["results"] = evaluated["results"] + evaluated["other"]
 
     catalog = Catalog(catalog_path(data_root))
-    pre_csv = checks.read_metrics_csv(Path(trained["pretrain"]["run_dir"]) / "metrics.csv")
-    dpo_csv = checks.read_metrics_csv(Path(trained["dpo"]["run_dir"]) / "metrics.csv")
+    pre_csv = read_metrics_csv(Path(trained["pretrain"]["run_dir"]) / "metrics.csv")
+    dpo_csv = read_metrics_csv(Path(trained["dpo"]["run_dir"]) / "metrics.csv")
     pairs = prepared["pairs"]
     preference_shards = _shards(pairs["preferences"], "*.parquet") if Path(pairs["preferences"]).is_dir() \
         else [pairs["preferences"]]

@@ -6,7 +6,6 @@ run's files and catalog only, so they apply to any run of the recipe, not just t
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -15,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+
 
 Check = dict[str, Any]
 
@@ -25,15 +25,6 @@ def _result(name: str, ok: bool, detail: Any) -> Check:
 
 def failed(checks: Iterable[Check]) -> list[Check]:
     return [c for c in checks if not c["ok"]]
-
-
-def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
-    """Rows of a trainer's metrics.csv as floats (empty cells None)."""
-    rows = []
-    with Path(path).open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
-    return rows
 
 
 def finite_columns(name: str, rows: Sequence[dict[str, float | None]], columns: Sequence[str]) -> Check:
