@@ -59,3 +59,13 @@ def test_cross_field_validation_names_the_field():
 def test_data_root_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SLAM_DATA_ROOT", str(tmp_path))
     assert SlamConfig().data_root == tmp_path.resolve()
+
+
+def test_smoke_demo_is_bounded_by_steps_with_generous_time_caps():
+    """The demo's outcome must not depend on the machine's speed: steps end both trainings, and the time caps
+    only bind on a machine many times slower than the 2-core host (460 steps ≈ 100 s, 60 DPO steps ≈ 15 s idle)."""
+    cfg = get_preset("smoke")
+    assert (cfg.train.max_steps, cfg.dpo.max_steps) == (460, 60)
+    assert cfg.train.budget_s >= 15 * 100 and cfg.dpo.budget_s >= 30 * 15
+    # one voice: the random stand-in encoder is not speaker-invariant (README, Measured: the demo over seeds)
+    assert cfg.synth.voices == ["en-us"]
