@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast bench bench-gpu wheels deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
+.PHONY: setup demo demo-seeds test test-fast bench bench-gpu wheels deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,9 @@ demo: $(STAMP)  ## run the whole pipeline on the offline smoke preset
 	@start=$$(date +%s); \
 	$(VENV)/bin/slam run reproduce --preset smoke $(ARGS) && \
 	echo "make demo: finished in $$(( $$(date +%s) - start )) s; report: slam-data/reports/smoke/index.html"
+
+demo-seeds: $(STAMP)  ## make demo once per seed (SEEDS="1234 1 2 3 4"), one after another -> bench/results/demo-seeds-cpu.json
+	$(PY) scripts/demo_seeds.py --seeds $(or $(SEEDS),1234 1 2 3 4) --root slam-data-seeds
 
 test: $(STAMP)  ## run the test suite (offline)
 	$(VENV)/bin/pytest -q tests
