@@ -196,6 +196,11 @@ class ModelConfig(_Section):
 class TrainConfig(_Section):
     budget_s: float = Field(86_400 - 1_800, gt=0, description="Wall-clock training budget; the LR schedule ends exactly at it.")
     max_steps: int | None = Field(None, ge=1, description="Optional cap on optimiser steps (the budget still applies).")
+    schedule_by: Literal["budget", "steps"] = Field(
+        "budget", description="budget: the schedule's length is fitted to budget_s from measured step times (the "
+        "paper's wall-clock recipe), capped by max_steps. steps: the schedule is exactly max_steps long and never "
+        "looks at the clock, so a slow or busy machine trains the same model; budget_s then only stops a run that "
+        "overruns it.")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(5e-5, ge=0, description="Final learning rate of the cosine decay.")
     warmup_frac: float = Field(0.01, ge=0, lt=1, description="Fraction of the (fitted) total steps spent warming up "
@@ -243,6 +248,12 @@ class TrainConfig(_Section):
         "is a uniform shuffle of all training documents and every set runs out at the same time (first_exhausted "
         "drops nothing). Sets that run out start a new, reshuffled epoch; a budgeted run sees < 1 epoch at paper scale.")
 
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> "TrainConfig":
+        if self.schedule_by == "steps" and self.max_steps is None:
+            raise ValueError("train.schedule_by=steps needs train.max_steps (the schedule's length)")
+        return self
 
     @field_validator("dataset_weights")
     @classmethod

@@ -157,3 +157,43 @@ def test_budget_schedule_refits_when_steps_get_faster_and_stays_continuous():
     warm = int(round(0.05 * sched.total_steps))
     drops = [a - b for a, b in zip(lrs[warm + 1:], lrs[warm + 2:])]
     assert all(d >= -1e-12 for d in drops) and max(drops) < 5e-5  # monotone, no jump at the re-fit
+
+
+def _run_schedule(sched: BudgetSchedule, step_times: list[float]) -> tuple[list[float], float]:
+    clock, step, lrs = 0.0, 0, []
+    while not sched.done(step, clock):
+        lrs.append(sched.lr(step))
+        clock += step_times[step % len(step_times)]
+        sched.end_step(step, clock)
+        step += 1
+    return lrs, clock
+
+
+def test_steps_schedule_ignores_the_clock_and_keeps_the_budget_as_a_cap():
+    """train.schedule_by=steps: the same LR at every step whether steps are fast, slow or erratic (a busy
+    machine), where the fitted schedule re-fits under the same erratic clock; the budget still stops a run."""
+    def fixed(budget_s: float) -> BudgetSchedule:
+        return BudgetSchedule(budget_s=budget_s, peak_lr=5e-3, min_lr=1.5e-4, warmup_frac=0.05,
+                              calibration_steps=3, max_steps=460, fixed_total=True)
+
+    idle, _ = _run_schedule(fixed(1800.0), [0.25])
+    busy, _ = _run_schedule(fixed(1800.0), [0.25, 9.0, 0.5, 0.25, 3.0])
+    assert idle == busy and len(idle) == 460
+    assert idle == [cosine_lr(s, 460, 5e-3, 1.5e-4, 0.05) for s in range(460)]
+    fitted = BudgetSchedule(budget_s=1800.0, peak_lr=5e-3, min_lr=1.5e-4, warmup_frac=0.05, calibration_steps=3,
+                            max_steps=460)
+    # what the smoke demo used to do: a busy spell during calibration fits fewer steps and bends the curve
+    assert _run_schedule(fitted, [5.0] * 10 + [0.25])[0][:200] != idle[:200]
+    capped, clock = _run_schedule(fixed(60.0), [1.0])
+    assert clock <= 60.0 and len(capped) < 460 and capped == idle[: len(capped)]
+    with pytest.raises(ValueError, match="max_steps"):
+        BudgetSchedule(budget_s=60.0, peak_lr=1e-3, min_lr=0.0, warmup_frac=0.1, calibration_steps=3, fixed_total=True)
+
+
+def test_steps_schedule_needs_max_steps_in_the_config():
+    from slam_core.config import ConfigError, apply_overrides
+    from slam_core.presets import get_preset
+
+    assert get_preset("smoke").train.schedule_by == "steps"
+    with pytest.raises(ConfigError, match="schedule_by=steps needs train.max_steps"):
+        apply_overrides(get_preset("smoke"), {"train.max_steps": None})

@@ -12,6 +12,10 @@ warm-up length is fixed at that moment. Until then the LR is the smallest any fi
 moments still see those gradients, the weights do not move), else the ramp of the `max_steps` cap. So the LR
 never jumps above the fitted ramp, and after the fit it is one warm-up then one cosine.
 
+With `fixed_total` (`train.schedule_by=steps`) none of this happens: the schedule is warm-up + cosine over
+exactly `max_steps` from the first step, and the clock only stops a run that would overrun the budget, so the
+LR at every step, and with it the trained model, is the same on a fast, slow or busy machine.
+
 After calibration the total is re-fitted every `calibration_steps` steps from the median of the recent step
 times, when it moves by more than `refit_tolerance` (a noisy neighbour during calibration, checkpoint
 saves, a slower phase). The cosine stays continuous: from the re-fit step on, its progress continues from
@@ -108,6 +112,7 @@ class BudgetSchedule:
     warmup_min_steps: int = 0
     untimed_steps: int = 1
     refit_tolerance: float = 0.1
+    fixed_total: bool = False  # train.schedule_by=steps: exactly max_steps long, never fitted to the clock
     # ---- state (state_dict) ----
     total_steps: int | None = None  # None until calibrated (or restored)
     warmup_steps: int | None = None
@@ -121,6 +126,12 @@ class BudgetSchedule:
     def __post_init__(self) -> None:
         if self.total_steps is not None and self.max_steps is not None:
             self.total_steps = min(self.total_steps, self.max_steps)
+        if self.fixed_total:
+            if self.max_steps is None:
+                raise ValueError("a fixed-length schedule needs max_steps")
+            self.total_steps = self.max_steps
+            self.warmup_steps = warmup_steps_for(self.max_steps, self.warmup_frac, self.warmup_min_steps)
+            self.calibrated, self.calib_end_step = True, 0
 
     # ---- the curve ----
     def lr(self, step: int) -> float:
@@ -169,6 +180,12 @@ class BudgetSchedule:
     def end_step(self, step: int, elapsed_s: float) -> None:
         """Record that optimiser step `step` finished at `elapsed_s` (budget clock, across resumes)."""
         steps_done = step + 1
+        if self.fixed_total:
+            # the clock only feeds the budget-overrun stop (`done`), never the curve
+            self._recent = self._recent[-max(2, self.calibration_steps):] + [elapsed_s]
+            if len(self._recent) > 1:
+                self.step_time_s = max(float(np.median(np.diff(self._recent))), 1e-9)
+            return
         if self.calibrated:
             self._maybe_refit(steps_done, elapsed_s)
             return

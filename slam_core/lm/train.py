@@ -177,7 +177,8 @@ def budget_schedule(train_cfg: TrainConfig, step: int = 0, state: dict | None = 
     checkpoint without one, from before schedules were saved, calibrates afresh from `step`)."""
     sched = BudgetSchedule(train_cfg.budget_s, train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_frac,
                            train_cfg.calibration_steps, train_cfg.max_steps, start_step=step,
-                           warmup_min_steps=train_cfg.warmup_min_steps, untimed_steps=train_cfg.untimed_steps)
+                           warmup_min_steps=train_cfg.warmup_min_steps, untimed_steps=train_cfg.untimed_steps,
+                           fixed_total=train_cfg.schedule_by == "steps")
     if state and "version" in state:
         sched.load_state_dict(state)
     return sched
