@@ -24,12 +24,13 @@ from slam_core.corpora.sources import SOURCES
 TABLE8 = {"librilight": (50_000.0, 3.5e9), "librispeech": (960.0, 67e6), "stinystories": (30_000.0, 2.2e9)}
 # Appendix C: SpokenSwag after the auto-BLEU filter.
 SPOKENSWAG_PAIRS, SPOKENSWAG_TOKENS = 47_000, 4.5e6
-# Deduplicated units per second of speech on the smoke preset (README "Measured": 155,551 units in 1.86 h).
+# Deduplicated units per second of speech on the smoke preset (README "Measured": 156,610 units in 1.889 h).
 SMOKE_UNITS_PER_S = 23.0
-# 16 kHz mono FLAC of synthetic speech (the preflight's measured figure): hours of a shard from its bytes.
+# 16 kHz mono FLAC of synthetic speech: 29 MB on the drill config, estimated at 0.48 h (hours of a shard from
+# its bytes; the preflight's disk estimate uses it too).
 FLAC_BYTES_PER_S = 17_000
-# Speech seconds per built-in story spoken by espeak (the preflight's measured figure).
-SPEECH_S_PER_STORY = 16.5
+# Measured on the smoke preset (espeak en-us, 165 wpm): 400 stories -> 1.889 h of speech (2026-11-30).
+SPEECH_S_PER_STORY = 17.0
 VALIDATION_SPLIT = "validation"
 
 
@@ -112,7 +113,7 @@ def planned_sets(cfg: SlamConfig) -> list[PlannedSet]:
         hours = cfg.corpus.n_train_stories * SPEECH_S_PER_STORY / 3600
         source = f"{cfg.corpus.source} stories spoken by {cfg.synth.backend}, cut by VAD"
         sets.append(PlannedSet("stories", "train", "train", source, hours, hours * 3600 * SMOKE_UNITS_PER_S,
-                               "stories x 16.5 s x 23 units/s (smoke measurement)"))
+                               f"stories x {SPEECH_S_PER_STORY} s x 23 units/s (smoke measurement)"))
     if cfg.train.val_fraction > 0:
         f = cfg.train.val_fraction
         for s in [s for s in sets if s.role == "train"]:
@@ -126,7 +127,7 @@ def planned_sets(cfg: SlamConfig) -> list[PlannedSet]:
         else:
             hours = cfg.corpus.n_swag_train * SPEECH_S_PER_STORY / 3600
             sets.append(PlannedSet("preferences", "preference", "train", "corpus triples spoken", hours,
-                                   hours * 3600 * SMOKE_UNITS_PER_S, "triples x 16.5 s x 23 units/s"))
+                                   hours * 3600 * SMOKE_UNITS_PER_S, f"triples x {SPEECH_S_PER_STORY} s x 23 units/s"))
     return sets
 
 

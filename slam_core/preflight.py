@@ -16,14 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from slam_core.config import SlamConfig
+from slam_core.data_mix import FLAC_BYTES_PER_S, SPEECH_S_PER_STORY  # measured figures, kept in one place
 
 log = logging.getLogger(__name__)
 
 GB = 1024 ** 3
-# Measured on the smoke preset (espeak, 165 wpm): 48 stories -> 0.22 h of speech.
-SPEECH_S_PER_STORY = 16.5
-# 16 kHz mono FLAC of synthetic speech: 29 MB on the drill config, whose estimate below is 0.48 h.
-FLAC_BYTES_PER_S = 17_000
 # Deduplicated 25 Hz units in zstd Parquet: about 23 units/s at ~1.3 bytes per unit (+ durations).
 UNIT_BYTES_PER_S = 50
 # AdamW training state per parameter: fp32 weights, gradients and two moments.
