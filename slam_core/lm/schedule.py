@@ -85,6 +85,12 @@ def constant_lr(step: int, peak_lr: float, warmup_steps: int) -> float:
 DPO_SCHEDULES = {"inverse_sqrt": inverse_sqrt_lr, "constant": constant_lr}
 
 
+def _median_step_s(end_times_s: list[float]) -> float:
+    """Median step time from consecutive step end times: robust to a stray slow step (GC, a noisy neighbour, a
+    checkpoint save)."""
+    return max(float(np.median(np.diff(end_times_s))), 1e-9)
+
+
 def fit_total_steps(budget_s: float, elapsed_s: float, step_time_s: float, steps_done: int) -> int:
     """Steps done so far plus as many steps of `step_time_s` as fit in the rest of the budget (at least one)."""
     if step_time_s <= 0:
@@ -162,14 +168,19 @@ class BudgetSchedule:
     def _fit(self, total: int) -> int:
         return min(total, self.max_steps) if self.max_steps is not None else total
 
-    def _maybe_refit(self, steps_done: int, elapsed_s: float) -> None:
+    def _remember(self, elapsed_s: float) -> int:
+        """Keep the end times of the latest steps (one more than the window); returns the window."""
         window = max(2, self.calibration_steps)
         self._recent = self._recent[-window:] + [elapsed_s]
+        return window
+
+    def _maybe_refit(self, steps_done: int, elapsed_s: float) -> None:
+        window = self._remember(elapsed_s)
         if len(self._recent) <= window or (steps_done - self.calib_end_step) % window:
             return
         if steps_done < self.warmup_steps:
             return
-        step_time_s = max(float(np.median(np.diff(self._recent))), 1e-9)
+        step_time_s = _median_step_s(self._recent)
         total = self._fit(fit_total_steps(self.budget_s, elapsed_s, step_time_s, steps_done))
         self.step_time_s = step_time_s
         if abs(total - self.total_steps) <= self.refit_tolerance * self.total_steps or total <= steps_done:
@@ -182,9 +193,9 @@ class BudgetSchedule:
         steps_done = step + 1
         if self.fixed_total:
             # the clock only feeds the budget-overrun stop (`done`), never the curve
-            self._recent = self._recent[-max(2, self.calibration_steps):] + [elapsed_s]
+            self._remember(elapsed_s)
             if len(self._recent) > 1:
-                self.step_time_s = max(float(np.median(np.diff(self._recent))), 1e-9)
+                self.step_time_s = _median_step_s(self._recent)
             return
         if self.calibrated:
             self._maybe_refit(steps_done, elapsed_s)
@@ -193,8 +204,7 @@ class BudgetSchedule:
             return  # still compiling / warming up allocators: the time says nothing about later steps
         self._calib_times.append(elapsed_s)  # the first entry is the end of the last untimed step
         if len(self._calib_times) > max(1, self.calibration_steps):
-            # median step time: robust to a stray slow step (GC, a noisy neighbour, a checkpoint save)
-            self.step_time_s = max(float(np.median(np.diff(self._calib_times))), 1e-9)
+            self.step_time_s = _median_step_s(self._calib_times)
             self.total_steps = self._fit(fit_total_steps(self.budget_s, elapsed_s, self.step_time_s, steps_done))
             self.warmup_steps = warmup_steps_for(self.total_steps, self.warmup_frac, self.warmup_min_steps)
             self.calibrated, self.calib_end_step = True, steps_done
