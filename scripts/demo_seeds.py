@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data_catalog import Catalog  # noqa: E402
+from flows.cli_common import non_negative_int  # noqa: E402
 from slam_core.atomic import write_text_atomic  # noqa: E402
 from slam_core.paths import catalog_path  # noqa: E402
 
@@ -73,7 +74,7 @@ def run_seed(seed: int, data_root: Path, extra: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1234, 1, 2, 3, 4],
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[1234, 1, 2, 3, 4],
                         help="run.seed values, run one after another (default: the demo's 1234, then 1-4)")
     parser.add_argument("--root", type=Path, default=Path("slam-data-seeds"),
                         help="folder holding one data root per seed (seed-<S>/) and its log (seed-<S>.log)")
