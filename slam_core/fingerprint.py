@@ -34,8 +34,8 @@ def code_version(scope: tuple[str, ...] = ()) -> str:
 
 
 def fingerprint(stage: str, config: Any, upstream: list[str] | tuple[str, ...] = (), code: str | None = None) -> str:
-    """`code` defaults to the version of all of slam_core; pass `code_version(scope)` to narrow it."""
-    """16-hex digest identifying one stage output."""
+    """16-hex digest identifying one stage output. `code` defaults to the version of all of slam_core; pass
+    `code_version(scope)` to narrow it."""
     payload = json.dumps(
         {"stage": stage, "config": config, "upstream": list(upstream), "code": code or code_version()},
         sort_keys=True, default=str,

@@ -177,7 +177,11 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
     out.append({"name": "pre-training", "eta_s": eta, "steps": budget.get("steps"), "tokens": budget.get("tokens"),
                 "basis": basis})
     if cfg.dpo.enabled:
-        out.append({"name": "DPO", "eta_s": cfg.dpo.budget_s, "basis": "dpo.budget_s"})
+        caps = [f"dpo.{name}={value}" for name, value in (("max_steps", cfg.dpo.max_steps),
+                                                             ("max_epochs", cfg.dpo.max_epochs)) if value]
+        basis = ("at most dpo.budget_s; " + " or ".join(caps) + " may end it sooner (DPO speed not estimated)"
+                 if caps else "dpo.budget_s (DPO runs until it)")
+        out.append({"name": "DPO", "eta_s": cfg.dpo.budget_s, "basis": basis})
     pairs = _eval_pairs(cfg)
     if pairs is None:
         out.append({"name": "evaluation", "eta_s": None, "basis": "eval.reference_path not there: published sets "

@@ -43,6 +43,15 @@ def test_huge_float_samples_are_refused_at_any_rate(tmp_path, rate):
     assert info.value.reason in {"out_of_range", "non_finite"}
 
 
+def test_int_scaled_float_wav_is_refused_with_the_fix(tmp_path):
+    path = tmp_path / "int-scaled.wav"  # float samples written on the int16 scale
+    sf.write(path, (np.sin(np.arange(SR) / 10.0) * 30_000).astype(np.float32), SR, subtype="FLOAT")
+    with pytest.raises(BadAudioError) as info:
+        read_audio(path)
+    assert info.value.reason == "out_of_range" and "divide by 32768" in info.value.detail
+    assert str(path) in str(info.value)
+
+
 def test_stereo_mean_overflow_and_resampler_output_are_checked():
     stereo = np.stack([_huge(SR), _huge(SR)], axis=1)
     with pytest.raises(BadAudioError):

@@ -72,6 +72,7 @@ def test_plan_of_the_paper_preset_shows_the_table4_mix_and_writes_nothing(tmp_pa
     assert {"fetch corpora", "segments + units", "k-means", "pre-training", "DPO", "evaluation"} <= set(stages)
     assert all("eta_s" in s and s["basis"] for s in plan["stages"])
     assert stages["pre-training"]["eta_s"] == 84_600 and stages["DPO"]["eta_s"] == 1_800
+    assert stages["DPO"]["basis"].startswith("dpo.budget_s")  # no step or epoch cap: the budget is the length
     assert stages["fetch corpora"]["eta_s"] > 0 and stages["segments + units"]["eta_s"] > 0
     assert plan["resources"]["disk"]["parts"]["corpus archives + extracted audio"] > 6e12  # Libri-Light is huge
 
@@ -113,6 +114,9 @@ def test_plan_human_output_and_cpu_without_throughput(tmp_path, capsys):
     assert plan["budget"]["steps"] == min(steps, train["max_steps"] or steps)
     eta = next(s["eta_s"] for s in plan["stages"] if s["name"] == "pre-training")
     assert eta == pytest.approx(min(train["budget_s"], plan["budget"]["steps"] * 4096 / 16000))
+    dpo = next(s for s in plan["stages"] if s["name"] == "DPO")  # the budget is only an upper bound here
+    assert dpo["eta_s"] == plan["config"]["dpo"]["budget_s"] and "at most" in dpo["basis"]
+    assert f"dpo.max_steps={plan['config']['dpo']['max_steps']}" in dpo["basis"]
     assert [d["name"] for d in plan["datasets"] if d["role"] == "train"] == ["stories"]
 
 

@@ -40,7 +40,8 @@ def check_samples(wave: np.ndarray, source: str, stage: str) -> None:
         raise BadAudioError(source, "non_finite", f"NaN or Inf samples {stage}")
     peak = float(np.abs(wave).max(initial=0.0))
     if peak > MAX_ABS_SAMPLE:
-        raise BadAudioError(source, "out_of_range", f"peak |sample| {peak:.3g} > {MAX_ABS_SAMPLE:g} {stage}")
+        raise BadAudioError(source, "out_of_range", f"peak |sample| {peak:.3g} > {MAX_ABS_SAMPLE:g} {stage}; float "
+                            "audio belongs in [-1, 1]: rescale it (int-scaled floats: divide by 32768) or save 16-bit PCM")
 
 
 def to_mono_16k(wave: np.ndarray, sample_rate_hz: int, source: str = "<array>") -> np.ndarray:
