@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,7 +22,7 @@ from slam_core.lm.distributed import per_rank_grad_accum, resolve_world_size
 from slam_core.lm.launch import DistributedTrainingError, launch_pretrain, torchrun_command
 from slam_core.lm.model import init_speech_lm, resolve_base
 from slam_core.lm.train import pretrain
-from slam_core.schemas import UNITS
+from unit_corpus import motif_rows, write_units_shard
 
 MODEL = ModelConfig(base="tiny-qwen2", context_len=64, dtype="float32", tiny_hidden_size=32, tiny_layers=2)
 
@@ -40,15 +38,8 @@ def _train_cfg(**kw) -> TrainConfig:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp-corpus")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(150):
-        units = np.resize(rng.integers(0, 40, rng.integers(2, 6)), rng.integers(10, 120)).tolist()
-        rows.append({"segment_id": f"s-{i}", "dataset": "stories", "split": "train", "units": units,
-                     "durations": [1] * len(units), "n_frames": len(units), "audio_seconds": 0.04 * len(units)})
-    path = root / "units" / "stories" / "train" / "units-00000.parquet"
-    path.parent.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), path, row_group_size=32)
+    rows = motif_rows(np.random.default_rng(0), 150, "stories", doc_len=(10, 120))
+    path = write_units_shard(root, "stories", rows, row_group_size=32)
     init = init_speech_lm(MODEL, resolve_base(MODEL, root), root / "init", seed=0)
     return {"root": root, "shards": [path], "init": Path(init["path"])}
 
@@ -79,6 +70,16 @@ def test_grad_accum_is_global_and_must_divide_the_world_size():
     assert resolve_world_size(0, "cpu") == 1 and resolve_world_size(2, "cpu") == 2
     cmd = torchrun_command(2, Path("spec.json"))
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "slam_core.lm.launch" in cmd
+
+
+def test_rank_entry_point_exits_with_its_code_and_flushed_output():
+    """The per-rank entry leaves through os._exit (no interpreter finalisation, where gloo's threads could abort
+    a finished rank): its exit code and everything it printed must still come through."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "slam_core.lm.launch"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "usage: python -m slam_core.lm.launch SPEC.json" in done.stderr
 
 
 @pytest.mark.slow

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -122,18 +120,11 @@ MODEL = ModelConfig(base="tiny-qwen2", context_len=64, dtype="float32", tiny_hid
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from slam_core.lm.model import init_speech_lm, resolve_base
-    from slam_core.schemas import UNITS
+    from unit_corpus import motif_rows, write_units_shard
 
     root = tmp_path_factory.mktemp("paper-recipe")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(60):
-        units = np.resize(rng.integers(0, 30, 4), int(rng.integers(20, 120))).tolist()
-        rows.append({"segment_id": f"s-{i}", "dataset": "books", "split": "train", "units": units,
-                     "durations": [1] * len(units), "n_frames": len(units), "audio_seconds": 0.04 * len(units)})
-    shard = root / "units" / "books" / "train" / "units-00000.parquet"
-    shard.parent.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), shard)
+    rows = motif_rows(np.random.default_rng(0), 60, "books", doc_len=(20, 120), motif_len=4, n_units=30)
+    shard = write_units_shard(root, "books", rows)
     init = init_speech_lm(MODEL, resolve_base(MODEL, root), root / "init", seed=0)
     return {"shards": [shard], "init": Path(init["path"])}
 

@@ -11,8 +11,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -21,7 +19,7 @@ from slam_core.config import ModelConfig, TrainConfig
 from slam_core.lm.model import init_speech_lm, resolve_base
 from slam_core.lm.schedule import BudgetSchedule, cosine_lr, fit_total_steps, inverse_sqrt_lr
 from slam_core.lm.train import pretrain
-from slam_core.schemas import UNITS
+from unit_corpus import motif_rows, write_units_shard
 
 MODEL = ModelConfig(base="tiny-qwen2", context_len=128, dtype="float32", tiny_hidden_size=64, tiny_layers=2)
 
@@ -41,17 +39,9 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     rng = np.random.default_rng(0)
     shards = []
-    for ds in ("books", "stories"):
-        rows = []
-        for i in range(120):
-            motif = rng.integers(0, 40, rng.integers(2, 6))
-            units = np.resize(motif, rng.integers(20, 200)).tolist()
-            rows.append({"segment_id": f"{ds}-{i}", "dataset": ds, "split": "train", "units": units,
-                         "durations": [1] * len(units), "n_frames": len(units), "audio_seconds": 0.04 * len(units)})
-        path = root / "units" / ds / "train" / "units-00000.parquet"
-        path.parent.mkdir(parents=True)
-        pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), path, row_group_size=32)
-        shards.append(path)
+    for ds in ("books", "stories"):  # one generator: the second set's rows follow the first's draws
+        rows = motif_rows(rng, 120, ds, doc_len=(20, 200), id_prefix=f"{ds}-")
+        shards.append(write_units_shard(root, ds, rows, row_group_size=32))
     init = init_speech_lm(MODEL, resolve_base(MODEL, root), root / "init", seed=0)
     return {"root": root, "shards": shards, "init": Path(init["path"])}
 

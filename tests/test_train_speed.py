@@ -12,8 +12,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -26,7 +24,7 @@ from slam_core.lm.model import init_speech_lm, load_speech_lm, resolve_base
 from slam_core.lm.step import make_optimizer, train_step
 from slam_core.lm.train import pretrain
 from slam_core.presets import get_preset
-from slam_core.schemas import UNITS
+from unit_corpus import motif_rows, write_units_shard
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MODEL = ModelConfig(base="tiny-qwen2", context_len=128, dtype="float32", tiny_hidden_size=64, tiny_layers=2)
@@ -36,15 +34,8 @@ CUDA = torch.cuda.is_available()
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("speed")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(150):
-        units = np.resize(rng.integers(0, 40, rng.integers(2, 6)), rng.integers(5, 200)).tolist()
-        rows.append({"segment_id": f"s-{i}", "dataset": "stories", "split": "train", "units": units,
-                     "durations": [1] * len(units), "n_frames": len(units), "audio_seconds": 0.04 * len(units)})
-    shard = root / "units" / "stories" / "train" / "units-00000.parquet"
-    shard.parent.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), shard, row_group_size=50)
+    rows = motif_rows(np.random.default_rng(0), 150, "stories", doc_len=(5, 200))
+    shard = write_units_shard(root, "stories", rows, row_group_size=50)
     init = init_speech_lm(MODEL, resolve_base(MODEL, root), root / "init", seed=0)
     return {"shard": shard, "init": Path(init["path"])}
 
