@@ -24,6 +24,7 @@ sys.path.insert(0, {repo!r})
 from data_catalog import Catalog, produce_or_reuse
 from slam_core.atomic import write_text_atomic
 root, go, name = Path({root!r}), Path({go!r}), sys.argv[1]
+(root / f"ready-{{name}}").touch()
 while not go.exists():
     time.sleep(0.01)
 def produce():
@@ -45,7 +46,10 @@ def test_two_processes_same_shard_one_produces_one_reuses(tmp_path):
     code = WORKER.format(repo=str(REPO), root=str(root), go=str(go))
     procs = [subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for name in ("a", "b")]
-    time.sleep(1.0)  # both imported and waiting
+    deadline = time.monotonic() + 120  # both imported and waiting, however slow the machine is
+    while not all((root / f"ready-{name}").exists() for name in ("a", "b")):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "a worker did not start"
+        time.sleep(0.05)
     go.touch()
     results = []
     for proc in procs:
