@@ -82,6 +82,56 @@ def test_rank_entry_point_exits_with_its_code_and_flushed_output():
     assert done.returncode == 2 and "usage: python -m slam_core.lm.launch SPEC.json" in done.stderr
 
 
+AGENT = ".venv/lib/python3.11/site-packages/torch/distributed/elastic/multiprocessing/api.py"
+# what torchrun printed when rank 1 aborted at shutdown (CI, 2026-11-30), shortened
+ABORTED_JOB = [
+    f"W1130 05:01:40.100000 23892 {AGENT}:900] Setting OMP_NUM_THREADS environment variable for each process\n",
+    "[rank 0] INFO slam_core.lm.train: step 1/2 loss 6.2531 lr 1.00e-04 1543 tok/s\n",
+    "[rank 0] INFO slam_core.lm.checkpoint: checkpoint step 1 -> /runs/resumed/checkpoints/step-000001\n",
+    "terminate called without an active exception\n",
+    f"W1130 05:01:53.350000 23892 {AGENT}:1028] Sending process 23896 closing signal SIGTERM\n",
+    f"E1130 05:01:53.415000 23892 {AGENT}:1002] failed (exitcode: -6) local_rank: 1 (pid: 23897) of binary: python\n",
+    "Traceback (most recent call last):\n",
+    '  File ".venv/lib/python3.11/site-packages/torch/distributed/run.py", line 1032, in <module>\n',
+    *[f"    frame {i} of the agent's own traceback\n" for i in range(40)],
+    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+    "=======================================================\n", "slam_core.lm.launch FAILED\n",
+    "-------------------------------------------------------\n", "Failures:\n", "[1]:\n",
+    "  rank      : 0 (local_rank: 0)\n", "  exitcode  : -15 (pid: 23896)  (SIGTERM)\n",
+    "-------------------------------------------------------\n", "Root Cause (first observed failure):\n", "[0]:\n",
+    "  rank      : 1 (local_rank: 1)\n", "  exitcode  : -6 (pid: 23897)  (SIGABRT)\n",
+    "  traceback : Signal 6 (SIGABRT) received by PID 23897\n",
+    "=======================================================\n",
+]
+
+
+def test_failure_report_keeps_the_root_cause_and_the_ranks_last_words():
+    from slam_core.lm.launch import failure_report, root_cause_line
+
+    report = failure_report(ABORTED_JOB)
+    assert root_cause_line(report) == "rank 1: Signal 6 (SIGABRT) received by PID 23897"
+    assert report.startswith("Root Cause (first observed failure):")
+    assert "rank      : 1 (local_rank: 1)" in report and "(SIGABRT)" in report
+    assert "terminate called without an active exception" in report  # the rank's line, not pushed out
+    assert "checkpoint step 1" in report
+    assert "frame" not in report and "OMP_NUM_THREADS" not in report and "-15" not in report  # the agent's noise
+    assert failure_report(["one\n", "two\n"]) == "last output:\none\ntwo\n"  # not torchrun's format: the tail
+
+
+@pytest.mark.slow
+def test_a_rank_error_reaches_the_caller_with_its_message(corpus, tmp_path):
+    missing = tmp_path / "no-such-shard.parquet"
+    with pytest.raises(DistributedTrainingError) as info:
+        launch_pretrain(corpus["init"], [missing], MODEL, _train_cfg(max_steps=1), tmp_path / "run", seed=5,
+                        device="cpu", nproc=2)
+    message = str(info.value)
+    headline = message.splitlines()[0]  # one line that says which rank failed and why
+    assert headline.startswith("torchrun with 2 processes exited with code 1: rank ") and "BadShardError" in headline
+    assert "no-such-shard.parquet: cannot read Parquet metadata" in headline, message
+    assert "Root Cause" in message and "last output of the ranks:" in message
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
 @pytest.mark.slow
 def test_two_rank_ddp_matches_one_process_and_resumes(corpus, tmp_path):
     """2 gloo ranks x grad_accum 4 (2 micro-steps each) == 1 process x 4 micro-steps, to float tolerance;

@@ -10,8 +10,10 @@ into progress callbacks. A failed or killed job leaves its checkpoints, so launc
 
 from __future__ import annotations
 
+import collections
 import gc
 import json
+import re
 import logging
 import os
 import subprocess
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from slam_core.atomic import write_text_atomic
 from slam_core.config import ModelConfig, TrainConfig
@@ -30,6 +33,12 @@ log = logging.getLogger(__name__)
 
 PROGRESS_PREFIX = "SLAM_PROGRESS "
 RESULT_FILE = "result.json"
+TAIL_LINES = 400  # of the job's output, kept for the failure report
+TAIL_REPORT_LINES = 40
+# torchrun's agent logs in glog form ("E1130 05:01:53.415000 23892 .../torch/distributed/elastic/...")
+AGENT_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S*torch/distributed/")
+FIELD = re.compile(r"^  (rank|exitcode|traceback) *: (.*)$", re.MULTILINE)  # of the root-cause block
+AGENT_FAILURE = re.compile(r"^[IWEF]\d{4} .*torch/distributed/elastic/.*(failed \(exitcode|closing signal)")
 
 
 class DistributedTrainingError(RuntimeError):
@@ -73,14 +82,17 @@ def launch_pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelCon
         tail = _run_streaming(cmd, child_env, progress)
         code = tail.pop()
     if code != 0 or not result_path.exists():
-        raise DistributedTrainingError(f"torchrun with {nproc} processes exited with code {code}; last output:\n"
-                                       + "".join(tail))
+        report = failure_report(tail)
+        cause = root_cause_line(report)
+        raise DistributedTrainingError(f"torchrun with {nproc} processes exited with code {code}"
+                                       + ("" if code else f" but wrote no {result_path}")
+                                       + (f": {cause}" if cause else "") + "\n" + report)
     return json.loads(result_path.read_text())
 
 
 def _run_streaming(cmd: list[str], env: dict[str, str], progress: Callable[[float, str], None] | None) -> list:
     """Run `cmd`, echo its output to our stderr, forward progress lines; returns the last lines + exit code."""
-    tail: list = []
+    tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -90,15 +102,49 @@ def _run_streaming(cmd: list[str], env: dict[str, str], progress: Callable[[floa
                     progress(float(fraction), message)
                 continue
             sys.stderr.write(line)
-            tail = (tail + [line])[-40:]
+            tail.append(line)
         code = proc.wait()
-    return tail + [code]
+    return [*tail, code]
+
+
+def failure_report(lines: list[str], rank_lines: int = 30) -> str:
+    """What a failed torchrun job says about its failure: the agent's root-cause block (which rank, exit code or
+    signal, the rank's traceback when it had one) and the ranks' own last lines before the agent took over.
+
+    The agent's report (its log lines and its own traceback through torch.distributed.run) would otherwise fill
+    the tail and push out the line that explains the failure, e.g. a C++ `terminate called ...` from a rank."""
+    first_agent = next((i for i, line in enumerate(lines) if AGENT_FAILURE.search(line)), None)
+    if first_agent is None:
+        return "last output:\n" + "".join(lines[-TAIL_REPORT_LINES:])
+    ranks = [line for line in lines[:first_agent] if not AGENT_LOG.match(line) and line.strip()]
+    root: list[str] = []
+    for line in lines[first_agent:]:
+        if root and line.startswith("====="):
+            break
+        if root or line.startswith("Root Cause"):
+            root.append(line)
+    return ("".join(root) or "(torchrun printed no root cause)\n") + "last output of the ranks:\n" + \
+        "".join(ranks[-rank_lines:])
+
+
+def root_cause_line(report: str) -> str | None:
+    """'rank R: <exception line or signal>' from a `failure_report`'s root-cause block; None without one."""
+    fields = dict(FIELD.findall(report.partition("last output of the ranks:")[0]))
+    if "rank" not in fields:
+        return None
+    cause = fields.get("traceback", "")
+    if cause.startswith("Traceback"):  # a Python error (the rank's error file): its last line names it
+        block = report.partition("last output of the ranks:")[0].splitlines()
+        cause = next((line.strip() for line in reversed(block) if line.startswith("  ") and line.strip()
+                      and not line.startswith("   ")), cause)
+    return f"rank {fields['rank'].split()[0]}: {cause or 'exit code ' + fields.get('exitcode', '?')}"
 
 
 def _print_progress(fraction: float, message: str) -> None:
     print(f"{PROGRESS_PREFIX}{fraction:.6f} {message}", flush=True)
 
 
+@record  # a rank's Python exception reaches torchrun's root-cause report with its traceback
 def main(argv: list[str] | None = None) -> int:
     """Per-rank entry point (under torchrun)."""
     from slam_core.lm import distributed, train
