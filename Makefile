@@ -14,7 +14,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo demo-seeds test test-fast bench bench-gpu wheels deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
+.PHONY: setup demo demo-seeds test test-fast soak bench bench-gpu wheels deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,6 +43,13 @@ test: $(STAMP)  ## run the test suite (offline)
 
 test-fast: $(STAMP)  ## the tests without the slow end-to-end ones
 	$(VENV)/bin/pytest -q -m "not slow" tests
+
+# Shutdown and start-up races between processes show only in repetition (one CI pass finds them by luck).
+soak: $(STAMP)  ## rerun the multi-process tests (torchrun DDP/FSDP, two-process locks) ROUNDS times (default 20)
+	@n=$(or $(ROUNDS),20); for i in $$(seq 1 $$n); do \
+	  $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_ddp.py tests/test_locks.py > .soak.log 2>&1 \
+	    || { tail -40 .soak.log; echo "soak: round $$i of $$n FAILED (full output: .soak.log)"; exit 1; }; \
+	  echo "soak: round $$i of $$n passed"; done
 
 bench: $(STAMP)  ## benchmarks (CPU here; GPU parts run where a GPU is visible)
 	$(PY) -m bench.run_all
