@@ -13,9 +13,9 @@ from __future__ import annotations
 import collections
 import gc
 import json
-import re
 import logging
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -130,14 +130,14 @@ def failure_report(lines: list[str], rank_lines: int = 30) -> str:
 
 def root_cause_line(report: str) -> str | None:
     """'rank R: <exception line or signal>' from a `failure_report`'s root-cause block; None without one."""
-    fields = dict(FIELD.findall(report.partition("last output of the ranks:")[0]))
+    root_block = report.partition("last output of the ranks:")[0]
+    fields = dict(FIELD.findall(root_block))
     if "rank" not in fields:
         return None
     cause = fields.get("traceback", "")
     if cause.startswith("Traceback"):  # a Python error (the rank's error file): its last line names it
-        block = report.partition("last output of the ranks:")[0].splitlines()
-        cause = next((line.strip() for line in reversed(block) if line.startswith("  ") and line.strip()
-                      and not line.startswith("   ")), cause)
+        cause = next((line.strip() for line in reversed(root_block.splitlines()) if line.startswith("  ")
+                      and line.strip() and not line.startswith("   ")), cause)
     return f"rank {fields['rank'].split()[0]}: {cause or 'exit code ' + fields.get('exitcode', '?')}"
 
 
