@@ -49,7 +49,7 @@ def reproduce(preset: str = "smoke", overrides: dict[str, Any] | None = None,
     for s in stages:
         print(f"stage {s['stage']}: " + ", ".join(f"{k} {v}" for k, v in s.items() if k != "stage" and v not in (None, "")))
     story = publish_run_story(cfg.run.name, root, evaluated["report"], stages)
-    print(f"report: {evaluated['report']} (browse it at {story['report_url']} after `slam report serve`)")
+    print(f"report: {evaluated['report']} (browse it at {story['report_url']} after `slam report serve --data-root {root}`)")
     return {"report": evaluated["report"], "report_url": story["report_url"], "results": evaluated["results"],
             "checkpoints": checkpoints, "stages": stages}
 

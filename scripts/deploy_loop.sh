@@ -73,7 +73,9 @@ async def main() -> None:
     keys = {a.key for a in arts}
     assert {"smoke-metrics", "smoke-stages", "smoke-report"} <= keys, keys
     assert progress and all(float(a.data) == 100.0 for a in progress), [(a.description, a.data) for a in progress]
-    url = f"http://127.0.0.1:{os.environ['SLAM_REPORT_PORT']}/smoke/index.html"
+    from slam_core.run_summary import report_url
+
+    url = report_url("smoke", os.environ["SLAM_DATA_ROOT"])  # this data root's own URL
     assert any(url in str(a.data) for a in arts if a.key == "smoke-report"), url
     for _ in range(30):
         try:

@@ -110,12 +110,29 @@ def stage_rows(prepared: dict[str, Any], trained: dict[str, Any], evaluated: dic
     return rows
 
 
-def report_url(run: str, port: int | None = None) -> str:
-    """Where `slam report serve` shows a run's report (it serves <data root>/reports on 127.0.0.1)."""
+def root_tag(data_root: str | Path) -> str:
+    """A data root's name in report URLs: its folder name and 8 hex digits of its resolved path's sha256, so two
+    roots (even two folders both named `slam-data`) never share a URL."""
+    import hashlib
+
+    path = Path(data_root).expanduser().resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.name).strip("-.") or "root"
+    return f"{name[:40]}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+def report_port(port: int | None = None) -> int:
+    """The port of `slam report serve`: `port`, else $SLAM_REPORT_PORT, else 8765."""
     import os
 
-    port = port or int(os.environ.get(REPORT_PORT_ENV) or DEFAULT_REPORT_PORT)
-    return f"http://127.0.0.1:{port}/{run}/index.html"
+    return port or int(os.environ.get(REPORT_PORT_ENV) or DEFAULT_REPORT_PORT)
+
+
+def report_url(run: str, data_root: str | Path, port: int | None = None) -> str:
+    """Where `slam report serve --data-root <data_root>` shows a run's report: one URL per data root and run
+    (`http://127.0.0.1:PORT/<root tag>/<run>/index.html`), so a link never opens another root's report."""
+    from urllib.parse import quote
+
+    return f"http://127.0.0.1:{report_port(port)}/{root_tag(data_root)}/{quote(run)}/index.html"
 
 
 def _round(value: Any, digits: int = 4) -> Any:

@@ -41,14 +41,15 @@ def publish_run_story(run: str, data_root: str, report_path: str | None,
                                           "mean MFU, shards reused and redone")
     url = None
     if report_path:
-        url = run_summary.report_url(run)
-        create_link_artifact(key=f"{key}-report", link=url, link_text=f"HTML report of {run}",
-                             description=f"Served by `slam report serve` (127.0.0.1 only); the file is {report_path}")
+        url = run_summary.report_url(run, data_root)
+        serve = f"slam report serve --data-root {data_root}"
+        create_link_artifact(key=f"{key}-report", link=url, link_text=f"HTML report of {run} ({data_root})",
+                             description=f"Served by `{serve}` (127.0.0.1 only); the file is {report_path}")
         create_markdown_artifact(
             key=f"{key}-summary",
-            markdown=(f"**Report**: [{url}]({url}) — start `slam report serve` (port "
-                      f"${run_summary.REPORT_PORT_ENV} or {run_summary.DEFAULT_REPORT_PORT}) to open it; "
-                      f"the file itself is `{report_path}`.\n\n" + _markdown(rows, stages)))
+            markdown=(f"**Report**: [{url}]({url}) — start `{serve}` (port ${run_summary.REPORT_PORT_ENV} or "
+                      f"{run_summary.DEFAULT_REPORT_PORT}) to open it; the file itself is `{report_path}`.\n\n"
+                      + _markdown(rows, stages)))
     return {"metrics": rows, "report_url": url}
 
 

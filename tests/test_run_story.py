@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from flows.cli_report import make_server, reports_dir
-from slam_core.run_summary import checkpoint_label, metric_rows, report_url, stage_rows, training_summary
+from flows.cli_report import make_server, reports_dir, served_roots
+from slam_core.run_summary import (
+    checkpoint_label, metric_rows, report_url, root_tag, stage_rows, training_summary,
+)
 
 
 def test_checkpoint_labels_name_stage_step_and_fingerprint() -> None:
@@ -61,22 +64,62 @@ def test_stage_rows_from_the_training_metrics(tmp_path: Path) -> None:
     assert rows["DPO"]["shards"] == "reused (recorded run)" and rows["evaluation"]["shards"] == "4 result(s) computed now"
 
 
+def _fake_report(root: Path, run: str, text: str) -> None:
+    (root / "reports" / run).mkdir(parents=True)
+    (root / "reports" / run / "index.html").write_text(f"<h1>slam run: {run}</h1><p>{text}</p>")
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
 def test_report_serve_serves_the_reports_dir_on_localhost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLAM_DATA_ROOT", str(tmp_path))
-    (tmp_path / "reports" / "smoke").mkdir(parents=True)
-    (tmp_path / "reports" / "smoke" / "index.html").write_text("<h1>slam run: smoke</h1>")
+    _fake_report(tmp_path, "smoke", "pretrain step 460")
     assert reports_dir(None) == tmp_path.resolve() / "reports"
-    server = make_server(reports_dir(None), 0)
+    server = make_server(served_roots([]), 0)
     host, port = server.server_address[:2]
     assert host == "127.0.0.1"
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("SLAM_REPORT_PORT", str(port))
-        with urllib.request.urlopen(report_url("smoke"), timeout=10) as resp:
-            assert resp.status == 200 and b"slam run: smoke" in resp.read()
+        status, body = _get(report_url("smoke", tmp_path))
+        assert status == 200 and b"slam run: smoke" in body
+        status, body = _get(f"http://127.0.0.1:{port}/")  # the index links every report
+        assert status == 200 and report_url("smoke", tmp_path).split(str(port))[1].encode() in body
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_two_data_roots_have_their_own_report_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same run name in two data roots (both folders named slam-data): two URLs; each server answers only its
+    own root's links, and a link of another root gets a 404 that says so, never the other root's report."""
+    root_a, root_b = tmp_path / "a" / "slam-data", tmp_path / "b" / "slam-data"
+    _fake_report(root_a, "smoke", "pretrain step 460")
+    _fake_report(root_b, "smoke", "pretrain step 60")
+    url_a, url_b = report_url("smoke", root_a, 1), report_url("smoke", root_b, 1)
+    assert url_a != url_b and root_tag(root_a).startswith("slam-data-")
+    only_a = make_server(served_roots([str(root_a)]), 0)
+    both = make_server(served_roots([str(root_a), str(root_b)]), 0)
+    for server in (only_a, both):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port_a, port_both = only_a.server_address[1], both.server_address[1]
+        assert _get(report_url("smoke", root_a, port_a)) == (200, (root_a / "reports/smoke/index.html").read_bytes())
+        status, body = _get(report_url("smoke", root_b, port_a))
+        assert status == 404 and b"pretrain step 60" not in body and b"does not serve" in body
+        assert b"pretrain step 460" in _get(report_url("smoke", root_a, port_both))[1]
+        assert b"pretrain step 60" in _get(report_url("smoke", root_b, port_both))[1]
+        assert _get(f"http://127.0.0.1:{port_a}/smoke/index.html")[0] == 404  # the old, ambiguous form
+    finally:
+        for server in (only_a, both):
+            server.shutdown()
+            server.server_close()
 
 
 def test_report_serve_without_reports_says_what_to_do(tmp_path: Path) -> None:
