@@ -133,3 +133,37 @@ def test_tiny_tokenizer_is_reproducible(tmp_path: Path) -> None:
     assert (a / "tokenizer.json").read_bytes() == (b / "tokenizer.json").read_bytes()
     tok = load_text_tokenizer(a)
     assert tok.decode(tok.encode("Zebras quack, 42!")) == "Zebras quack, 42!"  # byte-level: any text round-trips
+
+
+def test_interleaved_twist_init_keeps_text_rows_and_adds_units(tmp_path: Path, tokenizer) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slam_core.config import ModelConfig
+    from slam_core.lm.interleave_model import init_interleaved_lm, read_vocab
+    from slam_core.lm.model import resolve_base
+
+    cfg = ModelConfig(base="tiny-qwen2", context_len=256, dtype="float32", tiny_hidden_size=64, tiny_layers=2)
+    base = resolve_base(cfg, tmp_path)
+    out = init_interleaved_lm(cfg, base, tokenizer, tmp_path / "init", seed=3)
+    text_lm = AutoModelForCausalLM.from_pretrained(base)
+    lm = AutoModelForCausalLM.from_pretrained(out["path"])
+    vocab = read_vocab(out["path"])
+    n = vocab.n_text
+    assert lm.config.vocab_size == vocab.size == n + 502 and out["vocab"]["speech_id"] == n + 500
+    emb, text_emb = lm.get_input_embeddings().weight, text_lm.get_input_embeddings().weight
+    assert torch.equal(emb[:n], text_emb[:n])  # the text vocabulary is kept
+    new = emb[n:]
+    assert torch.allclose(new.mean(0), text_emb[:n].mean(0), atol=0.01) and new.std(0).mean() > 0.01
+    assert lm.get_output_embeddings().weight.data_ptr() == emb.data_ptr()  # still tied
+    layer = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(lm.state_dict()[layer], text_lm.state_dict()[layer])
+    assert (lm.config.bos_token_id, lm.config.eos_token_id) == (vocab.bos_id, vocab.eos_id)
+    # the directory carries its tokenizer; an interleaved sequence runs through the model
+    tok = InterleavingTokenizer(AutoTokenizer.from_pretrained(out["path"]), seed=0)
+    assert tok.vocab == vocab
+    words, units, durations = _utterance()
+    ids = torch.from_numpy(tok.encode_interleaved(words, units, durations, "seg"))[None]
+    assert lm(ids).logits.shape == (1, ids.shape[1], vocab.size)
+    again = init_interleaved_lm(cfg, base, tokenizer, tmp_path / "init2", seed=3)
+    assert torch.equal(AutoModelForCausalLM.from_pretrained(again["path"]).get_input_embeddings().weight, emb)
