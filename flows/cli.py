@@ -65,10 +65,15 @@ def cmd_catalog_summary(args: argparse.Namespace) -> int:
     if not catalog_path(root).exists():
         print(f"no catalog at {catalog_path(root)}: run `slam run reproduce --preset smoke` first", file=sys.stderr)
         return 1
-    summary = Catalog(catalog_path(root)).summary()
+    from data_catalog.alignments import alignment_shares
+
+    catalog = Catalog(catalog_path(root))
+    summary = catalog.summary()
+    if shares := alignment_shares(catalog):  # only where word alignments were made (interleaving)
+        summary["alignments"] = shares
     console = Console()
     titles = {"data": "Artifacts per stage, dataset and split", "quarantine": "Quarantined inputs",
-              "eval": "Latest evaluation results"}
+              "eval": "Latest evaluation results", "alignments": "Word alignments: share of words aligned"}
     for name, rows in summary.items():
         table = Table(title=titles[name])
         for col in (rows[0].keys() if rows else ["(none)"]):
