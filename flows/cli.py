@@ -11,7 +11,8 @@
     slam vocode --units FILE --out WAV [--vocoder DIR_OR_NAME]
     slam synth <stinystories|spokenswag> --input <file|dir> [--out DIR] [--backend kokoro|espeak] [--voices …]
                [--seed N] [--workers N]
-    slam report serve [--port N] [--data-root DIR]    # the reports on http://127.0.0.1:PORT/<run>/index.html
+    slam report serve [--port N] [--data-root DIR ...]   # http://127.0.0.1:PORT/<root tag>/<run>/index.html
+    slam deploy check [--deployment FLOW/NAME]          # which work pool has no worker, and how to start one
 """
 
 from __future__ import annotations
@@ -30,18 +31,21 @@ from slam_core import published_kmeans
 
 FLOWS = ("reproduce", "prepare-data", "train-lm", "evaluate")
 # The inputs each flow checks before its work (slam_core/inputs.py), checked by `slam run` before the flow starts.
-FLOW_INPUTS = {"reproduce": ("units", "eval"), "prepare-data": ("units",), "train-lm": ("units",), "evaluate": ("units", "eval")}
+FLOW_INPUTS = {"reproduce": ("corpus", "units", "eval"), "prepare-data": ("corpus", "units"),
+               "train-lm": ("corpus", "units"), "evaluate": ("corpus", "units", "eval")}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.common import load_config
-
+    from slam_core.data_root import check_data_root
     from slam_core.inputs import check_inputs
 
     overrides = parse_overrides(args.overrides)
     cfg = load_config(args.preset, overrides, args.data_root)  # the whole config and its files, before any flow
     check_inputs(cfg, FLOW_INPUTS[args.flow])  # what the flow would refuse, refused before Prefect starts
-    quiet_offline_env()
+    if (recovered := check_data_root(cfg.data_root)) is not None:  # writable, catalog not locked (or corrupt)
+        print(f"warning: {recovered}", file=sys.stderr)
+    quiet_offline_env(args.verbose)
     from flows.evaluate import evaluate
     from flows.prepare_data import prepare_data
     from flows.reproduce import reproduce
@@ -257,12 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     from flows.cli_data import add_data_parser
+    from flows.cli_deploy import add_deploy_parser
     from flows.cli_eval_extra import add_vocode_parser
     from flows.cli_plan import add_plan_parser
     from flows.cli_synth import add_synth_parser
     from flows.cli_report import add_report_parser
 
     add_data_parser(sub)
+    add_deploy_parser(sub)
     add_plan_parser(sub)
     add_vocode_parser(sub)
     add_synth_parser(sub)

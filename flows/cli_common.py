@@ -17,8 +17,12 @@ DEBUG_FLAGS = ("-v", "--verbose", "--debug")
 USER_ERROR_EXIT = 2
 
 
-def quiet_offline_env() -> None:
-    """Telemetry off and a patient ephemeral server; must run before Prefect is imported (docs/offline-standins.md)."""
+def quiet_offline_env(verbose: bool = False) -> None:
+    """Telemetry off and a patient ephemeral server; must run before Prefect is imported (docs/offline-standins.md).
+    Unless `verbose`, a quiet log (flows/quiet_log.py)."""
+    from flows.quiet_log import quiet_logging
+
+    quiet_logging(verbose)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -79,7 +83,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def error_line(err: BaseException) -> str | None:
-    """The one-line message of a user error, or None when `err` is not one (a bug: keep the traceback)."""
+    """The one-line message of a user error, or None when `err` is not one (a bug: keep the traceback). A flow
+    run that ended on a user error (flows/entry.py) raises Prefect's FailedRun carrying its line."""
+    if type(err).__name__ == "FailedRun" and str(err).startswith("slam: error: "):
+        return " ".join(str(err).split())
     if not isinstance(err, _user_error_types()):
         return None
     from pydantic import ValidationError

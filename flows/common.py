@@ -38,12 +38,17 @@ def save_resolved(cfg: SlamConfig, name: str) -> Path:
     return out
 
 
-def check_resources(cfg: SlamConfig, inputs: tuple[str, ...] = ("units", "eval")) -> None:
-    """Preflight: refuse early when inputs of the `inputs` stages are missing (the quantiser; evaluation inputs
-    unless eval.allow_skip), or disk, memory or GPUs cannot hold the run (PreflightError naming the resource, need,
+def check_resources(cfg: SlamConfig, inputs: tuple[str, ...] = ("corpus", "units", "eval")) -> None:
+    """Preflight: refuse early when the data root cannot be written (or its catalog is locked), inputs of the
+    `inputs` stages are missing (speech and text named by path, the quantiser; evaluation inputs unless
+    eval.allow_skip), or disk, memory or GPUs cannot hold the run (PreflightError naming the resource, need,
     availability and override); print what was estimated."""
+    from slam_core.data_root import check_data_root
     from slam_core.inputs import check_inputs
     from slam_core.preflight import preflight
+
+    if (recovered := check_data_root(cfg.data_root)) is not None:
+        print(f"warning: {recovered}")
 
     for missing in check_inputs(cfg, inputs):
         print(f"will skip: {missing.line()}")

@@ -19,6 +19,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import gather_with_progress, rerun_with_configured_runner
+from flows.entry import user_facing
 from slam_core.config import ParallelConfig, RunConfig, SlamConfig
 from slam_core.corpora.archive import ArchiveError
 from slam_core.corpora.download import ChecksumMismatchError, DownloadError
@@ -147,6 +148,7 @@ def _summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @flow(name="prepare-source", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@user_facing
 def prepare_source(source: str, subsets: list[str] | None = None, mirror: str | None = None,
                    local_dir: str | None = None, dry_run: bool = False, data_root: str | None = None,
                    revision: str | None = None, task_runner: str = "threads", dask_address: str | None = None,

@@ -20,6 +20,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import device_name, fp, load_config, save_resolved
+from flows.entry import user_facing
 from flows.prepare_data import prepare_data
 from slam_core.config import SlamConfig
 from slam_core.discovery import (
@@ -41,6 +42,7 @@ KNOWN_METRICS = (*PAIR_METRICS, *PUBLISHED_METRICS, "generate", *GENERATIVE_METR
 
 
 @flow(name="evaluate", log_prints=True)
+@user_facing
 def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, data_root: str | None = None,
              checkpoints: list[str] | None = None, prepared: dict[str, Any] | None = None,
              metrics_csv: str | None = None) -> dict[str, Any]:

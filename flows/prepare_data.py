@@ -23,6 +23,7 @@ from flows.common import (
     save_resolved, shard_was_reused,
 )
 from flows.data_sources import CODE_SCOPE as SOURCE_CODE_SCOPE
+from flows.entry import user_facing
 from flows.pretrain_sets import SegmentGroup, corpus_groups
 from slam_core.config import SlamConfig
 from slam_core.corpora.hub import list_parquet_files
@@ -107,6 +108,7 @@ def submit_preference_units(cfg: SlamConfig, files: list[Path], centroids: str, 
 
 
 @flow(name="prepare-data", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@user_facing
 def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
                  data_root: str | None = None) -> dict[str, Any]:
     """Build every dataset the smoke/paper run needs; returns the unit shard and pair paths."""
@@ -115,7 +117,7 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         return on_runner(preset, overrides, data_root)  # parallel.task_runner=dask: shards go to the cluster
     story_files = stinystories_shards(cfg) if uses_stinystories(cfg) else None  # missing input: fail first
     preference_files = spokenswag_shards(cfg) if cfg.corpus.spokenswag_dir else None
-    check_resources(cfg, inputs=("units",))
+    check_resources(cfg, inputs=("corpus", "units"))
     save_resolved(cfg, "prepare-data")
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
     tally: dict[str, dict[str, int]] = {}  # per stage: shards reused from an earlier run, shards redone

@@ -16,6 +16,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import check_resources, load_config, save_resolved
+from flows.entry import user_facing
 from flows.evaluate import evaluate
 from flows.prepare_data import prepare_data
 from flows.train_lm import train_lm
@@ -25,6 +26,7 @@ from tasks.common import catalog_at
 
 
 @flow(name="reproduce", log_prints=True)
+@user_facing
 def reproduce(preset: str = "smoke", overrides: dict[str, Any] | None = None,
               data_root: str | None = None) -> dict[str, Any]:
     """Run every stage of the recipe; returns the report path and the evaluation results."""

@@ -11,11 +11,13 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import load_config
+from flows.entry import user_facing
 from slam_core.synth.jobs import default_voices, run_synthesis
 from tasks.synth import synthesize_shard
 
 
 @flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=16), log_prints=True)
+@user_facing
 def synthesize(kind: str = "stinystories", input: str = "slam-data/raw/builtin/stories.parquet", out: str | None = None,
                backend: str | None = None, voices: list[str] | None = None, seed: int | None = None,
                workers: int | None = None, split: str = "train", limit: int | None = None, preset: str = "smoke",

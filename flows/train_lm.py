@@ -10,6 +10,7 @@ from typing import Any
 from prefect import flow
 
 from flows.common import device_name, fp, load_config, save_resolved
+from flows.entry import user_facing
 from flows.prepare_data import prepare_data
 from slam_core.device import set_cpu_threads
 from slam_core.paths import stage_dir
@@ -17,6 +18,7 @@ from tasks import train
 
 
 @flow(name="train-lm", log_prints=True)
+@user_facing
 def train_lm(preset: str = "smoke", overrides: dict[str, Any] | None = None, data_root: str | None = None,
              prepared: dict[str, Any] | None = None) -> dict[str, Any]:
     """Pre-train (and DPO-tune) the speech LM; returns the checkpoints and training summaries."""

@@ -3,6 +3,7 @@
 - The quantiser: `units.kmeans_path` must exist and, with `units.kmeans_source_sha256` (paper presets: the
   published mHuBERT-25Hz km500 file's), come from that exact pickle (full sha256, via the record `slam units
   convert-kmeans` writes). Never skippable: fitting a new k-means is the explicit `units.fit_kmeans=true`.
+- Speech and text named by path (`corpus.*_dir`): checked to exist, so a mistyped path stops the run at once.
 - Evaluation inputs of the configured metrics: reference sets (`eval.reference_path`), unit vocoder, Whisper
   model, GenPPL text LM, judge, prompt audio. Missing ones stop the run with one message naming each and the
   option that provides it, unless `eval.allow_skip=true` (the smoke preset), which runs and records them as
@@ -33,7 +34,7 @@ class InputsMissingError(PreflightError):
 
 @dataclass(frozen=True)
 class MissingInput:
-    stage: str   # units | eval
+    stage: str   # corpus | units | eval
     what: str    # e.g. "GenPPL text LM"
     field: str   # the config field (or command) that provides it
     detail: str  # what was found, and how to fix it
@@ -131,8 +132,46 @@ def eval_inputs(cfg: SlamConfig) -> list[MissingInput]:
     return out
 
 
+def corpus_inputs(cfg: SlamConfig) -> list[MissingInput]:
+    """Speech and text the config names by path: sTinyStories and SpokenSwag shards, local copies of TinyStories,
+    SWAG, LibriSpeech and Libri-Light. Relative paths are under the data root (nothing is created)."""
+    from slam_core.corpora.hub import list_parquet_files
+    from slam_core.data_mix import configured_path
+
+    c, out = cfg.corpus, []
+    uses_stories = "stinystories" in c.pretrain_sets if c.pretrain_sets else bool(c.stinystories_dir)
+    if uses_stories and c.stinystories_dir:
+        root = configured_path(cfg, c.stinystories_dir)
+        if not (root.is_dir() and list_parquet_files(root)):
+            out.append(MissingInput("corpus", "sTinyStories shards", "--set corpus.stinystories_dir",
+                                    f"no *.parquet under {root}: make them with `slam synth stinystories --input "
+                                    f"TINYSTORIES_DIR --preset {cfg.run.name}`, or point it at your copy"))
+    if c.spokenswag_dir:
+        root = configured_path(cfg, c.spokenswag_dir)
+        if not (root.is_dir() and any(root.glob("preferences-*.parquet"))):
+            out.append(MissingInput("corpus", "SpokenSwag shards", "--set corpus.spokenswag_dir",
+                                    f"no preferences-*.parquet in {root}: make them with `slam synth spokenswag "
+                                    f"--input SWAG_DIR --preset {cfg.run.name}`, or point it at a folder that "
+                                    f"holds them"))
+    local = [("TinyStories text", "tinystories_local_dir", c.source == "tinystories",
+              "a folder of TinyStories *.parquet (with 'text') or *.txt"),
+             ("SWAG text", "swag_local_dir", c.source == "tinystories",
+              "the official SWAG train.csv / val.csv (rowanz/swagaf) or a folder of them (or the hub's Parquet)"),
+             ("LibriSpeech copy", "librispeech_dir", "librispeech" in c.pretrain_sets,
+              "a folder holding LibriSpeech/<part>/ (or unset it to download from OpenSLR)"),
+             ("Libri-Light copy", "librilight_dir", "librilight" in c.pretrain_sets,
+              "a folder holding <subset>/<speaker>/<book>/*.flac + .json (or unset it to download)")]
+    for what, name, used, expected in local:
+        value = getattr(c, name)
+        if used and value and not Path(value).expanduser().exists():
+            out.append(MissingInput("corpus", what, f"--set corpus.{name}",
+                                    f"{value} does not exist: give {expected}"))
+    return out
+
+
 def missing_inputs(cfg: SlamConfig, stages: tuple[str, ...] = ("units", "eval")) -> list[MissingInput]:
-    return (quantizer_inputs(cfg) if "units" in stages else []) + (eval_inputs(cfg) if "eval" in stages else [])
+    return ((corpus_inputs(cfg) if "corpus" in stages else []) + (quantizer_inputs(cfg) if "units" in stages else [])
+            + (eval_inputs(cfg) if "eval" in stages else []))
 
 
 def check_inputs(cfg: SlamConfig, stages: tuple[str, ...] = ("units", "eval")) -> list[MissingInput]:

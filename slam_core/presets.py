@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from slam_core import published_kmeans
 from slam_core.config import (
-    CorpusConfig, DpoConfig, EvalConfig, ModelConfig, ParallelConfig, RunConfig, SlamConfig, SynthConfig,
+    ConfigError, CorpusConfig, DpoConfig, EvalConfig, ModelConfig, ParallelConfig, RunConfig, SlamConfig, SynthConfig,
     TrainConfig, UnitsConfig, VadConfig,
 )
 
@@ -135,7 +135,12 @@ PRESETS: dict[str, Callable[[], SlamConfig]] = {
 
 
 def get_preset(name: str) -> SlamConfig:
-    try:
-        return PRESETS[name]()
-    except KeyError:
-        raise KeyError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})") from None
+    """The named preset; an unknown name is a ConfigError naming the closest known one(s)."""
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(PRESETS), n=2, cutoff=0.5)
+        hint = ("did you mean " + " or ".join(f"'{c}'" for c in close) + "? " if close else "") + \
+            f"(known: {', '.join(PRESETS)})"
+        raise ConfigError(f"unknown preset '{name}' — --preset {name} — {hint}")
+    return PRESETS[name]()

@@ -53,14 +53,18 @@ def eta_text(seconds: float) -> str:
     return f"ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"ETA {seconds}s"
 
 
-def progress_reporter(description: str, min_interval_s: float = 2.0) -> Callable[[float, str], None]:
-    """A callback `(fraction, message)` that updates one Prefect progress artifact, at most every few seconds."""
+def progress_reporter(description: str, min_interval_s: float = 2.0, log_every: float = 0.1,
+                      log_interval_s: float = 60.0) -> Callable[[float, str], None]:
+    """A callback `(fraction, message)` that updates one Prefect progress artifact, at most every few seconds.
+    The log is coalesced: one INFO line per `log_every` of the work (10 %, 20 %, ...) or per `log_interval_s`,
+    whichever comes first, and the end; every update at DEBUG (`slam -v`)."""
     try:
         artifact_id = create_progress_artifact(progress=0.0, description=description)
     except Exception as err:  # no API (e.g. `.fn()` in a notebook): progress stays in the log
         log.debug("no progress artifact: %s", err)
         artifact_id = None
     last = [0.0]
+    logged = [time.monotonic(), 0.0]  # time and fraction of the last INFO line
     started = [None]  # (time, fraction) of the first report: the ETA extrapolates from there
     # A live bar (with tqdm's own ETA) only where a person watches a terminal; logs and the artifact always.
     bar = tqdm(total=100, desc=description, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]",
@@ -80,7 +84,12 @@ def progress_reporter(description: str, min_interval_s: float = 2.0) -> Callable
         t0, f0 = started[0]
         eta = eta_text((now - t0) * (1.0 - fraction) / (fraction - f0)) if 0 < fraction - f0 and fraction < 1 else ""
         message = f"{message} {eta}".strip()
-        log.info("%s: %.0f%% %s", description, 100 * fraction, message)
+        milestone = int(fraction / log_every + 1e-9) > int(logged[1] / log_every + 1e-9)
+        if fraction >= 1.0 or milestone or now - logged[0] >= log_interval_s:
+            logged[:] = [now, fraction]
+            log.info("%s: %.0f%% %s", description, 100 * fraction, message)
+        else:
+            log.debug("%s: %.0f%% %s", description, 100 * fraction, message)
         if artifact_id is not None:
             try:
                 update_progress_artifact(artifact_id, progress=min(100.0, 100.0 * fraction),
