@@ -4,10 +4,12 @@ Batch invariance: a segment's units must not depend on which other segments shar
 HuBERT-base feature encoder normalises each channel over the whole utterance (GroupNorm), and SlamKit's
 mask-less padded batches let the padding leak into the features of shorter items; and on a GPU every
 kernel is chosen per batch shape, so even equal-length batches change the rounding. Here the conv encoder
-runs per item on exactly its own samples, and batching starts at the 25 Hz frame level. By default
-("invariant") the transformer runs on the batch's concatenated frames with row-invariant kernels and
-per-item attention (`invariant.py`), so units equal one-at-a-time extraction bit for bit whatever the
-batch, on CPU and GPU. "padded" batching (sorted (B, T, D) batches, masked) uses the stock kernels instead.
+must see exactly each item's own samples. By default ("invariant") the whole encoder runs on the batch's
+concatenated samples and frames, without padding, with row-invariant kernels: the conv stack as gathered
+windows and matmuls with a per-item GroupNorm (`frontend.py`), the transformer with per-item attention
+(`invariant.py`), and on CUDA the nearest-centroid search as one row-invariant matmul; so units equal
+one-at-a-time extraction bit for bit whatever the batch, on CPU and GPU. "padded" batching (the conv
+stack per item, then sorted (B, T, D) batches, masked) uses the stock kernels instead.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, read_segment_audio
 from slam_core.device import pick_device, pick_dtype
 from slam_core.units.encoder import PAD_SAMPLES, frames_for_samples, load_encoder, resolve_encoder
+from slam_core.units.frontend import InvariantFeatureEncoder
 from slam_core.units.invariant import InvariantTransformer
 from slam_core.units.quantizer import assign_units, fit_kmeans, load_centroids, nearest_centroid, save_centroids
 from slam_core.units.validate import item_units_problem
@@ -80,6 +83,7 @@ class UnitExtractor:
         batch_size: int = 16,
         batching: str = "invariant",
         invariant_matmul: str = "auto",
+        invariant_kernels: str = "rows",
     ) -> None:
         if batching not in ("invariant", "padded"):
             raise ValueError(f"units.batching={batching!r}: expected 'invariant' or 'padded'")
@@ -97,10 +101,16 @@ class UnitExtractor:
         self.encoder = encoder.to(self.device, dtype).eval()
         self.centroids = centroids
         self.layer, self.dtype, self.dedup, self.batch_size, self.batching = layer, dtype, dedup, batch_size, batching
-        self.invariant = InvariantTransformer(self.encoder, layer, invariant_matmul) if batching == "invariant" else None
+        # invariant_kernels="per_item": the previous invariant implementation (conv stack, positional conv and
+        # attention one item at a time), kept as the bench's same-process baseline.
+        self.invariant = (InvariantTransformer(self.encoder, layer, invariant_matmul, kernels=invariant_kernels)
+                          if batching == "invariant" else None)
+        self.frontend = (InvariantFeatureEncoder(self.encoder, self.invariant.rows)
+                         if self.invariant is not None and invariant_kernels == "rows" else None)
         # On CUDA the centroids stay on the device: assignment follows the encoder without a copy per item.
         self._centroids_cuda = (torch.as_tensor(centroids, device=self.device)
                                 if centroids is not None and self.device.type == "cuda" else None)
+        self._assign_weights: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def n_units(self) -> int:
@@ -127,18 +137,24 @@ class UnitExtractor:
         level (projection + transformer), grouped by `batch_plan`.
         """
         counts = [self.n_frames(len(w)) for w in waves]
-        conv: dict[int, torch.Tensor] = {}
-        for i, n in enumerate(counts):
-            if n > 0:
-                wave = torch.from_numpy(np.asarray(waves[i], np.float32))[None]
-                wave = F.pad(wave, (PAD_SAMPLES, PAD_SAMPLES)).to(self.device, self.dtype)
-                conv[i] = self.encoder.feature_extractor(wave)[0].transpose(0, 1)  # (T, C)
-                if conv[i].shape[0] != n:
-                    raise RuntimeError(f"encoder gave {conv[i].shape[0]} frames for {len(waves[i])} samples, expected {n}")
         empty = [i for i, n in enumerate(counts) if n <= 0]
         if empty:  # shorter than one frame: nothing to encode
             width = self.encoder.config.hidden_size
             yield empty, [torch.zeros(0, width, device=self.device, dtype=self.dtype) for _ in empty]
+        if self.frontend is not None:
+            for idx in self.batch_plan(counts, batch_size):
+                conv = self.frontend([self._padded_wave(waves[i]) for i in idx])
+                for i, c in zip(idx, conv):
+                    if c.shape[0] != counts[i]:
+                        raise RuntimeError(f"encoder gave {c.shape[0]} frames for {len(waves[i])} samples, expected {counts[i]}")
+                yield idx, self.invariant(conv)
+            return
+        conv: dict[int, torch.Tensor] = {}
+        for i, n in enumerate(counts):
+            if n > 0:
+                conv[i] = self.encoder.feature_extractor(self._padded_wave(waves[i])[None])[0].transpose(0, 1)  # (T, C)
+                if conv[i].shape[0] != n:
+                    raise RuntimeError(f"encoder gave {conv[i].shape[0]} frames for {len(waves[i])} samples, expected {n}")
         for idx in self.batch_plan(counts, batch_size):
             items = [conv.pop(i) for i in idx]
             if self.invariant is not None:
@@ -146,6 +162,10 @@ class UnitExtractor:
             else:
                 hidden = self._encode_padded(torch.nn.utils.rnn.pad_sequence(items, batch_first=True), [counts[i] for i in idx])
                 yield idx, [hidden[j, : counts[i]] for j, i in enumerate(idx)]
+
+    def _padded_wave(self, wave: np.ndarray) -> torch.Tensor:
+        """One wave as the encoder expects it: 40 zeros each side, on the device in the encoder's dtype."""
+        return F.pad(torch.from_numpy(np.asarray(wave, np.float32)), (PAD_SAMPLES, PAD_SAMPLES)).to(self.device, self.dtype)
 
     def _encode_padded(self, conv: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """`hidden_states[layer]` of HubertModel.forward from a padded batch of conv features (B, T, C),
@@ -182,6 +202,10 @@ class UnitExtractor:
             raise ValueError("this UnitExtractor has no centroids (fit or load k-means first)")
         out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(waves)
         for idx, hidden in self._features_batches(waves, batch_size):
+            if self._centroids_cuda is not None and self.frontend is not None and len(idx) and len(hidden[0]):
+                for i, units in zip(idx, self._assign_rows(hidden)):
+                    out[i] = units
+                continue
             # Per item: faiss switches from direct to BLAS distances at 20 queries, and a GPU matmul's
             # kernel follows its shape, so one call over the whole batch could resolve an item's near-ties
             # differently than alone; an item's own call has the same shape whatever its batch.
@@ -193,6 +217,18 @@ class UnitExtractor:
                 else:
                     out[i] = assign_units(h, self.centroids)
         return out
+
+    def _assign_rows(self, hidden: list[torch.Tensor]) -> list[np.ndarray]:
+        """Nearest centroid of every frame of a batch in one row-invariant matmul (float32: ‖c‖² − 2x·cᵀ as
+        x·(−2c)ᵀ + ‖c‖²), then an exact argmin per row; a row with NaN/Inf gets -1 as on the other paths."""
+        if self._assign_weights is None:
+            c = self._centroids_cuda.float()
+            self._assign_weights = ((-2.0 * c).contiguous(), (c * c).sum(dim=1))
+        weight, bias = self._assign_weights
+        x = torch.cat(hidden).float()
+        ids = self.invariant.rows.rowwise(lambda rows: self.invariant.rows.linear(rows, weight, bias).argmin(dim=1), x)
+        ids = torch.where(torch.isfinite(x).all(dim=1), ids, -1).cpu().numpy()
+        return list(np.split(ids, np.cumsum([len(h) for h in hidden])[:-1]))
 
     def units(self, waves: Sequence[np.ndarray], batch_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(units uint16, durations uint16) per wave; without dedup every duration is 1."""

@@ -19,13 +19,29 @@ import torch
 import triton
 import triton.language as tl
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per input dtype. fp32 runs without TF32 ("ieee": TF32's
-# 10-bit mantissa would move near-ties); for 16-bit inputs the precision argument is Triton's default and moot.
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per input dtype; for 16-bit inputs the precision argument is
+# Triton's default and moot. fp32 never runs plain TF32 (its 10-bit mantissa would move near-ties): "tf32x3"
+# (three TF32 tensor-core products per step, error of the order of fp32 rounding; the speed that makes fp32,
+# the presets' default dtype, usable at full batch speed) or "ieee" (exact fp32 products on the CUDA cores,
+# several times slower; used where tf32x3 fails to compile).
 _TILES = {
     torch.float16: (128, 128, 64, 8, 3),
     torch.bfloat16: (128, 128, 64, 8, 3),
-    torch.float32: (64, 64, 32, 4, 3),
 }
+_FP32_TILES = {"tf32x3": (128, 128, 32, 8, 3), "ieee": (64, 64, 32, 4, 3)}
+FP32_PRECISIONS = tuple(_FP32_TILES)
+_fp32 = {"precision": "tf32x3"}
+
+
+def fp32_precision() -> str:
+    """The precision fp32 inputs run at now ("tf32x3", or "ieee" after a failed tf32x3 compile or a request)."""
+    return _fp32["precision"]
+
+
+def set_fp32_precision(precision: str) -> None:
+    if precision not in _FP32_TILES:
+        raise ValueError(f"fp32 precision {precision!r}: expected one of {FP32_PRECISIONS}")
+    _fp32["precision"] = precision
 _GROUP_M = 8  # programs walk tiles in groups of 8 row-blocks for L2 reuse; it only changes who computes a tile
 
 
@@ -66,19 +82,45 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """`x @ weight.T + bias` for x (M, K) and an nn.Linear weight (N, K), in x's dtype, row-invariant."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not fit (M, K) x (N, K)")
-    if x.dtype not in _TILES or weight.dtype != x.dtype:
-        raise ValueError(f"linear: dtypes {x.dtype} / {weight.dtype}; expected one of {list(_TILES)} for both")
+    if x.dtype not in (*_TILES, torch.float32) or weight.dtype != x.dtype:
+        raise ValueError(f"linear: dtypes {x.dtype} / {weight.dtype}; expected one of {[*_TILES, torch.float32]} for both")
     m, k = x.shape
     n = weight.shape[0]
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     if m == 0:
         return y
-    block_m, block_n, block_k, warps, stages = _TILES[x.dtype]
+    if x.dtype != torch.float32:
+        _launch(x, weight, bias, y, _TILES[x.dtype], "tf32")
+        return y
+    if "probed" not in _fp32:
+        _probe_fp32(x.device)
+    _launch(x, weight, bias, y, _FP32_TILES[_fp32["precision"]], _fp32["precision"])
+    return y
+
+
+def _probe_fp32(device: torch.device) -> None:
+    """Once, before any fp32 result is produced: can this Triton/GPU compile tf32x3 dots? If not, every fp32
+    call runs ieee (so one process never mixes the two)."""
+    _fp32["probed"] = True
+    if _fp32["precision"] == "ieee":
+        return
+    x, w = torch.ones(8, 8, device=device), torch.ones(8, 8, device=device)
+    try:
+        _launch(x, w, None, torch.empty(8, 8, device=device), _FP32_TILES[_fp32["precision"]], _fp32["precision"])
+    except Exception as err:  # noqa: BLE001 - any compile or launch failure of the fast form
+        import logging
+
+        logging.getLogger(__name__).warning("triton linear: fp32 %s unavailable (%s); using ieee", _fp32["precision"], err)
+        _fp32["precision"] = "ieee"
+
+
+def _launch(x, weight, bias, y, tiles, precision: str) -> None:
+    (m, k), n = x.shape, weight.shape[0]
+    block_m, block_n, block_k, warps, stages = tiles
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _linear_kernel[grid](
         x, weight, bias if bias is not None else x, y, m, n, k,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=_GROUP_M,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=warps, num_stages=stages,
+        PRECISION=precision, num_warps=warps, num_stages=stages,
     )
-    return y
