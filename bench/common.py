@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -45,6 +47,14 @@ def machine() -> dict[str, Any]:
             "machine": platform.machine()}
 
 
+def mirror(path: Path) -> None:
+    """Copy a results file to $SLAM_RESULTS_MIRROR when set (the GPU check's output folder), as it is written."""
+    folder = os.environ.get("SLAM_RESULTS_MIRROR")
+    if folder and Path(path).exists():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(folder) / Path(path).name)
+
+
 def save_results(name: str, results: dict[str, Any], kind: str | None = None) -> Path:
     """bench/results/<name>-<kind>.json; kind defaults to gpu where CUDA is visible (a bench that measured on the
     CPU anyway says so with kind="cpu")."""
@@ -52,6 +62,7 @@ def save_results(name: str, results: dict[str, Any], kind: str | None = None) ->
     kind = kind or ("gpu" if torch.cuda.is_available() else "cpu")
     out = RESULTS_DIR / f"{name}-{kind}.json"
     out.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    mirror(out)
     return out
 
 

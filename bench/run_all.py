@@ -1,14 +1,17 @@
 """Run every benchmark, print ratios against same-process baselines, save bench/results/<name>-<cpu|gpu>.json.
 
     python -m bench.run_all [--full] [--only units,eval,...]     # every bench's run() (CPU sizes)
-    python -m bench.run_all --gpu [--only train,units,...]        # offline GPU host: the GPU parts, <= 6 minutes
+    python -m bench.run_all --gpu [--only train,units,...]        # offline GPU host: the GPU parts, time-boxed
+    SLAM_BENCH_DRY_RUN=1 python -m bench.run_all --gpu            # the same parts on the CPU at small sizes
 
-`--gpu` first installs the carried wheels (`make wheels` puts them in .wheels/bench/) with
-`pip install --no-index --no-deps --target`, checks the imports, then runs each registered GPU part in its own
-process with a hard time limit (its budget plus a few seconds' grace; 6 minutes in all). A part gets its budget
-and a `save(results)` that writes bench/results/<part>-gpu.json; it saves after every variant, so a part cut
-off keeps what it measured, and a part that fails is recorded and the next one runs.
-bench/results/gpu-parts.json records each part's exit status and seconds.
+`--gpu` first installs the carried wheels (`make gpu-carry` puts them in .gpu-carry/wheels/) with
+`pip install --no-index --no-deps --target` (scripts/gpu_check.sh has done so already), then runs each
+registered GPU part in its own process with a hard time limit (its budget plus GRACE_S for process start and
+imports; --total-s in all). A part gets its budget and a `save(results)` that writes
+bench/results/<part>-gpu.json; it saves after every variant, so a part cut off keeps what it measured, and a part
+that fails is recorded and the next one runs. bench/results/gpu-parts.json records each part's budget, exit status
+and seconds. The dry run writes *-gpu-dryrun.json instead. With SLAM_RESULTS_MIRROR=DIR every results file is also
+copied there when written (the GPU check's $OUT).
 """
 
 from __future__ import annotations
@@ -23,33 +26,39 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import RESULTS_DIR, machine, save_results
+from bench.common import RESULTS_DIR, machine, mirror, save_results
 
-BENCHES = ("vad", "units", "eval", "generate", "train", "synth")
+BENCHES = ("vad", "units", "eval", "generate", "train", "packing", "synth")
 ROOT = Path(__file__).resolve().parent.parent
-WHEEL_DIR = ROOT / ".wheels" / "bench"
+WHEEL_DIR = ROOT / ".gpu-carry" / "wheels"
 SITE_DIR = Path("/tmp/slam-site")
-GPU_TOTAL_S = 360.0
-GRACE_S = 15.0  # process start and imports, on top of a part's own budget
-# GPU parts, in order: name -> ("module:function(budget_s, save)", budget_s). The budgets plus ~8 s of process
-# start each fit GPU_TOTAL_S (a part started late gets what is left);
-# the training parts come first (the speed the project is judged by), their variants most important first.
+GPU_TOTAL_S = 240.0
+GRACE_S = 8.0  # process start, imports and CUDA start-up, on top of a part's own budget (H200 host: ~5 s)
+DRY_RUN = os.environ.get("SLAM_BENCH_DRY_RUN") == "1"
+# GPU parts, most important figures first: name -> ("module:function", budget_s). Sized from the H200 run of
+# 2026-12-04 (docs/performance.md): train: the slam preset (compile 13.3 s, probe, 6 steps of 0.7 s) ~25 s, the
+# plain loop ~15 s, one eager micro-batch ~12 s; DPO eager ~15 s, then its compiled form gets the rest (its compile
+# time counted: it did not finish in ~15 s); units: all variants in < 40 s; Kokoro one process ~10 s, 4 worker
+# processes ~15 s of start-up + 4-10 s; generation and pair scoring save a first figure within seconds. A part that
+# ends early leaves its time to the next; train_kernels (never measured) gets what is left at the end.
 GPU_PARTS: dict[str, tuple[str, float]] = {
-    "train": ("bench.bench_train:run_gpu_train", 110.0),
-    "train_dpo": ("bench.bench_train:run_gpu_dpo", 35.0),
-    "units": ("bench.bench_units:run_gpu", 40.0),
-    "synth": ("bench.synth_gpu:run_gpu", 35.0),
-    "generate": ("bench.bench_generate:run_gpu", 25.0),
-    "eval": ("bench.bench_eval:run_gpu", 15.0),
+    "train": ("bench.bench_train:run_gpu_train", 60.0),
+    "train_dpo": ("bench.bench_train:run_gpu_dpo", 50.0),
+    "units": ("bench.bench_units:run_gpu", 22.0),
+    "synth": ("bench.synth_gpu:run_gpu", 45.0),
+    "generate": ("bench.bench_generate:run_gpu", 15.0),
+    "eval": ("bench.bench_eval:run_gpu", 10.0),
     "train_kernels": ("bench.bench_train:run_gpu_kernels", 30.0),
 }
+# Parts whose dry run is their `smoke=True` form (the training parts read SLAM_BENCH_DRY_RUN themselves).
+SMOKE_PARTS = ("units", "synth", "generate", "eval")
 
 
 def install_wheels() -> str | None:
-    """Install .wheels/bench/*.whl into SITE_DIR (once per host); returns the directory to put on the path."""
+    """Install .gpu-carry/wheels/*.whl into SITE_DIR (once per host); returns the directory to put on the path."""
     wheels = sorted(WHEEL_DIR.glob("*.whl"))
     if not wheels:
-        print(f"no wheels in {WHEEL_DIR} (run `make wheels` where PyPI is reachable); using what is installed")
+        print(f"no wheels in {WHEEL_DIR} (run `make gpu-carry` where PyPI is reachable); using what is installed")
         return None
     stamp = SITE_DIR / ".slam-wheels"
     names = "\n".join(w.name for w in wheels)
@@ -62,34 +71,43 @@ def install_wheels() -> str | None:
 
 
 def _check_imports() -> None:
-    """Fail fast, with the missing piece named, before any GPU time is spent."""
+    """Fail fast, with the missing piece named, before any GPU time is spent (scripts/gpu_probe.py checks more)."""
     import torch
 
-    if not torch.cuda.is_available() and os.environ.get("SLAM_BENCH_DRY_RUN") != "1":
-        raise SystemExit("slam: error: --gpu needs a CUDA device — none is visible — run on a GPU host")
+    if not torch.cuda.is_available() and not DRY_RUN:
+        raise SystemExit("slam: error: --gpu needs a CUDA device — none is visible — run on a GPU host "
+                         "(or SLAM_BENCH_DRY_RUN=1 for the dry run on CPU)")
     import pydantic  # noqa: F401  (slam_core.config)
     from transformers import Qwen2ForCausalLM  # noqa: F401  (fails when soundfile is carried without cffi)
 
     from slam_core.lm import train  # noqa: F401
 
 
-def run_gpu(only: list[str] | None) -> int:
-    dry_run = os.environ.get("SLAM_BENCH_DRY_RUN") == "1"  # the train parts on CPU, tiny shape (bench_train.py)
-    site = None if dry_run else install_wheels()
+def run_gpu(only: list[str] | None, total_s: float = GPU_TOTAL_S) -> int:
+    site = None if DRY_RUN or str(SITE_DIR) in os.environ.get("PYTHONPATH", "") else install_wheels()
     env = dict(os.environ)
     if site:
         env["PYTHONPATH"] = os.pathsep.join([site, str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     subprocess.run([sys.executable, "-c", "from bench.run_all import _check_imports; _check_imports()"],
                    env=env, cwd=ROOT, check=True)
     print(machine(), flush=True)
-    t_end = time.monotonic() + GPU_TOTAL_S
+    t_end = time.monotonic() + total_s
     status, failures = {}, 0
+    status_path = RESULTS_DIR / ("gpu-parts-dryrun.json" if DRY_RUN else "gpu-parts.json")
+
+    def write_status() -> None:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        status_path.write_text(json.dumps({"machine": machine(), "total_s": total_s, "grace_s": GRACE_S,
+                                           "dry_run": DRY_RUN, "parts": status}, indent=2) + "\n")
+        mirror(status_path)
+
     for name, (target, budget_s) in GPU_PARTS.items():
         if only and name not in only:
             continue
         limit = min(budget_s + GRACE_S, t_end - time.monotonic())
         if limit < GRACE_S + 5:
-            status[name] = {"status": "skipped: the 6-minute total is used up"}
+            status[name] = {"status": f"skipped: the {total_s:.0f} s total is used up", "budget_s": budget_s}
+            write_status()
             continue
         print(f"[gpu] {name}: budget {limit - GRACE_S:.0f} s", flush=True)
         t0 = time.monotonic()
@@ -102,23 +120,25 @@ def run_gpu(only: list[str] | None) -> int:
             proc.wait()
             code = "killed at its time limit"
         failures += code != 0
-        status[name] = {"status": code if code != 0 else "ok", "seconds": round(time.monotonic() - t0, 1)}
+        seconds = round(time.monotonic() - t0, 1)
+        status[name] = {"status": code if code != 0 else "ok", "budget_s": round(limit - GRACE_S),
+                        "limit_s": round(limit), "seconds": seconds, "within_limit": code != "killed at its time limit"}
         print(f"[gpu] {name}: {status[name]}", flush=True)
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        (RESULTS_DIR / ("gpu-parts-dryrun.json" if dry_run else "gpu-parts.json")).write_text(
-            json.dumps({"machine": machine(), "parts": status}, indent=2) + "\n")
+        write_status()
     return 1 if failures else 0
 
 
 def _run_part(name: str, budget_s: float) -> None:
     """One GPU part, in this process: its errors are saved in its results file, not lost."""
     module, _, function = GPU_PARTS[name][0].partition(":")
-    save = lambda results: save_results(name, results, "gpu")  # noqa: E731
+    kind = "gpu-dryrun" if DRY_RUN else "gpu"
+    save = lambda results: save_results(name, results, kind)  # noqa: E731
+    extra = {"smoke": True} if DRY_RUN and name in SMOKE_PARTS else {}
     try:
-        getattr(importlib.import_module(module), function)(budget_s=budget_s, save=save)
+        getattr(importlib.import_module(module), function)(budget_s=budget_s, save=save, **extra)
     except Exception as err:  # noqa: BLE001 - recorded beside what the part saved; the parent goes on
         traceback.print_exc()
-        path = RESULTS_DIR / f"{name}-gpu.json"
+        path = RESULTS_DIR / f"{name}-{kind}.json"
         saved = json.loads(path.read_text()) if path.exists() else {}
         save({k: v for k, v in saved.items() if k != "machine"} | {"error": f"{type(err).__name__}: {err}"})
         raise SystemExit(1) from None
@@ -129,7 +149,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="longer inputs (default: quick sizes for CPU hosts)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {', '.join(BENCHES)} (CPU) or of "
                         f"{', '.join(GPU_PARTS)} (with --gpu)")
-    parser.add_argument("--gpu", action="store_true", help="the GPU parts, time-boxed (6 minutes in all)")
+    parser.add_argument("--gpu", action="store_true", help="the GPU parts, time-boxed (--total-s in all)")
+    parser.add_argument("--total-s", type=float, default=GPU_TOTAL_S, help="with --gpu: seconds for all parts")
     parser.add_argument("--gpu-part", choices=list(GPU_PARTS), help=argparse.SUPPRESS)  # internal: one part
     parser.add_argument("--budget-s", type=float, default=60.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,7 +159,7 @@ def main() -> None:
         _run_part(args.gpu_part, args.budget_s)
         return
     if args.gpu:
-        sys.exit(run_gpu(only))
+        sys.exit(run_gpu(only, args.total_s))
     print(machine())
     for name in only or BENCHES:
         module = importlib.import_module(f"bench.bench_{name}")

@@ -114,14 +114,20 @@ CALLS: tuple[tuple[str, Callable[[], None]], ...] = (
 
 
 def _missing_name(err: BaseException) -> str:
-    """The module an import error is about (duckdb's own message names it in quotes)."""
-    name = getattr(err, "name", None)
-    if name:
-        return name
-    text = str(err)
-    if "Required module '" in text:
-        return text.split("Required module '", 1)[1].split("'", 1)[0]
-    return text.splitlines()[0][:160] if text else type(err).__name__
+    """What an import error comes down to: the missing module's name where one is named (in the error or the
+    errors that caused it; duckdb's own message names it in quotes), else the first line of the root error."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            return f"missing module '{e.name}'"
+        if "Required module '" in str(e):
+            return f"missing module '{str(e).split(chr(39), 2)[1]}'"
+    root = chain[-1]
+    return f"{type(root).__name__}: {str(root).splitlines()[0][:160] if str(root) else ''}"
 
 
 def probe() -> list[str]:
@@ -130,16 +136,14 @@ def probe() -> list[str]:
         try:
             importlib.import_module(name)
         except Exception as err:  # noqa: BLE001 - a broken install (soundfile without cffi) counts too
-            problems.append(f"import {name}: missing module '{_missing_name(err)}' ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:160] if str(err) else ''})")
+            problems.append(f"import {name}: {_missing_name(err)}")
     for label, call in CALLS:
         try:
             call()
         except Exception as err:  # noqa: BLE001
             if os.environ.get("SLAM_PROBE_TRACEBACK") == "1":
                 traceback.print_exc()
-            problems.append(f"{label}: missing module '{_missing_name(err)}' ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0][:160] if str(err) else ''})")
+            problems.append(f"{label}: {_missing_name(err)}")
     return problems
 
 

@@ -39,7 +39,9 @@ GPU_ONLY = re.compile(r"^(nvidia-.*|cuda-.*|cupy-cuda.*|jax-cuda.*|numba-cuda)$"
 # The host's version has no wheel for this Python / a CPU build of it: the nearest that installs here.
 TWIN_PINS = {
     "torch": "torch==2.13.0",  # host 2.11.0+cu130; the CPU wheel this project pins (Makefile TORCH_SPEC)
-    "torchvision": "torchvision==0.28.0",  # the release built for torch 2.13
+    # PyPI's torchvision wheels are CUDA builds: beside a CPU torch their ops do not load ("operator torchvision::nms
+    # does not exist"), which breaks transformers' imports; its CPU build is not reachable here: left out
+    "torchvision": None,
     "torchaudio": None,  # host 2.11.0; no release for torch 2.13 exists (the last is 2.11.1): left out
     "numpy": "numpy==2.4.6",  # host 2.5.2 has no Python 3.11 wheel
     "triton": "triton==3.6.0",
@@ -127,7 +129,7 @@ def fast(venv: Path, source: Path, carry: Path) -> int:
             owners.setdefault(top, set()).add(name)
     linked = 0
     for name, dist in sorted(dists.items()):
-        if name not in ok or name in BASE or name in installed:
+        if name not in ok or name in installed:
             continue
         for top in _top_levels(dist):
             if not (src_site / top).exists():
