@@ -78,13 +78,15 @@ def release(device: torch.device) -> None:
 
 
 def _timed(step, n_warmup: int, n_timed: int, tokens_per_step: int, device: torch.device) -> dict:
-    ends = []
+    """Times `step`; a step that returns an int returns its real (unpadded) tokens, else tokens_per_step counts."""
+    ends, tokens = [], []
     for _ in range(n_warmup + n_timed):
-        step()
+        got = step()
+        tokens.append(got if isinstance(got, int) else tokens_per_step)
         sync(device)
         ends.append(time.perf_counter())
     timed_s = ends[-1] - ends[n_warmup - 1]
-    out = {"tokens_per_s": n_timed * tokens_per_step / timed_s, "step_s": timed_s / n_timed}
+    out = {"tokens_per_s": sum(tokens[n_warmup:]) / timed_s, "step_s": timed_s / n_timed}
     if device.type == "cuda":
         out["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
     return out
@@ -129,7 +131,6 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
     t0 = time.perf_counter()
     run_micro = tuning.probe_micro_batch(model, cfg, context_len, attn, device, dtype, DistEnv(), cache_dir)
     probe_s = time.perf_counter() - t0
-    accum = tuning.batch_split(cfg, run_micro, 1)
     compile_s = 0.0
     if compile_layers:
         tuning.compile_decoder_layers(model)
@@ -137,11 +138,17 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
     optimizer = make_optimizer(model, cfg, device, 1e-4)
     loader = PackedLoader(sources_from_paths([shard]), context_len, run_micro, seed=0)
     if device.type == "cuda":
-        loader = PrefetchingLoader(loader, depth=2 * accum, pin_memory=True)
+        loader = PrefetchingLoader(loader, depth=2, pin_memory=True, examples_per_step=sequences_per_step)
+    micro_steps = []
+
+    def one_step() -> int:  # real tokens of the step: padding in the buffers is not counted
+        packed = train_step(model, model, model, optimizer, loader, sequences_per_step, 0.5, device, dtype, attn,
+                            DistEnv())[2]
+        micro_steps.append(len(packed.batches))
+        return packed.n_tokens
+
     try:
-        result = _timed(lambda: train_step(model, model, model, optimizer, loader, accum, 0.5, device, dtype, attn,
-                                           DistEnv()),
-                        *steps, sequences_per_step * context_len, device)
+        result = _timed(one_step, *steps, sequences_per_step * context_len, device)
     finally:
         if isinstance(loader, PrefetchingLoader):
             loader.close()
@@ -149,7 +156,7 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
     del model, optimizer
     release(device)
     return {**result, "attn_implementation": attn, "compile": compile_layers, "liger": liger, "micro_batch": run_micro,
-            "grad_accum": accum, "compile_s": round(compile_s, 1), "probe_s": round(probe_s, 1),
+            "micro_batches_per_step": round(sum(micro_steps) / len(micro_steps), 2), "compile_s": round(compile_s, 1), "probe_s": round(probe_s, 1),
             "flops_per_token": flops}
 
 

@@ -64,6 +64,10 @@ def print_plan(plan: dict[str, Any]) -> None:
                   f"{_count(budget['flops_per_token'])}FLOP per token; {how}: "
                   f"{_count(budget['tokens_per_s'])} tokens/s -> {_count(budget['steps'])} steps, "
                   f"{_count(budget['tokens'])} tokens in {_hours(budget['budget_s'])}")
+    sched = plan["schedule"]
+    console.print(f"Step: {sched['examples_per_step']} examples (chunks of <= {plan['config']['model']['context_len']} "
+                  f"tokens, ~{sched['tokens_per_example']:.0f} each = ~{_count(sched['tokens_per_step'])} tokens), "
+                  f"packed into buffers ~{sched['buffer_fill']:.0%} full")
     if "paper" in budget:
         p = budget["paper"]
         console.print(f"Paper (Table 4): {p['steps']:,} steps on 1 x {p['gpu']} = {_count(p['tokens'])} tokens "

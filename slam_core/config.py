@@ -45,8 +45,10 @@ class SlamConfig(_Section):
         return self.units.n_units + 2
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.train.sequences_per_step * self.model.context_len  # global: any n_gpus, any run_micro_batch
+    def max_tokens_per_step(self) -> int:
+        """At most this many real tokens an optimiser step (its examples are chunks of <= context_len tokens);
+        global: any n_gpus, any run_micro_batch."""
+        return self.train.sequences_per_step * self.model.context_len
 
     def resolve(self) -> dict[str, Any]:
         """Validate cross-field constraints and return the config plus derived values as plain JSON."""
@@ -70,7 +72,8 @@ class SlamConfig(_Section):
         out["derived"] = {
             "data_root": str(self.data_root),
             "vocab_size": self.vocab_size,
-            "tokens_per_step": self.tokens_per_step,
+            "examples_per_step": self.train.sequences_per_step,
+            "max_tokens_per_step": self.max_tokens_per_step,
             "quantizer": self.quantizer_summary(),
             "warnings": self.recipe_warnings(),
         }

@@ -40,6 +40,11 @@ BASE_SHAPES = {"Qwen/Qwen2.5-0.5B": (358_347_904, 24, 14, 64), "Qwen/Qwen2.5-1.5
 # The device each paper preset was trained on (Table 3 / Section 5) and Table 4's step count for Slam.
 PAPER_GPU = {"slam": "A5000", "slam_scaled": "A100", "slam_large": "A100"}
 PAPER_STEPS = {"slam": 17_625}
+# Table 4: 1.4 B tokens in 17,625 steps of 128 examples -> the mean example (a chunk of <= 1,024 tokens).
+PAPER_TOKENS_PER_EXAMPLE = 1.4e9 / (17_625 * 128)
+# Real tokens / buffer tokens when 128 such examples are packed into 8 x 1,024-token buffers (bench/bench_packing.py,
+# bench/results/packing-cpu.json, 2026-12-04: 0.950 on the stated length distribution).
+PACKING_FILL = 0.95
 
 
 def recorded_config(cfg: SlamConfig) -> dict[str, Any]:
@@ -97,29 +102,55 @@ def pick_device(cfg: SlamConfig, gpu: str | None) -> dict[str, Any]:
     return {"name": name, "how": how, "n": n, "peak_bf16_flops": peak_flops_for_name(name)}
 
 
+def tokens_per_example(cfg: SlamConfig) -> float:
+    """Assumed mean real tokens of one example: the paper's (1.4 B tokens over 17,625 steps of 128 examples,
+    Table 4), at most the context length."""
+    return min(float(cfg.model.context_len), PAPER_TOKENS_PER_EXAMPLE)
+
+
+def expected_tokens_per_step(cfg: SlamConfig) -> float:
+    """Real tokens of an optimiser step: its examples (SlamKit's per-device batch x accumulation) x their mean."""
+    return cfg.train.sequences_per_step * tokens_per_example(cfg)
+
+
 def training_budget(cfg: SlamConfig, device: dict[str, Any], mfu: float, tokens_per_s: float | None) -> dict[str, Any]:
-    """Steps and tokens the wall-clock budget allows at the given MFU (or measured tokens/s)."""
+    """Steps and tokens the wall-clock budget allows at the given MFU (or measured tokens/s of real tokens).
+
+    At a given MFU the GPU computes whole token buffers, of which PACKING_FILL are real tokens (the rest pads the
+    last example that did not fit a buffer; `bench/bench_packing.py`)."""
     fpt = flops_per_token(cfg)
-    out: dict[str, Any] = {"budget_s": cfg.train.budget_s, "tokens_per_step": cfg.tokens_per_step,
+    per_step = expected_tokens_per_step(cfg)
+    out: dict[str, Any] = {"budget_s": cfg.train.budget_s, "examples_per_step": cfg.train.sequences_per_step,
+                           "tokens_per_step": round(per_step, 1), "max_tokens_per_step": cfg.max_tokens_per_step,
                            "flops_per_token": fpt, "assumed_mfu": None, "tokens_per_s": tokens_per_s}
     if tokens_per_s is None and device["peak_bf16_flops"] and fpt:
         out["assumed_mfu"] = mfu
-        tokens_per_s = mfu * device["peak_bf16_flops"] * device["n"] / fpt
+        tokens_per_s = mfu * device["peak_bf16_flops"] * device["n"] / fpt * PACKING_FILL
         out["tokens_per_s"] = tokens_per_s
     if tokens_per_s:
-        steps = math.floor(cfg.train.budget_s * tokens_per_s / cfg.tokens_per_step)
+        steps = math.floor(cfg.train.budget_s * tokens_per_s / per_step)
         steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
-        out |= {"steps": steps, "tokens": steps * cfg.tokens_per_step}
+        out |= {"steps": steps, "tokens": round(steps * per_step)}
     else:
         out |= {"steps": None, "tokens": None,
                 "why_unknown": "no peak FLOP/s for this device: pass --tokens-per-s (the schedule calibrates itself)"}
     if cfg.run.name in PAPER_STEPS and fpt:
         steps = PAPER_STEPS[cfg.run.name]
-        paper_tok_s = steps * cfg.tokens_per_step / cfg.train.budget_s
+        paper_tok_s = steps * per_step / cfg.train.budget_s
         peak = peak_flops_for_name(PAPER_GPU[cfg.run.name]) or 0.0
-        out["paper"] = {"steps": steps, "gpu": PAPER_GPU[cfg.run.name], "tokens": steps * cfg.tokens_per_step,
-                        "implied_mfu": round(paper_tok_s * fpt / peak, 3) if peak else None}
+        out["paper"] = {"steps": steps, "gpu": PAPER_GPU[cfg.run.name], "tokens": round(steps * per_step),
+                        "implied_mfu": round(paper_tok_s / PACKING_FILL * fpt / peak, 3) if peak else None}
     return out
+
+
+def schedule_summary(cfg: SlamConfig, budget: dict[str, Any]) -> dict[str, Any]:
+    """The optimiser steps at a glance: examples a step, the steps the budget buys, the paper's count."""
+    return {"examples_per_step": cfg.train.sequences_per_step, "optimizer_steps": budget.get("steps"),
+            "paper_optimizer_steps": PAPER_STEPS.get(cfg.run.name),
+            "tokens_per_example": round(tokens_per_example(cfg), 1), "tokens_per_step": budget["tokens_per_step"],
+            "buffer_fill": PACKING_FILL,
+            "basis": "SlamKit's step: per-device batch x gradient accumulation examples (chunks of <= context_len "
+                     "tokens); tokens per example assumed from the paper (1.4 B tokens / 17,625 steps / 128)"}
 
 
 def _units_x_realtime(cfg: SlamConfig, device: dict[str, Any]) -> tuple[float, str]:
@@ -171,7 +202,7 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
                              f"not included (unmeasured); {quantizer['note']}"})
     eta, basis = cfg.train.budget_s, "train.budget_s (the schedule ends exactly at it)"
     if cfg.train.max_steps and budget.get("tokens_per_s"):
-        capped = cfg.train.max_steps * cfg.tokens_per_step / budget["tokens_per_s"]
+        capped = cfg.train.max_steps * budget["tokens_per_step"] / budget["tokens_per_s"]
         if capped < eta:
             eta, basis = capped, f"train.max_steps={cfg.train.max_steps} reached before train.budget_s"
     out.append({"name": "pre-training", "eta_s": eta, "steps": budget.get("steps"), "tokens": budget.get("tokens"),
@@ -247,8 +278,9 @@ def build_plan(cfg: SlamConfig, gpu: str | None = None, mfu: float = ASSUMED_MFU
         "datasets": sets,
         "mix": {"train_sets": train_sets, "weights": weights,
                 "rule": "sample-level probabilities = train.dataset_weights" if weights else
-                        "each set weighted by its number of documents (a uniform shuffle of all training documents)",
+                        "each set weighted by its number of examples (a uniform shuffle of all training examples)",
                 "token_share_estimate": _token_shares(sets)},
+        "schedule": schedule_summary(cfg, budget),
         "budget": budget, "resources": resources(cfg, recorded), "stages": plan_stages,
         "quantizer": cfg.quantizer_summary(), "warnings": cfg.recipe_warnings(),
         "missing_inputs": [{"stage": m.stage, "what": m.what, "field": m.field, "detail": m.detail}

@@ -19,7 +19,8 @@ def test_paper_preset_matches_appendix_a():
     assert cfg.model.base == "Qwen/Qwen2.5-0.5B" and cfg.model.context_len == 1024 and cfg.model.rope_theta == 10_000
     assert (cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.lr, cfg.train.min_lr) == (8, 16, 1e-3, 5e-5)
     assert (cfg.train.warmup_frac, cfg.train.grad_clip, cfg.model.dtype) == (0.01, 0.5, "bfloat16")
-    assert cfg.resolve()["derived"]["tokens_per_step"] == 128 * 1024
+    assert cfg.resolve()["derived"]["examples_per_step"] == 128
+    assert cfg.resolve()["derived"]["max_tokens_per_step"] == 128 * 1024
     assert (cfg.dpo.beta, cfg.dpo.lr, cfg.dpo.budget_s) == (0.1, 5e-5, 1800.0)
     assert cfg.train.budget_s + cfg.dpo.budget_s == 24 * 3600
 
@@ -30,7 +31,7 @@ def test_scaled_presets_double_the_batch():
         assert cfg.parallel.n_gpus == 2 and cfg.train.micro_batch_size == 8
         # paper §6: "the same Slam recipe for more steps, and increase the batch size times 2": Table 4's per-device
         # 8 x 16 on each of 2 GPUs
-        assert cfg.tokens_per_step == 2 * 128 * 1024
+        assert cfg.train.sequences_per_step == 2 * 128 and cfg.max_tokens_per_step == 2 * 128 * 1024
         assert cfg.dpo.max_epochs == 2.0
     assert get_preset("slam_large").model.base == "Qwen/Qwen2.5-1.5B"
 

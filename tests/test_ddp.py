@@ -44,6 +44,13 @@ def corpus(tmp_path_factory):
     return {"root": root, "shards": [path], "init": Path(init["path"])}
 
 
+def _step_tokens(corpus, cfg, seed: int, steps: int) -> int:
+    """Real tokens of the first optimiser steps, as the loader makes them in one process."""
+    loader = PackedLoader(sources_from_paths(corpus["shards"]), MODEL.context_len, cfg.micro_batch_size, seed,
+                          val_fraction=cfg.val_fraction, vocab_size=502)
+    return sum(loader.next_step(cfg.sequences_per_step).n_tokens for _ in range(steps))
+
+
 def _weights(ckpt: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(ckpt) / "model.safetensors"))
 
@@ -58,7 +65,7 @@ def test_rank_slices_are_disjoint_and_interleave_to_the_single_process_stream(co
         assert torch.equal(mine[i % 2][i // 2], stream[i])
     assert not any(torch.equal(a, b) for a in mine[0] for b in mine[1])
     # the position is global: the same on every rank and equal to the single-process one
-    assert ranks[0].state_dict()["n_docs"] == ranks[1].state_dict()["n_docs"] == whole.state_dict()["n_docs"]
+    assert ranks[0].state_dict()["n_drawn"] == ranks[1].state_dict()["n_drawn"] == whole.state_dict()["n_drawn"]
     with pytest.raises(ValueError, match="rank must be in"):
         PackedLoader(sources, 64, 2, seed=3, rank=2, world_size=2)
 
@@ -134,14 +141,14 @@ def test_a_rank_error_reaches_the_caller_with_its_message(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_two_rank_ddp_matches_one_process_and_resumes(corpus, tmp_path):
-    """2 gloo ranks x grad_accum 4 (2 micro-steps each) == 1 process x 4 micro-steps, to float tolerance;
+    """2 gloo ranks sharing each step's 8 examples == 1 process taking all 8, to float tolerance;
     weights identical on both ranks; rank 0 alone writes metrics; kill at step 2 + relaunch == straight."""
     cfg = _train_cfg()
     single = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "single", seed=5, device="cpu")
     ddp = launch_pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "ddp", seed=5, device="cpu",
                           nproc=2)
     assert ddp["world_size"] == 2 and ddp["steps"] == single["steps"] == 3
-    assert ddp["tokens_seen"] == single["tokens_seen"] == 3 * 4 * 2 * 64  # the global batch did not change
+    assert ddp["tokens_seen"] == single["tokens_seen"] == _step_tokens(corpus, cfg, seed=5, steps=3)  # same batches
     a, b = ddp["rank_param_checksums"]
     assert a is not None and a == b  # DDP replicas stayed bitwise identical
     ws, wd = _weights(single["final_checkpoint"]), _weights(ddp["final_checkpoint"])
@@ -158,7 +165,7 @@ def test_two_rank_ddp_matches_one_process_and_resumes(corpus, tmp_path):
                            nproc=2, stop_after_steps=2, progress=lambda f, m: progress.append(f))
     assert half["steps"] == 2 and progress and progress[-1] == pytest.approx(2 / 3)
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-000002" / "state.json").read_text())
-    assert state["world_size"] == 2 and state["tokens_seen"] == 2 * 4 * 2 * 64
+    assert state["world_size"] == 2 and state["tokens_seen"] == _step_tokens(corpus, cfg, seed=5, steps=2)
     resumed = launch_pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "resumed", seed=5,
                               device="cpu", nproc=2)
     assert resumed["steps"] == 3

@@ -112,10 +112,10 @@ def test_paper_preset_prepares_and_mixes_librilight_librispeech_and_stinystories
                                                     ("stinystories", 1.0)]
     loader = PackedLoader(sources, 128, 1, seed=0)
     drawn: Counter[str] = Counter()
-    for reader in loader._readers:  # count the documents each set hands out
-        reader.next_doc = lambda epochs, r=reader, take=reader.next_doc: drawn.update([r.source.name]) or take(epochs)
+    for reader in loader._readers:  # count the examples each set hands out
+        reader.next = lambda epochs, r=reader, take=reader.next: drawn.update([r.examples.name]) or take(epochs)
     for _ in range(800):
-        loader._next_doc()
+        loader._next_example()
     assert drawn["librilight"] / 800 == pytest.approx(0.5, abs=0.06)
     assert drawn["librispeech"] / 800 == pytest.approx(0.25, abs=0.06)
     assert drawn["stinystories"] / 800 == pytest.approx(0.25, abs=0.06)

@@ -237,7 +237,7 @@ def test_slam_preset_derived_recipe_values():
     cfg = get_preset("slam")
     resolved = cfg.resolve()
     n_gpus = max(1, cfg.parallel.n_gpus)
-    assert cfg.train.grad_accum // n_gpus == 16 and resolved["derived"]["tokens_per_step"] == 8 * 16 * 1024
+    assert cfg.train.grad_accum // n_gpus == 16 and resolved["derived"]["examples_per_step"] == 8 * 16
     sched = budget_schedule(cfg.train)
     _run(sched, lambda i: PAPER_STEP_S)
     assert sched.total_steps == PAPER_STEPS and sched.warmup_steps == 177  # max(100, ceil(1 %))

@@ -59,14 +59,21 @@ def test_plan_of_the_paper_preset_shows_the_table4_mix_and_writes_nothing(tmp_pa
         1800, 4, 16, 5e-5, 0.1, 0.5)
     assert (cfg["eval"]["temperature"], cfg["eval"]["top_k"], cfg["eval"]["max_new_tokens"]) == (0.8, 25, 150)
     assert cfg["corpus"]["pretrain_sets"] == ["librilight", "librispeech", "stinystories"]
-    assert cfg["derived"]["tokens_per_step"] == 128 * 1024 and "code_version" in cfg
+    assert cfg["derived"]["examples_per_step"] == 128 and cfg["derived"]["max_tokens_per_step"] == 128 * 1024
+    assert "code_version" in cfg
 
     # budget on the named GPU from the project's FLOP count (2.414 GFLOP/token) and the stated MFU
     b = plan["budget"]
     assert b["flops_per_token"] == pytest.approx(2.414e9, rel=1e-3) and b["assumed_mfu"] == 0.4
     assert plan["device"]["name"] == "H100" and plan["device"]["how"] == "named (--gpu)"
-    assert b["steps"] == math.floor(84_600 * 0.4 * 989.4e12 / b["flops_per_token"] / (128 * 1024))
-    assert b["paper"]["steps"] == 17_625
+    # real tokens: 95 % of the computed buffers; a step is 128 examples of the paper's mean length (1.4 B tokens
+    # over 17,625 steps of 128 examples)
+    per_step = 128 * 1.4e9 / (17_625 * 128)
+    assert b["tokens_per_step"] == pytest.approx(per_step, abs=0.1)
+    assert b["steps"] == math.floor(84_600 * 0.4 * 989.4e12 / b["flops_per_token"] * 0.95 / per_step)
+    assert b["paper"]["steps"] == 17_625 and b["paper"]["tokens"] == 1_400_000_000
+    assert plan["schedule"]["examples_per_step"] == 128 and plan["schedule"]["optimizer_steps"] == b["steps"]
+    assert plan["schedule"]["paper_optimizer_steps"] == 17_625
 
     stages = {s["name"]: s for s in plan["stages"]}
     assert {"fetch corpora", "segments + units", "k-means", "pre-training", "DPO", "evaluation"} <= set(stages)
@@ -110,10 +117,12 @@ def test_plan_human_output_and_cpu_without_throughput(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     plan = _plan(capsys, "--preset", "smoke", "--data-root", str(tmp_path / "r"), "--tokens-per-s", "16000")
     train = plan["config"]["train"]
-    steps = math.floor(train["budget_s"] * 16000 / plan["config"]["derived"]["tokens_per_step"])
+    per_step = plan["budget"]["tokens_per_step"]
+    assert per_step == train["micro_batch_size"] * train["grad_accum"] * min(512, 1.4e9 / (17_625 * 128))
+    steps = math.floor(train["budget_s"] * 16000 / per_step)
     assert plan["budget"]["steps"] == min(steps, train["max_steps"] or steps)
     eta = next(s["eta_s"] for s in plan["stages"] if s["name"] == "pre-training")
-    assert eta == pytest.approx(min(train["budget_s"], plan["budget"]["steps"] * 4096 / 16000))
+    assert eta == pytest.approx(min(train["budget_s"], plan["budget"]["steps"] * per_step / 16000))
     dpo = next(s for s in plan["stages"] if s["name"] == "DPO")  # the budget is only an upper bound here
     assert dpo["eta_s"] == plan["config"]["dpo"]["budget_s"] and "at most" in dpo["basis"]
     assert f"dpo.max_steps={plan['config']['dpo']['max_steps']}" in dpo["basis"]

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from slam_core.config import ModelConfig, TrainConfig
+from slam_core.lm.data import PackedLoader, sources_from_paths
 from slam_core.lm.model import init_speech_lm, resolve_base
 from slam_core.lm.schedule import BudgetSchedule, cosine_lr, fit_total_steps, inverse_sqrt_lr
 from slam_core.lm.train import pretrain
@@ -99,7 +100,10 @@ def test_resume_is_bitwise_equal(corpus, tmp_path):
     ckpt = tmp_path / "b" / "checkpoints" / "step-000003"
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step-000003"
     state = json.loads((ckpt / "state.json").read_text())
-    assert state["step"] == 3 and state["tokens_seen"] == 3 * 2 * 2 * 128 and state["total_steps"] == 6
+    loader = PackedLoader(sources_from_paths(corpus["shards"]), MODEL.context_len, cfg.micro_batch_size, 1,
+                          val_fraction=cfg.val_fraction, vocab_size=502)
+    first_three = sum(loader.next_step(cfg.sequences_per_step).n_tokens for _ in range(3))  # real tokens, no padding
+    assert state["step"] == 3 and state["tokens_seen"] == first_three and state["total_steps"] == 6
     trainer_state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert {"optimizer", "loader", "rng"} <= set(trainer_state)
     resumed = pretrain(corpus["init"], corpus["shards"], MODEL, cfg, tmp_path / "b", seed=1, device="cpu")

@@ -60,13 +60,23 @@ def test_packed_attention_trains_the_same_curve_as_hf_sdpa(corpus, tmp_path):
     assert out["auto"]["micro_batch_size"] == 2 and out["auto"]["compile_s"] == 0.0  # CPU: configured, no compile
 
 
-def test_run_micro_batch_keeps_the_effective_batch(corpus):
+def test_run_micro_batch_is_only_the_buffer_size(corpus):
+    """The step is 128 examples whatever buffer (run_micro_batch rows) they are packed into; any size works."""
     cfg = TrainConfig(micro_batch_size=8, grad_accum=16)
     assert cfg.run_micro_batch == "auto" and cfg.compile == "auto" and cfg.sequences_per_step == 128
-    assert [tuning.batch_split(cfg, m, 1) for m in (8, 16, 32, 128)] == [16, 8, 4, 1]
-    assert tuning.batch_split(cfg, 16, 2) == 4  # 2 GPUs x 4 micro-steps x 16 sequences
-    with pytest.raises(ValueError, match="does not split the effective batch"):
-        tuning.batch_split(cfg, 24, 1)
+    sources = sources_from_paths([corpus["shard"]])
+    steps = {rows: PackedLoader(sources, 128, rows, seed=0).next_step(24) for rows in (2, 3, 24)}
+
+    def examples(step) -> list[tuple[int, ...]]:
+        out = []
+        for b in step.batches:
+            ids, pos = b["input_ids"].reshape(-1).tolist(), b["position_ids"].reshape(-1).tolist()
+            starts = [i for i, p in enumerate(pos) if p == 0] + [len(pos)]
+            out += [tuple(ids[a:z]) for a, z in zip(starts[:-1], starts[1:]) if ids[a] != 0]
+        return sorted(out)
+
+    assert examples(steps[2]) == examples(steps[3]) == examples(steps[24]) and len(examples(steps[2])) == 24
+    assert len(steps[24].batches) == 1
     cpu = torch.device("cpu")
     model = load_speech_lm(corpus["init"], "packed_sdpa")
     assert tuning.probe_micro_batch(model, cfg, 128, "packed_sdpa", cpu, torch.float32, DistEnv(), None) == 8
@@ -77,7 +87,7 @@ def test_run_micro_batch_keeps_the_effective_batch(corpus):
 
 def test_slam_preset_keeps_table_4_and_sizes_the_run_to_the_gpu():
     cfg = get_preset("slam")
-    assert (cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.tokens_per_step) == (8, 16, 128 * 1024)
+    assert (cfg.train.micro_batch_size, cfg.train.grad_accum, cfg.train.sequences_per_step) == (8, 16, 128)
     assert cfg.train.run_micro_batch == "auto" and cfg.train.compile == "auto" and cfg.model.attn_implementation == "auto"
     assert apply_overrides(cfg, ["train.run_micro_batch=32"]).train.run_micro_batch == 32
     with pytest.raises(ConfigError, match="run_micro_batch"):

@@ -32,6 +32,7 @@ import torch
 log = logging.getLogger(__name__)
 
 PACKED_KERNELS = ("packed_fa2", "packed_varlen", "packed_flex", "packed_sdpa")
+VARLEN_KERNELS = ("packed_fa2", "packed_varlen")  # take segment boundaries over the flattened micro-batch
 # Buckets for the padded cu_seqlens length: micro_batch * per_row + 1 with per_row doubling from
 # max(4, L // 128) (an average segment of >= 128 tokens fills the first bucket) up to the worst case.
 _MIN_DOC_TOKENS = 3  # BOS, one unit, EOS

@@ -1,56 +1,51 @@
-"""Packed training rows from UNITS Parquet shards: streaming, mixing, deterministic shuffle, exact resume.
+"""Pre-training micro-batches from UNITS Parquet shards: SlamKit's examples, a global shuffle, packed buffers.
 
-Layout of a packed row (exactly `context_len` tokens, no padding except at the end of a finite val pass):
-- each document is `[1, u+2, ..., 1]` (vocab.encode_units);
-- documents are concatenated; a document that does not fit is cut and CONTINUES at the start of the next
-  row (of the same micro-batch or the next one), so no token is dropped and long documents are split into
-  context-sized pieces, as SlamKit's `chunk_texts` does;
-- `position_ids` restart at 0 at every document start and at every row start (a continued piece is a new
-  segment, like a SlamKit chunk; this keeps positions < context_len);
-- `labels` are the input ids with -100 at every segment start, so no token is predicted across documents;
-- no attention_mask: each micro-batch also carries `cu_seqlens`, the segment starts over the flattened
-  [B, L] tokens padded to a bucketed length (`slam_core.lm.attention`), computed here (on the prefetch thread
-  when prefetching) so the packed attention kernels need neither a dense mask nor a host sync.
+What an optimiser step is (SlamKit's paper command: `per_device_train_batch_size=8`,
+`gradient_accumulation_steps=16`, `data.packing=true`): 128 *examples*, each a chunk of at most context_len
+tokens of one document (`slam_core.lm.examples`: cut only at multiples of the context, so a shorter document
+is never split). SlamKit's `DataCollatorWithFlattening` puts each micro-batch's 8 examples in one row with
+restarting `position_ids` and the first label of every example at -100; the loss is normalised by the step's
+target count (HF's `num_items_in_batch`), see `slam_core.lm.step`.
 
-Shuffling is per source and per epoch: the order of row groups, then the order of rows inside each row
-group, is a permutation seeded by (seed, source, epoch[, row group]). Only one row group per source is in
-memory. Sources are mixed per document with probabilities = weights (sample-level ratios, as SlamKit's
-`interleave_datasets(probabilities)`; by default proportional to each source's documents), drawn from a
-counter-based RNG, so the loader's whole position is a few integers plus the unfinished document (`state_dict`).
+Here the step's examples (`next_step`) are packed whole into fixed-size token buffers of
+`micro_batch_size x context_len` tokens (first-fit decreasing, so few buffers and little padding): the shape
+the compiled step and the packed kernels see never changes, and the number of buffers per step follows from
+the examples (a buffer always holds >= micro_batch_size examples). An example may run across a row boundary
+of its buffer: the varlen kernels see the flattened buffer through `cu_seqlens`, the other attention paths get
+it flattened to one row (`slam_core.lm.step.packed_loss_sum`). Padding at a buffer's end is its own segment
+(positions restart at 0), never a target.
+
+Shuffling is global and holds no data in memory: each dataset's examples are an index (shard, start, length)
+permuted per epoch by a seeded RNG (seed, dataset, epoch); datasets are mixed per example with probabilities =
+weights (SlamKit's `interleave_datasets(probabilities)`; by default proportional to each set's examples, which
+makes the stream a uniform shuffle of all examples of all sets), drawn from a counter-based RNG. The loader's
+position is a few integers (`state_dict`), the same on every data-parallel rank: every rank packs the whole
+step and keeps buffers rank, rank + W, ...; ranks with fewer get an empty buffer so collectives stay aligned.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from slam_core.lm.attention import cu_seqlens_from_positions
-from slam_core.lm.vocab import PAD_ID, UNIT_OFFSET, encode_units
+from slam_core.lm.examples import BadShardError, SourceExamples, is_validation_doc, source_examples
+from slam_core.lm.vocab import PAD_ID
+
+__all__ = ["BadShardError", "DataSource", "IGNORE_INDEX", "PackedLoader", "PrefetchingLoader", "StepBatch",
+           "is_validation_doc", "sources_from_paths"]
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-
-
-class BadShardError(ValueError):
-    """A units shard cannot be read or lacks the required columns; the message names the file."""
-
-
-def is_validation_doc(doc_id: str, val_fraction: float) -> bool:
-    """Stable train/val assignment from a hash of the document id (independent of shard layout)."""
-    if val_fraction <= 0:
-        return False
-    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+STATE_VERSION = 2
 
 
 def _uniform_from_counter(seed: int, counter: int) -> float:
@@ -64,246 +59,207 @@ def _uniform_from_counter(seed: int, counter: int) -> float:
 
 @dataclass
 class DataSource:
-    """One dataset: its shard files and its mixing weight."""
+    """One dataset: its shard files and its mixing weight (None: proportional to its number of examples)."""
 
     name: str
     shards: list[Path]
-    weight: float = 1.0
-
-
-def _row_groups(shards: Sequence[Path]) -> tuple[list[tuple[int, int]], int]:
-    """(shard index, row group) of every row group, and the total number of rows."""
-    out, n_rows = [], 0
-    for shard_idx, path in enumerate(shards):
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as err:  # pyarrow raises several types for corrupt or missing files
-            raise BadShardError(f"{path}: cannot read Parquet metadata ({err})") from None
-        names = set(parquet.schema_arrow.names)
-        if not {"segment_id", "units"} <= names:
-            raise BadShardError(f"{path}: missing column(s) {sorted({'segment_id', 'units'} - names)}")
-        out.extend((shard_idx, rg) for rg in range(parquet.metadata.num_row_groups))
-        n_rows += parquet.metadata.num_rows
-    return out, n_rows
-
-
-def read_row_group_docs(path: Path, row_group: int) -> tuple[list[str], list[np.ndarray | None]]:
-    """(doc ids, unit arrays) of one row group; a null/empty unit list gives None (skipped by callers)."""
-    table = pq.ParquetFile(path).read_row_group(row_group, columns=["segment_id", "units"])
-    ids = table.column("segment_id").to_pylist()
-    units = table.column("units").combine_chunks()
-    offsets = units.offsets.to_numpy()
-    values = units.values.to_numpy(zero_copy_only=False)
-    valid = units.is_valid().to_numpy(zero_copy_only=False)
-    docs = [values[offsets[i]:offsets[i + 1]] if valid[i] and offsets[i + 1] > offsets[i] else None
-            for i in range(len(ids))]
-    return ids, docs
+    weight: float | None = None
 
 
 @dataclass
-class _Cursor:
-    """Position of one source: epoch, index into its shuffled row groups, index into the current row group."""
+class StepBatch:
+    """One optimiser step: this rank's micro-batches and figures of the whole (global) step."""
 
-    epoch: int = 0
-    rg_pos: int = 0
-    row_pos: int = 0
+    batches: list[dict[str, torch.Tensor]]
+    n_examples: int
+    n_tokens: int   # real tokens (no padding) over all ranks
+    n_targets: int  # predicted tokens over all ranks: the loss's normaliser
+    n_buffers: int  # micro-batches over all ranks, before empty ones are added for alignment
 
 
-@dataclass
-class _SourceReader:
-    """Streams one source's documents of one split in seeded shuffled order, one row group in memory."""
+class _Permuted:
+    """One source's examples in seeded shuffled order, epoch after epoch; position = (epoch, pos)."""
 
-    source: DataSource
-    index: int
-    seed: int
-    split: str
-    val_fraction: float
-    cursor: _Cursor = field(default_factory=_Cursor)
-    _groups: list[tuple[int, int]] = field(default_factory=list)
-    _cache: tuple[tuple[int, int, int], list[str], list, np.ndarray] | None = None
-    vocab_size: int | None = None
-    skipped_ids: dict[str, str] = field(default_factory=dict)  # doc id -> reason
-    _n_rows: int = 0
-    _scanned_without_doc: int = 0
+    def __init__(self, examples: SourceExamples, index: int, seed: int) -> None:
+        self.examples, self.index, self.seed = examples, index, seed
+        self.epoch, self.pos = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None
 
-    def __post_init__(self) -> None:
-        self._groups, self._n_rows = _row_groups(self.source.shards)
-        if not self._groups:
-            raise BadShardError(f"data source '{self.source.name}' has no row groups in {self.source.shards}")
+    def order(self) -> np.ndarray:
+        if self._order is None or self._order[0] != self.epoch:
+            rng = np.random.default_rng([self.seed, self.index, self.epoch])
+            self._order = (self.epoch, rng.permutation(len(self.examples)))
+        return self._order[1]
 
-    def _group_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.index, epoch]).permutation(len(self._groups))
-
-    def _load(self) -> tuple[list[str], list, np.ndarray]:
-        key = (self.cursor.epoch, self.cursor.rg_pos, self.index)
-        if self._cache is None or self._cache[0] != key:
-            group = int(self._group_order(self.cursor.epoch)[self.cursor.rg_pos])
-            shard_idx, rg = self._groups[group]
-            ids, docs = read_row_group_docs(self.source.shards[shard_idx], rg)
-            order = np.random.default_rng([self.seed, self.index, self.cursor.epoch, group]).permutation(len(ids))
-            self._cache = (key, ids, docs, order)
-        return self._cache[1], self._cache[2], self._cache[3]
-
-    def next_doc(self, max_epochs: int | None) -> np.ndarray | None:
-        """Token ids of the next document of this split, or None when `max_epochs` are exhausted."""
-        while True:
-            if max_epochs is not None and self.cursor.epoch >= max_epochs:
-                return None
-            ids, docs, order = self._load()
-            if self.cursor.row_pos >= len(ids):
-                self._advance_group()
-                continue
-            if self._scanned_without_doc > self._n_rows:  # a whole pass without one usable document
-                raise ValueError(f"data source '{self.source.name}' has no usable '{self.split}' documents "
-                                 f"({len(self.skipped_ids)} skipped, val_fraction={self.val_fraction})")
-            row = int(order[self.cursor.row_pos])
-            self.cursor.row_pos += 1
-            self._scanned_without_doc += 1
-            in_val = is_validation_doc(ids[row], self.val_fraction)
-            if in_val != (self.split == "val"):
-                continue
-            reason = self._reject_reason(docs[row])
-            if reason:
-                self.skipped_ids[ids[row]] = reason
-                continue
-            self._scanned_without_doc = 0
-            return encode_units(docs[row])
-
-    def _reject_reason(self, units: np.ndarray | None) -> str | None:
-        if units is None:
-            return "empty_units"
-        if self.vocab_size is not None and int(units.max()) + UNIT_OFFSET >= self.vocab_size:
-            return "unit_out_of_range"
-        return None
-
-    def _advance_group(self) -> None:
-        self.cursor.row_pos = 0
-        self.cursor.rg_pos += 1
-        if self.cursor.rg_pos >= len(self._groups):
-            self.cursor.rg_pos = 0
-            self.cursor.epoch += 1
+    def next(self, max_epochs: int | None) -> np.ndarray | None:
+        if self.pos >= len(self.examples):
+            self.epoch, self.pos = self.epoch + 1, 0
+        if max_epochs is not None and self.epoch >= max_epochs:
+            return None
+        i = int(self.order()[self.pos])
+        self.pos += 1
+        return self.examples.example(i)
 
 
 class PackedLoader:
-    """Yields micro-batches {"input_ids", "labels", "position_ids"} of shape [micro_batch_size, context_len]
-    and their "cu_seqlens" (int32 segment boundaries, see the module docstring).
+    """Micro-batches {"input_ids", "labels", "position_ids"} of shape [micro_batch_size, context_len] (one
+    token buffer each) and their "cu_seqlens" (int32 segment starts over the flattened buffer).
 
-    split="train" repeats sources forever (epochs); split="val" makes one pass and pads the last row.
+    `next_step(n)` gives one optimiser step of n examples (training); `next_batch()` the next buffer filled
+    in stream order (finite passes: split="val" makes one pass; split="train" repeats sources forever).
+    `store_dir` is where the shards' token stores are kept (`slam_core.lm.examples`).
     """
 
     def __init__(self, sources: Sequence[DataSource], context_len: int, micro_batch_size: int, seed: int,
                  split: str = "train", val_fraction: float = 0.0, vocab_size: int | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, store_dir: Path | None = None) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        # Data-parallel slicing: micro-batch i of the single-process stream goes to rank i % world_size. Every
-        # rank packs the whole stream and keeps its share, so the position (state_dict) is the same on all
-        # ranks and a checkpoint resumes under any world size.
-        self.rank, self.world_size = rank, world_size
-        weights = np.array([s.weight for s in sources], dtype=np.float64)
-        if len(sources) == 0 or (weights <= 0).any():
+        if len(sources) == 0 or any(s.weight is not None and not s.weight > 0 for s in sources):
             raise ValueError("PackedLoader needs at least one source, all with weight > 0")
+        self.rank, self.world_size = rank, world_size
         self.context_len, self.micro_batch_size, self.seed, self.split = context_len, micro_batch_size, seed, split
-        self._probs = weights / weights.sum()
         self.vocab_size = vocab_size  # documents with a token >= vocab_size are skipped, not crashed on
-        self._readers = [_SourceReader(s, i, seed, split, val_fraction, vocab_size=vocab_size) for i, s in enumerate(sources)]
-        self._exhausted = [False] * len(sources)
-        self._n_docs = 0
-        self._pending: np.ndarray | None = None  # rest of the document being packed
+        self._sets = [source_examples(s.name, s.shards, context_len, split, val_fraction, vocab_size, store_dir)
+                      for s in sources]
+        empty = [s.name for s, ex in zip(sources, self._sets) if len(ex) == 0]
+        if empty and split == "train":  # a validation pass over no examples just scores nothing
+            raise ValueError(f"data source(s) {', '.join(empty)} have no usable '{split}' documents "
+                             f"({sum(len(ex.skipped) for ex in self._sets)} skipped, val_fraction={val_fraction})")
+        weights = np.array([len(ex) if s.weight is None else s.weight for s, ex in zip(sources, self._sets)], float)
+        self._probs = weights / weights.sum() if weights.sum() > 0 else np.full(len(weights), 1 / len(weights))
+        self.mix = {ex.name: round(float(p), 6) for ex, p in zip(self._sets, self._probs)}
+        self._readers = [_Permuted(ex, i, seed) for i, ex in enumerate(self._sets)]
+        self._exhausted = [len(ex) == 0 for ex in self._sets]
+        self._n_drawn = 0
+        self._pending: np.ndarray | None = None  # an example that did not fit the last next_batch buffer
+
+    @property
+    def buffer_tokens(self) -> int:
+        return self.micro_batch_size * self.context_len
+
+    def n_examples(self) -> dict[str, int]:
+        """Examples per dataset in this split (one epoch)."""
+        return {ex.name: len(ex) for ex in self._sets}
 
     # ---- position ----
     def state_dict(self) -> dict:
         """Plain-type snapshot of the loader position (safe for torch.load(weights_only=True))."""
         pending = torch.from_numpy(self._pending.copy()) if self._pending is not None else None
-        return {
-            "n_docs": self._n_docs, "pending": pending, "exhausted": list(self._exhausted),
-            "cursors": [[r.cursor.epoch, r.cursor.rg_pos, r.cursor.row_pos] for r in self._readers],
-        }
+        return {"version": STATE_VERSION, "n_drawn": self._n_drawn, "pending": pending,
+                "exhausted": list(self._exhausted), "cursors": [[r.epoch, r.pos] for r in self._readers]}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError("this checkpoint's data position was written by an older slam (rows of documents, "
+                             "not examples); finish it with that version or start a new run in another run dir")
         if len(state["cursors"]) != len(self._readers):
             raise ValueError("loader state has a different number of data sources")
-        self._n_docs = int(state["n_docs"])
+        self._n_drawn = int(state["n_drawn"])
         self._exhausted = [bool(x) for x in state["exhausted"]]
         self._pending = state["pending"].numpy().astype(np.int64) if state["pending"] is not None else None
-        for reader, (epoch, rg_pos, row_pos) in zip(self._readers, state["cursors"]):
-            reader.cursor = _Cursor(int(epoch), int(rg_pos), int(row_pos))
+        for reader, (epoch, pos) in zip(self._readers, state["cursors"]):
+            reader.epoch, reader.pos = int(epoch), int(pos)
 
     @property
     def skipped_docs(self) -> int:
-        """Distinct documents skipped so far (empty, or not fitting the vocabulary)."""
-        return sum(len(r.skipped_ids) for r in self._readers)
+        """Distinct documents left out (no units, or not fitting the vocabulary)."""
+        return sum(len(ex.skipped) for ex in self._sets)
 
     def skipped_items(self) -> list[tuple[str, str, str]]:
-        """(segment_id, reason, detail) of documents skipped so far: the catalog's quarantine triples."""
+        """(segment_id, reason, detail) of documents left out: the catalog's quarantine triples."""
         details = {"empty_units": "null or empty unit list",
                    "unit_out_of_range": f"a unit id does not fit the model vocabulary ({self.vocab_size} tokens)"}
-        return [(sid, reason, f"dataset '{r.source.name}': {details[reason]}")
-                for r in self._readers for sid, reason in sorted(dict(r.skipped_ids).items())]
+        return [(sid, reason, f"dataset '{ex.name}': {details[reason]}")
+                for ex in self._sets for sid, reason in sorted(ex.skipped)]
 
-    # ---- documents ----
-    def _next_doc(self) -> np.ndarray | None:
+    # ---- examples ----
+    def _next_example(self) -> np.ndarray | None:
         max_epochs = 1 if self.split == "val" else None
         while not all(self._exhausted):
             probs = np.where(self._exhausted, 0.0, self._probs)
             cumulative = np.cumsum(probs / probs.sum())
-            u = _uniform_from_counter(self.seed, self._n_docs)
+            u = _uniform_from_counter(self.seed, self._n_drawn)
             src = min(int(np.searchsorted(cumulative, u, side="right")), len(probs) - 1)
-            doc = self._readers[src].next_doc(max_epochs)
-            if doc is None:
+            example = self._readers[src].next(max_epochs)
+            if example is None:
                 self._exhausted[src] = True
                 continue
-            self._n_docs += 1
-            return doc
+            self._n_drawn += 1
+            return example
         return None
 
-    def _fill_row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        ids = np.full(self.context_len, PAD_ID, dtype=np.int64)
-        pos = np.zeros(self.context_len, dtype=np.int64)
-        labels = np.full(self.context_len, IGNORE_INDEX, dtype=np.int64)
+    def _buffer(self, examples: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        size, rows = self.buffer_tokens, self.micro_batch_size
+        ids = np.full(size, PAD_ID, dtype=np.int64)
+        labels = np.full(size, IGNORE_INDEX, dtype=np.int64)
+        pos = np.zeros(size, dtype=np.int64)
         filled = 0
-        while filled < self.context_len:
-            if self._pending is None:
-                self._pending = self._next_doc()
-                if self._pending is None:
-                    break
-            take = min(len(self._pending), self.context_len - filled)
-            piece = self._pending[:take]
-            ids[filled:filled + take] = piece
-            pos[filled:filled + take] = np.arange(take)
-            labels[filled:filled + take] = piece
-            labels[filled] = IGNORE_INDEX  # segment start: nothing before it in this segment predicts it
-            self._pending = self._pending[take:] if take < len(self._pending) else None
-            filled += take
-        if filled == 0:
-            return None
-        if filled < self.context_len:  # end of a finite pass: the pad is its own segment, never a target
-            pos[filled:] = np.arange(self.context_len - filled)
-        return ids, labels, pos
+        for ex in examples:
+            n = len(ex)
+            ids[filled:filled + n] = ex
+            labels[filled + 1:filled + n] = ex[1:]  # the first label of every example is -100, as SlamKit's collator
+            pos[filled:filled + n] = np.arange(n)
+            filled += n
+        pos[filled:] = np.arange(size - filled) % self.context_len  # padding: own segments, positions < context
+        pos_t = torch.from_numpy(pos.reshape(rows, self.context_len))
+        return {"input_ids": torch.from_numpy(ids.reshape(rows, -1)), "labels": torch.from_numpy(labels.reshape(rows, -1)),
+                "position_ids": pos_t, "cu_seqlens": cu_seqlens_from_positions(pos_t, rows)}
 
+    def _empty_buffer(self) -> dict[str, torch.Tensor]:
+        return self._buffer([])
+
+    # ---- training: one optimiser step ----
+    def next_step(self, n_examples: int) -> StepBatch:
+        """The next `n_examples` examples of the stream, packed into buffers (first-fit decreasing); this
+        rank's share of them. Every rank computes the same packing, so the step's figures are global."""
+        examples = [self._next_example() for _ in range(n_examples)]
+        examples = [ex for ex in examples if ex is not None]
+        if not examples:
+            raise ValueError("the training stream ended (no examples left)")
+        order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for i in order:
+            n = len(examples[i])
+            slot = next((b for b, free in enumerate(room) if free >= n), None)
+            if slot is None:
+                bins.append([])
+                room.append(self.buffer_tokens)
+                slot = len(bins) - 1
+            bins[slot].append(i)
+            room[slot] -= n
+        per_rank = -(-len(bins) // self.world_size)
+        mine = [self._buffer([examples[i] for i in bins[b]]) for b in range(self.rank, len(bins), self.world_size)]
+        mine += [self._empty_buffer() for _ in range(per_rank - len(mine))]
+        n_tokens = sum(len(ex) for ex in examples)
+        return StepBatch(mine, len(examples), n_tokens, n_tokens - len(examples), len(bins))
+
+    # ---- finite passes (validation) and streaming ----
     def next_batch(self) -> dict[str, torch.Tensor] | None:
-        """The next micro-batch of this rank, or None when a finite (val) pass is over."""
+        """This rank's next buffer filled in stream order, or None when a finite (val) pass is over."""
         mine = None
         for r in range(self.world_size):
-            batch = self._next_stream_batch()
+            batch = self._next_stream_buffer()
             if r == self.rank:
                 mine = batch
         return mine
 
-    def _next_stream_batch(self) -> dict[str, torch.Tensor] | None:
-        rows = []
-        for _ in range(self.micro_batch_size):
-            row = self._fill_row()
-            if row is None:
+    def _next_stream_buffer(self) -> dict[str, torch.Tensor] | None:
+        examples, filled = [], 0
+        while True:
+            if self._pending is None:
+                self._pending = self._next_example()
+                if self._pending is None:
+                    break
+            if filled + len(self._pending) > self.buffer_tokens:
                 break
-            rows.append(row)
-        if not rows:
-            return None
-        ids, labels, pos = (torch.from_numpy(np.stack(parts)) for parts in zip(*rows))
-        return {"input_ids": ids, "labels": labels, "position_ids": pos,
-                "cu_seqlens": cu_seqlens_from_positions(pos, self.micro_batch_size)}
+            examples.append(self._pending)
+            filled += len(self._pending)
+            self._pending = None
+        return self._buffer(examples) if examples else None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while (batch := self.next_batch()) is not None:
@@ -311,26 +267,35 @@ class PackedLoader:
 
 
 class PrefetchingLoader:
-    """Runs a PackedLoader `depth` micro-batches ahead in a background thread (packing overlaps GPU work).
+    """Runs a PackedLoader `depth` items ahead in a background thread (packing overlaps GPU work). Items are
+    optimiser steps (`next_step`) when `examples_per_step` is given, else buffers (`next_batch`).
 
-    `state_dict()` is the position after the last batch handed out, so a checkpoint resumes exactly there.
+    `state_dict()` is the position after the last item handed out, so a checkpoint resumes exactly there.
     """
 
-    def __init__(self, loader: PackedLoader, depth: int = 4, pin_memory: bool = False) -> None:
-        self._loader, self._pin = loader, pin_memory
+    def __init__(self, loader: PackedLoader, depth: int = 4, pin_memory: bool = False,
+                 examples_per_step: int | None = None) -> None:
+        self._loader, self._pin, self._per_step = loader, pin_memory, examples_per_step
+        self.mix = loader.mix
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._state = loader.state_dict()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, name="packed-loader", daemon=True)
         self._thread.start()
 
+    def _pinned(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.pin_memory() for k, v in batch.items()} if self._pin else batch
+
     def _produce(self) -> None:
         try:
             while not self._stop.is_set():
+                if self._per_step is not None:
+                    step = self._loader.next_step(self._per_step)
+                    step.batches = [self._pinned(b) for b in step.batches]
+                    self._put((step, self._loader.state_dict()))
+                    continue
                 batch = self._loader.next_batch()
-                if batch is not None and self._pin:
-                    batch = {k: v.pin_memory() for k, v in batch.items()}
-                self._put((batch, self._loader.state_dict()))
+                self._put((batch if batch is None else self._pinned(batch), self._loader.state_dict()))
                 if batch is None:
                     return
         except Exception as err:  # handed to the consumer, which re-raises it in the training loop
@@ -344,12 +309,20 @@ class PrefetchingLoader:
             except queue.Full:
                 continue
 
-    def next_batch(self) -> dict[str, torch.Tensor] | None:
-        batch, state = self._queue.get()
-        if isinstance(batch, Exception):
-            raise batch
+    def _get(self):
+        item, state = self._queue.get()
+        if isinstance(item, Exception):
+            raise item
         self._state = state
-        return batch
+        return item
+
+    def next_batch(self) -> dict[str, torch.Tensor] | None:
+        return self._get()
+
+    def next_step(self, n_examples: int) -> StepBatch:
+        if n_examples != self._per_step:
+            raise ValueError(f"this prefetcher makes steps of {self._per_step} examples, not {n_examples}")
+        return self._get()
 
     def state_dict(self) -> dict:
         return self._state
@@ -365,18 +338,18 @@ class PrefetchingLoader:
 def sources_from_paths(shard_paths: Sequence[Path], weights: dict[str, float] | None = None) -> list[DataSource]:
     """Group shard paths into one source per dataset directory (units/<dataset>/<split>/*.parquet).
 
-    `weights` maps dataset name -> mixing weight (probability of drawing that set's next document, normalised);
-    it must name every dataset. None weights each dataset by its number of documents, so the mix is a uniform
-    shuffle of all documents, as SlamKit's `interleave_datasets` with ratios proportional to the sets' sizes.
+    `weights` maps dataset name -> mixing weight (probability of drawing that set's next example, normalised);
+    it must name every dataset. None weights each dataset by its number of examples, so the mix is a uniform
+    shuffle of all examples, as SlamKit's `interleave_datasets` with ratios proportional to the sets' sizes.
     """
     groups: dict[str, list[Path]] = {}
     for path in sorted(Path(p) for p in shard_paths):
         name = path.parent.parent.name if path.parent.parent.name else path.parent.name
         groups.setdefault(name, []).append(path)
     if weights is None:
-        return [DataSource(name, paths, float(max(1, _row_groups(paths)[1]))) for name, paths in sorted(groups.items())]
+        return [DataSource(name, paths) for name, paths in sorted(groups.items())]
     missing = sorted(set(groups) - set(weights))
     if missing:
         raise ValueError(f"train.dataset_weights: no weight for dataset(s) {', '.join(missing)} "
-                         f"(give every one of {', '.join(sorted(groups))}, or leave it unset to weight by documents)")
+                         f"(give every one of {', '.join(sorted(groups))}, or leave it unset to weight by examples)")
     return [DataSource(name, paths, float(weights[name])) for name, paths in sorted(groups.items())]

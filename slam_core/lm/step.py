@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from slam_core.config import TrainConfig
 from slam_core.lm import distributed
-from slam_core.lm.attention import is_packed, packed_kwargs
-from slam_core.lm.data import IGNORE_INDEX
+from slam_core.lm.attention import VARLEN_KERNELS, is_packed, packed_kwargs
+from slam_core.lm.data import IGNORE_INDEX, StepBatch
 from slam_core.lm.distributed import DistEnv
 
 
@@ -42,22 +42,24 @@ def packed_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], attn
     """(summed next-token CE over target tokens, number of targets) of a packed micro-batch, as 0-d tensors
     (no host sync).
 
-    No attention_mask and no KV cache. Packed kernels (`slam_core.lm.attention`) get the segment boundaries
-    as keyword arguments; "sdpa"/"eager" let HF derive the per-document mask from `position_ids`;
-    "flash_attention_2" needs [B, L] flattened to [1, B*L] (HF detects packing only at batch size 1; row
-    starts are segment starts with label -100, so flattening changes nothing else).
+    A micro-batch is one token buffer shown as [B, L] rows (`slam_core.lm.data`); an example may run across a
+    row boundary, so targets are taken over the flattened buffer. No attention_mask and no KV cache. The
+    varlen kernels (`packed_fa2`, `packed_varlen`) get the segment boundaries over the flattened tokens as
+    keyword arguments and keep the [B, L] shape (static for compilation); every other path gets the buffer
+    flattened to [1, B*L]: `packed_sdpa`/`packed_flex` build their document mask from its positions, and HF's
+    "sdpa"/"eager"/"flash_attention_2" detect packed documents from `position_ids` at batch size 1.
     """
     ids, pos, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
-    shape = ids.shape
+    context_len = ids.shape[1]
     kwargs = {}
-    if is_packed(attn_implementation):
-        kwargs = packed_kwargs(attn_implementation, batch, shape[1])
-    elif attn_implementation == "flash_attention_2":
+    if attn_implementation not in VARLEN_KERNELS:
         ids, pos = ids.reshape(1, -1), pos.reshape(1, -1)
-    logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits.reshape(*shape, -1)
-    targets = labels[:, 1:]
-    loss_sum = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=IGNORE_INDEX, reduction="sum")
+    if is_packed(attn_implementation):
+        kwargs = packed_kwargs(attn_implementation, {**batch, "position_ids": pos}, context_len)
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits
+    logits = logits.reshape(-1, logits.shape[-1])
+    targets = labels.reshape(-1)[1:]
+    loss_sum = F.cross_entropy(logits[:-1].float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (targets != IGNORE_INDEX).sum()
 
 
@@ -73,22 +75,25 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def train_step(forward_model: torch.nn.Module, wrapped: torch.nn.Module, model: torch.nn.Module,
-               optimizer: torch.optim.Optimizer, loader, accum: int, grad_clip: float, device: torch.device,
-               dtype: torch.dtype, attn_implementation: str, env: DistEnv) -> tuple[float, float]:
-    """One optimiser step over `accum` micro-batches per rank; returns (mean token loss, grad norm).
+               optimizer: torch.optim.Optimizer, loader, examples_per_step: int, grad_clip: float,
+               device: torch.device, dtype: torch.dtype, attn_implementation: str, env: DistEnv
+               ) -> tuple[float, float, StepBatch]:
+    """One optimiser step over `examples_per_step` examples (this rank's buffers of them); returns (mean token
+    loss, grad norm, the step's batch figures).
 
-    Each rank scales its summed loss by world_size / (targets over all ranks): DDP/FSDP average gradients
-    over ranks, so the result is the token-weighted mean over the whole global batch. The target count
-    comes from the (CPU) labels, so it costs no device sync.
+    The loss is normalised as HF's Trainer does with gradient accumulation (`num_items_in_batch`): summed over
+    every target token of the step, divided by their count over all ranks. Each rank scales its summed loss by
+    world_size / (all targets), since DDP/FSDP average gradients over ranks. Every rank packs the whole step, so
+    the count is known without a collective or a device sync.
     """
-    batches = [loader.next_batch() for _ in range(accum)]
-    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-    n_targets = max(int(distributed.sum_across([float(n_local)], env, device)[0]), 1)
+    step = loader.next_step(examples_per_step)
+    n_targets = max(step.n_targets, 1)
     total = torch.zeros((), device=device, dtype=torch.float64)
+    last = len(step.batches) - 1
     with weight_cast_scope(device, dtype):
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(step.batches):
             batch = to_device(batch, device)
-            with distributed.grad_sync(wrapped, env, sync=i == accum - 1):  # all-reduce on the last micro-step only
+            with distributed.grad_sync(wrapped, env, sync=i == last):  # all-reduce on the last micro-step only
                 with autocast_for(device, dtype):
                     loss_sum, _ = packed_loss_sum(forward_model, batch, attn_implementation)
                 (loss_sum / n_targets * env.world_size).backward()
@@ -99,7 +104,7 @@ def train_step(forward_model: torch.nn.Module, wrapped: torch.nn.Module, model: 
     total = distributed.sum_tensor_across(total, env)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     loss_total, norm = torch.stack([total, grad_norm.to(torch.float64)]).tolist()  # the step's one host sync
-    return loss_total / n_targets, norm
+    return loss_total / n_targets, norm, step
 
 
 @torch.no_grad()
@@ -113,7 +118,7 @@ def evaluate_loss(model: torch.nn.Module, loader, device: torch.device, dtype: t
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
-        count += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        count += int((batch["labels"].reshape(-1)[1:] != IGNORE_INDEX).sum())
         with autocast_for(device, dtype):
             loss_sum, _ = packed_loss_sum(model, to_device(batch, device), attn_implementation)
         total += loss_sum

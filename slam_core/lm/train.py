@@ -7,9 +7,11 @@ Data parallelism lives in `slam_core.lm.distributed` (launched by `slam_core.lm.
 with a DistEnv of world size W, each rank packs the same stream and keeps every W-th micro-batch, runs
 its share of the step's micro-batches (gradient all-reduce on the last only), and rank 0 writes checkpoints
 and metrics. Loader position, schedule and stop decisions are identical on every rank, so resume works the
-same, under any world size. A step always holds micro_batch_size x grad_accum sequences; the micro-batch
-actually run (train.run_micro_batch, `slam_core.lm.tuning`) only regroups them, and the loader's position
-is kept in rows, so a run may resume with another micro-batch (another GPU) on the same data.
+same, under any world size. A step always holds micro_batch_size x grad_accum *examples* (SlamKit's per-device
+batch x accumulation: chunks of at most context_len tokens, `slam_core.lm.data`); the micro-batch actually run
+(train.run_micro_batch rows of context_len tokens, `slam_core.lm.tuning`) is only the size of the token buffers
+they are packed into, and the loader's position is kept in examples, so a run may resume with another
+micro-batch (another GPU) on the same data and the same steps.
 """
 
 from __future__ import annotations
@@ -56,12 +58,15 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     train_cfg.val_fraction.
     `stop_after_steps` ends this call after that many steps with a checkpoint, as a pre-emption would
     (drills/tests); a later call resumes. `dist_env`: this rank of a torchrun job (default: one process).
-    `cache_dir` keeps the probed micro-batch per GPU model (train.micro_batch_size=auto).
+    `cache_dir` keeps the probed micro-batch per GPU model (train.run_micro_batch=auto) and the shards' token
+    stores (`slam_core.lm.examples`, built once before the budget clock starts).
     Metrics go to run_dir/metrics.csv and, with `tensorboard`, run_dir/tensorboard/; they and `progress` are
     handed to a background thread.
     Returns {"final_checkpoint", "steps", "tokens_seen", "elapsed_s", "final_loss", "val_loss", "val_losses" (per
     held-out set), "mix" (dataset -> probability), "skipped", "param_checksum", "compile_s", "micro_batch_size",
-    "grad_accum_per_rank", "attn_implementation"}; skipped: (segment_id, reason, detail) of documents with no units.
+    "examples_per_step", "micro_batches_per_step" (mean per rank), "buffer_fill" (real tokens / buffer tokens),
+    "attn_implementation"}; skipped: (segment_id, reason, detail) of documents left out (no units, or not fitting
+    the vocabulary).
     """
     env = dist_env or DistEnv()
     run_dir = Path(run_dir)
@@ -74,26 +79,33 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     flops_tok = model_flops_per_token(model, model_cfg.context_len)  # before sharding: full parameter count
     restored = restore_or_seed(ckpt, seed)
     state, info = restored if restored is not None else ({}, {})
-    elapsed0 = info.get("elapsed_s", 0.0)
-    t_start = clock() - elapsed0  # probing and compiling below count against the budget
-    micro, accum, compile_s = _speed_setup(model, model_cfg, train_cfg, attn, dev, dtype, env, cache_dir)
-    wrapped = distributed.wrap_model(model, env, dev)
-    optimizer = make_optimizer(model, train_cfg, dev, train_cfg.lr)  # after wrapping: FSDP2 params are DTensors
     sources = sources_from_paths(shard_paths, dataset_weights if dataset_weights is not None
                                  else train_cfg.dataset_weights)
+    store_dir = Path(cache_dir) / "examples" if cache_dir is not None else None
+    build_start = time.monotonic()
+    # token stores are data preparation (SlamKit tokenises and chunks before its trainer's clock starts)
+    loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "train",
+                          train_cfg.val_fraction, vocab_size=model.config.vocab_size, rank=env.rank,
+                          world_size=env.world_size, store_dir=store_dir)
+    log.info("training examples %s (chunks of <= %d tokens) ready in %.1f s", loader.n_examples(),
+             model_cfg.context_len, time.monotonic() - build_start)
+    elapsed0 = info.get("elapsed_s", 0.0)
+    t_start = clock() - elapsed0  # probing and compiling below count against the budget
+    micro, compile_s = _speed_setup(model, model_cfg, train_cfg, attn, dev, dtype, env, cache_dir)
+    wrapped = distributed.wrap_model(model, env, dev)
+    optimizer = make_optimizer(model, train_cfg, dev, train_cfg.lr)  # after wrapping: FSDP2 params are DTensors
     val_sets = {name: [Path(p) for p in paths] for name, paths in sorted((val_shards or {}).items())}
-    total_weight = sum(src.weight for src in sources)
-    mix = {src.name: round(src.weight / total_weight, 6) for src in sources}  # probability of each set's documents
+    mix = loader.mix  # probability of each set's next example
     log.info("pre-training mix %s; held-out sets %s", mix, list(val_sets) or "none")
-    loader = PackedLoader(sources, model_cfg.context_len, micro, seed, "train", train_cfg.val_fraction,
-                          vocab_size=model.config.vocab_size, rank=env.rank, world_size=env.world_size)
+    loader.micro_batch_size = micro  # the token buffers' rows: a speed setting, not part of the data position
     step, tokens_seen, loss = 0, 0, None
     if restored is not None:  # every rank restores the same (rank 0's) state
         distributed.load_optimizer_state(model, optimizer, state["optimizer"], env)
         loader.load_state_dict(state["loader"])
         step, tokens_seen, loss = info["step"], info["tokens_seen"], info.get("loss")
+    examples_per_step = train_cfg.sequences_per_step
     if dev.type == "cuda":  # pack on a CPU thread while the GPU computes
-        loader = PrefetchingLoader(loader, depth=2 * accum, pin_memory=True)
+        loader = PrefetchingLoader(loader, depth=2, pin_memory=True, examples_per_step=examples_per_step)
     # created after probing and compilation, so its calibration times training steps only
     sched = budget_schedule(train_cfg, step, state.get("schedule"))
     metrics = (MetricsLog(run_dir / "metrics.csv", step, METRIC_FIELDS + [f"val_loss/{n}" for n in val_sets],
@@ -101,8 +113,8 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
                if env.is_main else None)
     reporter = BackgroundReporter()
     peak = device_peak_flops(dev, dtype)
-    tokens_per_step = micro * accum * env.world_size * model_cfg.context_len  # global batch, = the recipe's
     elapsed = elapsed0
+    window_tokens, tokens_this_call, n_buffers, buffer_tokens, n_steps_packed = 0, 0, 0, 0, 0
     last_ckpt_s, last_log = elapsed0, (step, elapsed0)
     saved_step, steps_this_call = (step if ckpt is not None else -1), 0
 
@@ -128,14 +140,18 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             lr = sched.lr(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm = _train_step(wrapped, wrapped, model, optimizer, loader, accum, train_cfg.grad_clip,
-                                          dev, dtype, attn, env)
-            step, steps_this_call, tokens_seen = step + 1, steps_this_call + 1, tokens_seen + tokens_per_step
+            loss, grad_norm, packed = _train_step(wrapped, wrapped, model, optimizer, loader, examples_per_step,
+                                                  train_cfg.grad_clip, dev, dtype, attn, env)
+            step, steps_this_call, tokens_seen = step + 1, steps_this_call + 1, tokens_seen + packed.n_tokens
+            window_tokens, tokens_this_call = window_tokens + packed.n_tokens, tokens_this_call + packed.n_tokens
+            n_steps_packed, n_buffers = n_steps_packed + 1, n_buffers + len(packed.batches)
+            buffer_tokens += packed.n_buffers * micro * model_cfg.context_len
             # every rank uses the slowest rank's clock, so schedule/checkpoint/stop decisions agree
             elapsed = distributed.max_across([clock() - t_start], env, dev)[0]
             sched.end_step(step - 1, elapsed)
             if metrics is not None and (step % train_cfg.log_every_steps == 0 or sched.done(step, elapsed)):
-                tok_s = (step - last_log[0]) * tokens_per_step / max(elapsed - last_log[1], 1e-9)
+                tok_s = window_tokens / max(elapsed - last_log[1], 1e-9)  # real tokens, padding not counted
+                window_tokens = 0
                 util = mfu(tok_s, flops_tok, peak)
                 reporter.submit(metrics.append, {
                     "step": step, "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
@@ -156,8 +172,9 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
         if isinstance(loader, PrefetchingLoader):
             loader.close()
     finished = stop_after_steps is None or steps_this_call < stop_after_steps
-    val_loss = _final_val_loss(model, sources, model_cfg, train_cfg, micro, seed, dev, dtype, attn) if finished else None
-    set_losses = ({name: _held_out_loss(model, paths, model_cfg, micro, seed, dev, dtype, attn)
+    val_loss = _final_val_loss(model, sources, model_cfg, train_cfg, micro, seed, dev, dtype, attn,
+                               store_dir) if finished else None
+    set_losses = ({name: _held_out_loss(model, paths, model_cfg, micro, seed, dev, dtype, attn, store_dir)
                    for name, paths in val_sets.items()} if finished else {})
     if metrics is not None:
         if val_loss is not None or any(v is not None for v in set_losses.values()):
@@ -169,7 +186,10 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
             "final_loss": loss, "val_loss": val_loss, "val_losses": set_losses, "mix": mix,
             "skipped": loader.skipped_items(),
             "param_checksum": distributed.param_checksum(model), "compile_s": compile_s, "micro_batch_size": micro,
-            "grad_accum_per_rank": accum, "attn_implementation": attn}
+            "examples_per_step": examples_per_step,
+            "micro_batches_per_step": round(n_buffers / n_steps_packed, 3) if n_steps_packed else None,
+            "buffer_fill": round(tokens_this_call / buffer_tokens, 4) if buffer_tokens else None,
+            "attn_implementation": attn}
 
 
 def budget_schedule(train_cfg: TrainConfig, step: int = 0, state: dict | None = None) -> BudgetSchedule:
@@ -186,39 +206,39 @@ def budget_schedule(train_cfg: TrainConfig, step: int = 0, state: dict | None = 
 
 def _speed_setup(model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig, attn: str,
                  device: torch.device, dtype: torch.dtype, env: DistEnv, cache_dir: Path | None
-                 ) -> tuple[int, int, float]:
-    """Fused kernels, micro-batch size (probed eagerly), then regional compile, compiled now by one synthetic
-    micro-step so that its time is known, charged to the budget and kept out of the schedule's calibration.
-    Returns (micro-batch, micro-batches per rank per step, compile seconds)."""
+                 ) -> tuple[int, float]:
+    """Fused kernels, micro-batch size (rows of context_len per token buffer, probed eagerly), then regional
+    compile, compiled now by one synthetic micro-step so that its time is known, charged to the budget and kept
+    out of the schedule's calibration. Returns (micro-batch, compile seconds)."""
     if train_cfg.liger_kernels:
         tuning.apply_liger(model)
     micro = tuning.probe_micro_batch(model, train_cfg, model_cfg.context_len, attn, device, dtype, env, cache_dir)
-    accum = tuning.batch_split(train_cfg, micro, env.world_size)
     compile_s = 0.0
     if tuning.compile_enabled(train_cfg.compile, device):
         n_blocks = tuning.compile_decoder_layers(model)
         if not (env.enabled and env.fsdp):  # FSDP2 swaps parameters after sharding: there the first step compiles
             compile_s = tuning.warm_up(model, micro, model_cfg.context_len, attn, device, dtype)
         log.info("compiled %d decoder layers in %.1f s (counted in the budget)", n_blocks, compile_s)
-    return micro, accum, compile_s
+    return micro, compile_s
 
 
 def _final_val_loss(model: torch.nn.Module, sources: list, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                    micro: int, seed: int, device: torch.device, dtype: torch.dtype, attn: str) -> float | None:
+                    micro: int, seed: int, device: torch.device, dtype: torch.dtype, attn: str,
+                    store_dir: Path | None) -> float | None:
     """Every rank scores the whole (small, capped) validation set: the same forwards on every rank keep FSDP's
     collectives in step, and the result needs no reduction."""
     if train_cfg.val_fraction <= 0:
         return None
     val_loader = PackedLoader(sources, model_cfg.context_len, micro, seed, "val", train_cfg.val_fraction,
-                              vocab_size=model.config.vocab_size)
+                              vocab_size=model.config.vocab_size, store_dir=store_dir)
     return _eager_loss(model, val_loader, device, dtype, attn)
 
 
 def _held_out_loss(model: torch.nn.Module, shards: list[Path], model_cfg: ModelConfig, micro: int, seed: int,
-                   device: torch.device, dtype: torch.dtype, attn: str) -> float | None:
+                   device: torch.device, dtype: torch.dtype, attn: str, store_dir: Path | None) -> float | None:
     """Loss on a whole held-out set (every document of its shards: val_fraction 1), capped like the val split."""
     loader = PackedLoader([DataSource("held-out", shards)], model_cfg.context_len, micro, seed, "val", 1.0,
-                          vocab_size=model.config.vocab_size)
+                          vocab_size=model.config.vocab_size, store_dir=store_dir)
     return _eager_loss(model, loader, device, dtype, attn)
 
 

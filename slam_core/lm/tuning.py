@@ -98,16 +98,6 @@ def warm_up(model: torch.nn.Module, micro_batch: int, context_len: int, attn_imp
     return time.perf_counter() - t0
 
 
-def batch_split(train_cfg: TrainConfig, micro_batch: int, world_size: int) -> int:
-    """Micro-batches per rank per step for `micro_batch`, keeping train_cfg.sequences_per_step exactly."""
-    per_rank, rest = divmod(train_cfg.sequences_per_step, world_size * micro_batch)
-    if rest or per_rank < 1:
-        raise ValueError(f"train.run_micro_batch={micro_batch} does not split the effective batch of "
-                         f"{train_cfg.sequences_per_step} sequences (micro_batch_size x grad_accum) over "
-                         f"{world_size} training process(es) evenly; choose a divisor or auto")
-    return per_rank
-
-
 def _cache_key(model: torch.nn.Module, device: torch.device, dtype: torch.dtype, width: int, rows_per_item: int,
                attn_implementation: str, per_rank: int) -> str:
     cfg = model.config
