@@ -202,6 +202,13 @@ class Catalog:
                                 [fingerprint]).fetchone()[0]
         return evals > 0 or (bool(rows) and all(Path(r["path"]).exists() and not self._stale(r) for r in rows))
 
+    def forget_path(self, path: str | Path) -> int:
+        """Drop every row recorded for `path` (its bytes are known to be bad): the next run produces it again.
+        Returns how many rows were dropped."""
+        with self.connect() as con:
+            return len(con.execute("DELETE FROM artifacts WHERE path = ? RETURNING fingerprint",
+                                   [str(path)]).fetchall())
+
     def artifacts(self, stage: str | None = None, fingerprint: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM artifacts WHERE 1=1", []
         if stage:

@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 
 from flows.cli_common import (
-    parse_overrides, positive_int, quiet_offline_env, report_rejected, run_reporting_errors,
-    split_debug_flag,
+    interrupted_exit, parse_overrides, positive_int, quiet_offline_env, report_rejected, run_reporting_errors,
+    split_debug_flag, stop_on_sigterm,
 )
 from slam_core import published_kmeans
 
@@ -110,7 +110,8 @@ def cmd_units_extract(args: argparse.Namespace) -> int:
     if not args.centroids and cfg.units.kmeans_path and cfg.units.kmeans_source_sha256:
         verify_centroids_source(centroids, cfg.units.kmeans_source_sha256)  # the preset's published quantiser
     if args.centroids or cfg.units.kmeans_path or centroids.exists():
-        check_centroids_file(centroids, cfg.units.n_units, "--centroids" if args.centroids else "units.kmeans_path")
+        check_centroids_file(centroids, cfg.units.n_units, "--centroids" if args.centroids else "units.kmeans_path",
+                             encoder=cfg.units.encoder)
     if not centroids.exists():  # fit on the input itself: whole files as segments, seeded frame sample
         rows = []
         for path in list_audio_files(args.audio):
@@ -277,12 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the `slam` process itself (not a caller's process, e.g. a test's)
     argv, debug = split_debug_flag(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     args.verbose = args.verbose or debug
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_reporting_errors(args.func, args, debug=args.verbose)
+    if own_process:
+        stop_on_sigterm()
+    try:
+        return run_reporting_errors(args.func, args, debug=args.verbose)
+    except KeyboardInterrupt:
+        if args.verbose:
+            raise
+        return interrupted_exit()
 
 
 if __name__ == "__main__":

@@ -118,6 +118,36 @@ def run_reporting_errors(command: Callable[[argparse.Namespace], int], args: arg
         return USER_ERROR_EXIT
 
 
+TERMINATED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+_terminated: list[bool] = []
+
+
+def stop_on_sigterm(grace_s: float = 20.0) -> None:
+    """SIGTERM (`kill`, systemd, a scheduler's time limit) stops `slam` the way Ctrl-C does instead of killing it
+    mid-line: one line says what happened and what to do, the run unwinds (Prefect marks it Crashed, stops its
+    temporary server, DuckDB rolls back an open transaction) and exits 143; whatever was committed stays and the
+    next run resumes from it. If unwinding takes longer than `grace_s`, the process exits anyway (a second SIGTERM
+    kills at once)."""
+    import signal
+    import threading
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _terminated.append(True)
+        print("slam: stopped by SIGTERM — finished shards and checkpoints stay in the catalog — rerun the same "
+              "command to resume from them", file=sys.stderr, flush=True)
+        threading.Timer(grace_s, os._exit, args=(TERMINATED_EXIT,)).start()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def interrupted_exit() -> int:
+    """Exit status after a KeyboardInterrupt: 143 when SIGTERM caused it, else 130 (Ctrl-C)."""
+    return TERMINATED_EXIT if _terminated else 130
+
+
 def report_rejected(items: list[tuple[Any, str]]) -> None:
     """One `slam: error:` line per input refused while the others went on (e.g. a bad checkpoint among good)."""
     for item, reason in items:

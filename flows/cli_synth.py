@@ -37,9 +37,12 @@ def synth_config(args: argparse.Namespace):
 def cmd_synth(args: argparse.Namespace) -> int:
     from flows.cli_common import quiet_offline_env
 
+    from slam_core.inputs import check_synth_input
+
     args.preset_backend = _preset_backend(args.preset)
     cfg, seed = synth_config(args)  # the whole config, validated before any shard or flow starts
-    quiet_offline_env()
+    check_synth_input(args.kind, args.input)
+    quiet_offline_env(args.verbose)
     if args.prefect:
         from flows.synthesize import synthesize
 

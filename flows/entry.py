@@ -70,11 +70,37 @@ def _refresh_good_copy(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: di
         log.debug("no good copy of the catalog: %s", err)
 
 
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect's engine logs a failed task or flow with its traceback; for a user error the line is the story
+    (`slam -v` keeps the traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not log.isEnabledFor(logging.DEBUG):
+            from flows.cli_common import error_line
+
+            if error_line(exc) is not None:
+                record.exc_info, record.exc_text = None, None
+        return True
+
+
+_FILTER = _UserErrorsWithoutTraceback()
+
+
+def hide_user_error_tracebacks() -> None:
+    """Install the filter above on Prefect's run loggers (idempotent)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.task_engine", "prefect.flow_engine"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 def user_facing(fn: Callable[..., Any]) -> Callable[..., Any]:
     """See the module docstring."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        hide_user_error_tracebacks()
         in_prefect, root, deployed = _run_context()
         try:
             return fn(*args, **kwargs)
@@ -94,7 +120,7 @@ def user_facing(fn: Callable[..., Any]) -> Callable[..., Any]:
             get_run_logger().error(line)
             return Failed(message=line)
         finally:
-            if root:
+            if root or not in_prefect:  # plain runtime (flows/plain_runtime.py): every flow call
                 _refresh_good_copy(fn, args, kwargs)
 
     return run

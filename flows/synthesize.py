@@ -12,6 +12,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.common import load_config
 from flows.entry import user_facing
+from slam_core.inputs import check_synth_input
 from slam_core.synth.jobs import default_voices, run_synthesis
 from tasks.synth import synthesize_shard
 
@@ -24,6 +25,7 @@ def synthesize(kind: str = "stinystories", input: str = "slam-data/raw/builtin/s
                overrides: dict[str, Any] | None = None, data_root: str | None = None) -> dict[str, Any]:
     """Plan shards of `input`, speak each in `workers` processes, record each shard in the catalog."""
     cfg = load_config(preset, overrides, data_root)
+    check_synth_input(kind, input, "input")
     if backend:
         cfg.synth.backend = backend
         if not voices and kind == "stinystories":

@@ -235,6 +235,12 @@ class TrainConfig(_Section):
         "are re-split so that the effective batch (micro_batch_size x grad_accum sequences) stays exactly the "
         "recipe's. auto: on CUDA the largest that fits, probed at start and cached per GPU model under the data "
         "root; on CPU micro_batch_size.")
+    micro_batch_memory_share: float = Field(
+        0.85, gt=0, le=1, description="run_micro_batch=auto takes the largest micro-batch whose probed peak memory "
+        "(an eager forward + backward of synthetic rows, plus the AdamW moments) stays under this share of the GPU's "
+        "memory. The rest is headroom for what a long run does beside the step: checkpoint saves, validation passes, "
+        "allocator fragmentation. The log says which micro-batch it chose and why; lower this if a run still runs "
+        "out of memory mid-training (it then also lowers the micro-batch itself and resumes, tasks/train.py).")
     liger_kernels: bool = Field(
         False, description="Apply liger-kernel's fused RMSNorm, SwiGLU and RoPE (CUDA; needs the 'liger' extra). "
         "Fused linear cross-entropy is not used: the 502-token head is too small to gain from it.")

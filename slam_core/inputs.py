@@ -20,6 +20,7 @@ from pathlib import Path
 
 from slam_core.config import SlamConfig
 from slam_core.corpora.published_layout import PUBLISHED_METRICS, find_set_dir
+from slam_core.errors import InputError
 from slam_core.offline import offline, offline_variable
 from slam_core.preflight import PreflightError
 
@@ -167,6 +168,20 @@ def corpus_inputs(cfg: SlamConfig) -> list[MissingInput]:
             out.append(MissingInput("corpus", what, f"--set corpus.{name}",
                                     f"{value} does not exist: give {expected}"))
     return out
+
+
+SYNTH_INPUTS = {
+    "spokenswag": "the official SWAG train.csv / val.csv (rowanz/swagaf) or a folder of them, the hub's SWAG Parquet, "
+                  "TRIPLES Parquet, or a published SpokenSwag folder",
+    "stinystories": "a TinyStories folder (*.parquet with 'text', or *.txt), a TinyStories file or STORIES Parquet",
+}
+
+
+def check_synth_input(kind: str, path: str | Path, where: str = "--input") -> None:
+    """The text (or speech) `slam synth <kind>` reads exists; else one InputError saying what to give."""
+    if not Path(path).expanduser().exists():
+        raise InputError(f"{kind} input not found", f"{where} {path}",
+                         f"give {SYNTH_INPUTS.get(kind, 'an existing file or folder')}")
 
 
 def missing_inputs(cfg: SlamConfig, stages: tuple[str, ...] = ("units", "eval")) -> list[MissingInput]:

@@ -37,6 +37,14 @@ def stage_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
     return f"{ctx.task.name}-{params['fingerprint']}-{root}"
 
 
+def not_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect `retry_condition_fn`: retry a failure unless it is bad input (`InputError`: the same input would
+    fail the same way, so the user gets the line at once instead of after every retry)."""
+    from slam_core.errors import InputError
+
+    return not isinstance(getattr(state, "data", None), InputError)
+
+
 # Keyword arguments shared by every cached stage task.
 CACHED = {"cache_key_fn": stage_cache_key, "persist_result": True, "result_serializer": "json"}
 

@@ -26,7 +26,9 @@ def prepare_corpus(cfg: CorpusConfig, seed: int, out_dir: str, fingerprint: str,
             result.update(text_hub.prepare_text_corpus(cfg, seed, out, Path(data_root) / "raw" / "hub-text"))
         else:
             result.update(builtin.prepare_builtin_corpus(cfg, seed, out))
-        return {"rows": result["n_stories"] + result["n_triples"]}
+        # text rows refused with their line (a SWAG CSV row that is not UTF-8), quarantined with the artifact
+        bad = [(q["path"], q["reason"], q["detail"]) for q in result.get("quarantined", [])]
+        return {"rows": result["n_stories"] + result["n_triples"], "bad": bad}
 
     dataset = "tinystories" if cfg.source == "tinystories" else "builtin"
     rec = produce_or_reuse(catalog_at(data_root), stage="raw", dataset=dataset, split="all",

@@ -6,6 +6,8 @@ interrupt them, and they resume from their own checkpoints, so a Prefect retry c
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,27 @@ from prefect import task
 from data_catalog import produce_or_reuse
 from slam_core.config import DpoConfig, ModelConfig, ParallelConfig, TrainConfig
 from slam_core.lm import distributed, dpo, launch, model, train
+from slam_core.errors import InputError
 from slam_core.lm.checkpoint import latest_checkpoint
-from tasks.common import CACHED, catalog_at, progress_reporter
+from slam_core.lm.data import BadShardError
+from tasks.common import CACHED, catalog_at, not_bad_input, progress_reporter
+
+
+@contextlib.contextmanager
+def shards_checked(data_root: str) -> Iterator[None]:
+    """A units shard that training cannot read (truncated, corrupt, rewritten behind the catalog) becomes one
+    user error naming it, and its catalog rows are dropped, so the next run makes it again instead of serving
+    it: nothing else is lost (finished shards and checkpoints stay)."""
+    try:
+        yield
+    except BadShardError as err:
+        text = " ".join(str(err).split())
+        path, _, reason = text.partition(": ")
+        dropped = catalog_at(data_root).forget_path(path) if Path(path).suffix == ".parquet" else 0
+        raise InputError(f"training met a units shard it cannot read ({reason or text})", path,
+                         "rerun the same command: " + ("its catalog row was dropped, so the shard is made again from "
+                                                       "its source" if dropped else "the shard is checked again "
+                                                       "and made again if it is still bad")) from None
 
 
 @task(name="init-speech-lm", retries=1, **CACHED)
@@ -34,7 +55,7 @@ def init_speech_lm(cfg: ModelConfig, n_units: int, seed: int, out_dir: str, fing
     return {**rec, "n_params": rec["rows"]}
 
 
-@task(name="pretrain", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
+@task(name="pretrain", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input, tags=["gpu"], **CACHED)
 def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, train_cfg: TrainConfig, run_dir: str,
              seed: int, device: str, fingerprint: str, data_root: str,
              parallel_cfg: ParallelConfig | None = None,
@@ -54,12 +75,13 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
         cache_dir = Path(data_root) / "cache"  # probed micro-batch sizes, per GPU model
         args = (Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg, Path(run_dir), seed)
         held_out = {k: [Path(p) for p in v] for k, v in (val_shards or {}).items()}
-        if world_size > 1:
-            summary.update(launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
-                                                  progress=progress, val_shards=held_out, cache_dir=cache_dir))
-        else:
-            summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out,
-                                          cache_dir=cache_dir))
+        with shards_checked(data_root):
+            if world_size > 1:
+                summary.update(launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
+                                                      progress=progress, val_shards=held_out, cache_dir=cache_dir))
+            else:
+                summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out,
+                                              cache_dir=cache_dir))
         progress(1.0, f"done: {summary['steps']} steps")  # the schedule may end the run before its estimate
         return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 
@@ -68,7 +90,7 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
     return {**rec, "checkpoint": str(latest_checkpoint(Path(run_dir))), "run_dir": run_dir, "summary": summary}
 
 
-@task(name="dpo", retries=2, retry_delay_seconds=5, tags=["gpu"], **CACHED)
+@task(name="dpo", retries=2, retry_delay_seconds=5, retry_condition_fn=not_bad_input, tags=["gpu"], **CACHED)
 def run_dpo(init_checkpoint: str, preference_path: str, model_cfg: ModelConfig, dpo_cfg: DpoConfig, run_dir: str,
             seed: int, device: str, fingerprint: str, data_root: str) -> dict[str, Any]:
     """Preference-tune on spoken triples with precomputed reference log-probs."""
@@ -76,8 +98,10 @@ def run_dpo(init_checkpoint: str, preference_path: str, model_cfg: ModelConfig, 
 
     def produce() -> dict[str, Any]:
         progress = progress_reporter("DPO")
-        summary.update(dpo.train_dpo(Path(init_checkpoint), Path(preference_path), model_cfg, dpo_cfg, Path(run_dir),
-                                     seed, device=device, progress=progress, cache_dir=Path(data_root) / "cache"))
+        with shards_checked(data_root):
+            summary.update(dpo.train_dpo(Path(init_checkpoint), Path(preference_path), model_cfg, dpo_cfg,
+                                         Path(run_dir), seed, device=device, progress=progress,
+                                         cache_dir=Path(data_root) / "cache"))
         progress(1.0, f"done: {summary['steps']} steps")  # DPO ends on steps or epochs before its time budget
         return {"rows": summary["steps"], "tokens": summary.get("tokens_seen", 0), "bad": summary.get("skipped", [])}
 

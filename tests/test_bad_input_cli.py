@@ -73,6 +73,24 @@ def test_bad_centroids_are_one_line(tmp_path, capsys, kind):
     assert str(path) in line and "Traceback" not in line
 
 
+def test_centroids_of_another_encoders_dimension_are_one_line(tmp_path, capsys):
+    """500 centroids of dimension 768 (mHuBERT's) with the tiny encoder (96): refused before any work, in
+    `units extract` and in `slam run`, naming both widths."""
+    (tmp_path / "audio").mkdir()
+    path = tmp_path / "km768.npy"
+    np.save(path, np.zeros((500, 768), np.float32))
+    rc = main(["units", "extract", "--audio", str(tmp_path / "audio"), "--out", str(tmp_path / "o"),
+               "--centroids", str(path), "--data-root", str(tmp_path / "root")])
+    assert rc == 2
+    line = _one_error_line(capsys)
+    assert "dimension 768 but encoder 'tiny' gives 96-dimensional features — --centroids —" in line
+    rc = main(["run", "reproduce", "--data-root", str(tmp_path / "root"), "--set", f"units.kmeans_path={path}",
+               "--set", "units.fit_kmeans=false"])
+    assert rc == 2
+    assert "— units.kmeans_path —" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "root" / "catalog.duckdb").exists()
+
+
 def test_model_init_refuses_an_existing_file_and_leaves_it(tmp_path, capsys):
     user_file = tmp_path / "notes.txt"
     user_file.write_text("precious")

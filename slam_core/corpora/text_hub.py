@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -180,12 +181,46 @@ def swag_files(root: str | Path) -> list[Path]:
     return [f for f in chosen if split_of(f)]
 
 
-def _read_swag(path: Path) -> list[dict]:
-    table = pq.read_table(path) if path.suffix == ".parquet" else pa_csv.read_csv(path)
+def _read_swag(path: Path) -> tuple[list[dict], list[dict]]:
+    """(rows, rows refused): a CSV whose bytes are not all UTF-8 is read record by record, and each record with
+    bytes that are not UTF-8 (e.g. one row saved as Latin-1) is refused with its line number; the others go on."""
+    bad: list[dict] = []
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+    else:
+        table = pa_csv.read_csv(path)
+        # pyarrow types a text column holding bytes that are not UTF-8 as binary: every row would be dropped
+        if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema):
+            return _read_swag_csv_by_record(path)
     missing = [c for c in SWAG_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"{path}: not SWAG 'regular' rows, missing {missing} (columns: {table.column_names})")
-    return table.select(list(SWAG_COLUMNS)).to_pylist()
+    return table.select(list(SWAG_COLUMNS)).to_pylist(), bad
+
+
+def _read_swag_csv_by_record(path: Path) -> tuple[list[dict], list[dict]]:
+    """The slow path of `_read_swag` for a CSV with bytes that are not UTF-8 (see there)."""
+    import csv
+
+    rows, bad = [], []
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        missing = [c for c in SWAG_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: not SWAG 'regular' rows, missing {missing} (columns: {header})")
+        line = reader.line_num
+        for record in reader:
+            first, line = line + 1, reader.line_num
+            try:
+                "".join(record).encode("utf-8")
+            except UnicodeEncodeError as err:
+                raw = err.object[err.start:err.end].encode("utf-8", "surrogateescape")
+                bad.append({"path": f"{path}:{first}", "reason": "not_utf8",
+                            "detail": f"line {first}: bytes {raw!r} are not UTF-8 (saved in another encoding?)"})
+                continue
+            rows.append(dict(zip(header, record)))
+    return [{c: r.get(c) for c in SWAG_COLUMNS} for r in rows], bad
 
 
 def swag_triple(row: dict, pair_id: str, split: str, seed: int) -> dict | None:
@@ -241,12 +276,13 @@ def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_ble
     per_split: Counter[str] = Counter()
     by_split: dict[str, list[dict]] = {}
     unreadable: dict[str, str] = {}
+    quarantined: list[dict] = []  # rows refused, each {"path": "<file>:<line>", "reason", "detail"}
     files = swag_files(root)
     for path in files:
         split = split_of(path) or "train"  # a single file whose name says no split (e.g. swag.csv) is training data
         try:
-            rows = _read_swag(path)
-        except (ValueError, OSError) as err:  # empty, not UTF-8, not CSV/Parquet, a column missing
+            rows, bad = _read_swag(path)
+        except (ValueError, OSError) as err:  # empty, not CSV/Parquet, a column missing
             reason = " ".join(str(err).split())[:300]
             if split == "train" or len(files) == 1:
                 raise InputError(f"unreadable SWAG {split} file ({reason})", path,
@@ -254,6 +290,9 @@ def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_ble
             log.warning("SWAG: skipping the %s file %s (%s); the train split goes on", split, path, reason)
             unreadable[str(path)] = reason
             continue
+        for row in bad:
+            log.warning("SWAG: quarantined %s (%s); the other rows go on", row["path"], row["detail"])
+        quarantined += bad
         by_split.setdefault(split, []).extend(rows)
     for split in sorted(by_split):
         rows, drop = build_swag_triples(by_split[split], split, seed, max_auto_bleu, max_rows)
@@ -263,7 +302,7 @@ def prepare_swag(root: str | Path, out_path: str | Path, seed: int, max_auto_ble
     path = write_parquet_atomic(triples, TRIPLES, Path(out_path))
     log.info("SWAG: %s triples, dropped %s", dict(per_split), dict(dropped))
     return {"path": str(path), "rows": len(triples), "per_split": dict(per_split), "dropped": dict(dropped),
-            "unreadable": unreadable}
+            "unreadable": unreadable, "quarantined": quarantined}
 
 
 def prepare_text_corpus(cfg: CorpusConfig, seed: int, out_dir: str | Path, download_dir: str | Path) -> dict:
@@ -275,4 +314,5 @@ def prepare_text_corpus(cfg: CorpusConfig, seed: int, out_dir: str | Path, downl
     stories = prepare_tinystories(ts_root, out_dir / "stories.parquet", cfg.max_hub_rows)
     triples = prepare_swag(swag_root, out_dir / "triples.parquet", seed, cfg.swag_max_auto_bleu, cfg.max_hub_rows)
     return {"stories": stories["path"], "triples": triples["path"], "n_stories": stories["rows"],
-            "n_triples": triples["rows"], "skipped_stories": stories["skipped"], "dropped_triples": triples["dropped"]}
+            "n_triples": triples["rows"], "skipped_stories": stories["skipped"], "dropped_triples": triples["dropped"],
+            "quarantined": triples["quarantined"]}

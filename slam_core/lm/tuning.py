@@ -4,10 +4,12 @@
   which compiles in a fraction of the whole model's time (PyTorch "regional compilation" recipe). Shapes stay
   static: micro-batches are [B, L] and `cu_seqlens` comes in a few padded lengths.
 - Fused kernels: liger-kernel's RMSNorm, SwiGLU and RoPE (Triton, CUDA), optional.
-- Micro-batch: the largest that fits, probed with a forward + backward of synthetic packed rows before any
-  compilation (eager uses more activation memory than compiled code, so the probe is conservative) and
-  cached per GPU model; the number of micro-batches per step follows, so every optimiser step still sees
-  the same sequences.
+- Micro-batch: the largest whose probed peak (a forward + backward of synthetic packed rows before any
+  compilation; eager uses more activation memory than compiled code, so the probe is conservative) plus the
+  AdamW moments stays under train.micro_batch_memory_share (default 85 %) of the GPU, leaving headroom for
+  what a long run does beside the step (checkpoint saves, validation passes, allocator fragmentation); sizes
+  whose extrapolated peak would pass it are not tried. Cached per GPU model; the number of micro-batches per
+  step follows, so every optimiser step still sees the same sequences.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,7 +31,7 @@ from slam_core.lm.step import autocast_for, packed_loss_sum, weight_cast_scope
 log = logging.getLogger(__name__)
 
 MICRO_BATCH_CACHE = "micro_batch_probe.json"
-MEMORY_FRACTION = 0.85  # of the GPU's memory the probed step may use (the rest: allocator slack, compile)
+MEMORY_FRACTION = 0.85  # default share of the GPU's memory (TrainConfig.micro_batch_memory_share)
 
 
 def compile_enabled(setting: bool | str, device: torch.device) -> bool:
@@ -118,49 +121,90 @@ def _probe_peak_bytes(model: torch.nn.Module, rows: int, width: int, attn_implem
 
 
 def probe_micro_batch(model: torch.nn.Module, train_cfg: TrainConfig, context_len: int, attn_implementation: str,
-                      device: torch.device, dtype: torch.dtype, env: DistEnv, cache_dir: Path | None) -> int:
+                      device: torch.device, dtype: torch.dtype, env: DistEnv, cache_dir: Path | None,
+                      report: dict | None = None) -> int:
     """The pre-training micro-batch to run: train.run_micro_batch, or for auto on CUDA the largest divisor of the
-    per-rank sequences per step that fits (`fit_micro_batch`); on CPU auto is the recipe's micro_batch_size."""
+    per-rank sequences per step whose probed peak stays under train.micro_batch_memory_share of the GPU
+    (`fit_micro_batch`); on CPU auto is the recipe's micro_batch_size."""
     return fit_micro_batch(model, train_cfg.run_micro_batch, train_cfg.micro_batch_size,
                            train_cfg.sequences_per_step // env.world_size, 1, context_len, attn_implementation, device,
-                           dtype, env, cache_dir)
+                           dtype, env, cache_dir, memory_share=train_cfg.micro_batch_memory_share, report=report)
 
 
 def fit_micro_batch(model: torch.nn.Module, setting: int | str, configured: int, per_rank_items: int,
                     rows_per_item: int, width: int, attn_implementation: str, device: torch.device,
-                    dtype: torch.dtype, env: DistEnv, cache_dir: Path | None) -> int:
+                    dtype: torch.dtype, env: DistEnv, cache_dir: Path | None, memory_share: float = MEMORY_FRACTION,
+                    report: dict | None = None) -> int:
     """Items (sequences, or DPO pairs of `rows_per_item` = 2 rows) per forward pass: `setting` when it is a
     number; for auto on CUDA the largest divisor of `per_rank_items` whose probed forward + backward on rows of
-    `width` tokens fits MEMORY_FRACTION of the GPU next to the AdamW moments (cached per GPU model under
-    `cache_dir`); `configured` elsewhere."""
+    `width` tokens, plus the AdamW moments, stays under `memory_share` of the GPU's memory (cached per GPU model
+    and share under `cache_dir`); `configured` elsewhere. The choice and its reason are logged in one line and,
+    when `report` is given, put in it (the bench records them)."""
     if isinstance(setting, int):
         return setting
     if device.type != "cuda":
         return configured
-    key = _cache_key(model, device, dtype, width, rows_per_item, attn_implementation, per_rank_items)
+    key = _cache_key(model, device, dtype, width, rows_per_item, attn_implementation, per_rank_items) + \
+        f"|share {memory_share:g}"
     cache_path = Path(cache_dir) / MICRO_BATCH_CACHE if cache_dir is not None else None
     cache = json.loads(cache_path.read_text()) if cache_path is not None and cache_path.exists() else {}
     if key in cache:
-        chosen = int(cache[key])
+        chosen, why = int(cache[key]), f"cached in {cache_path} (probed earlier on this GPU model and shape)"
+        details: dict = {"memory_share": memory_share, "cached": True}
     else:
-        chosen = _probe(model, per_rank_items, configured, rows_per_item, width, attn_implementation, device, dtype)
+        chosen, details = _probe(model, per_rank_items, configured, rows_per_item, width, attn_implementation, device,
+                                 dtype, memory_share)
+        why = details["why"]
         if cache_path is not None and env.is_main:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(cache_path, json.dumps({**cache, key: chosen}, indent=2, sort_keys=True) + "\n")
-    chosen = min_int_across(chosen, env, device)  # every rank must split the step the same way
-    log.info("micro-batch %d (auto; %s)", chosen, "cached" if key in cache else "probed")
-    return chosen
+    agreed = min_int_across(chosen, env, device)  # every rank must split the step the same way
+    if agreed != chosen:
+        why += f"; lowered to {agreed}, the smallest any rank chose"
+    log.info("micro-batch %d (auto; %d per step per rank, rows of %d tokens): %s", agreed, per_rank_items, width, why)
+    if report is not None:
+        report.update({**details, "chosen": agreed, "why": why})
+    return agreed
+
+
+def choose_micro_batch(divisors: list[int], start: int, budget_bytes: float,
+                       measure: Callable[[int], int | None]) -> tuple[int, list[dict]]:
+    """The largest of `divisors` (from `start` up) whose `measure(items)` (peak bytes, None: out of memory) stays
+    under `budget_bytes`. A size whose peak, extrapolated from the sizes measured so far (linear in the items;
+    proportional after one), would pass the budget is not tried: trying it would fill the GPU for nothing. Below
+    `start` only when `start` itself does not fit. Returns the choice and each size's outcome."""
+    start = max([m for m in divisors if m <= start] or [divisors[0]])
+    probes: list[dict] = []
+    measured: list[tuple[int, int]] = []
+    chosen = None
+    for items in [m for m in divisors if m >= start]:
+        if measured:
+            (x0, y0), (x1, y1) = (measured[-2] if len(measured) > 1 else (0, 0)), measured[-1]
+            predicted = y1 + (y1 - y0) / (x1 - x0) * (items - x1)
+            if predicted > budget_bytes:
+                probes.append({"items": items, "predicted_gib": round(predicted / 2**30, 2), "tried": False})
+                break
+        peak = measure(items)
+        probes.append({"items": items, "peak_gib": None if peak is None else round(peak / 2**30, 2),
+                       "out_of_memory": peak is None, "tried": True})
+        if peak is None or peak > budget_bytes:
+            break
+        measured.append((items, peak))
+        chosen = items
+    if chosen is None:  # not even `start` fits: go below it
+        smaller = [m for m in divisors if m < start]
+        chosen = smaller[-1] if smaller else divisors[0]
+    return chosen, probes
 
 
 def _probe(model: torch.nn.Module, per_rank: int, start: int, rows_per_item: int, width: int,
-           attn_implementation: str, device: torch.device, dtype: torch.dtype) -> int:
+           attn_implementation: str, device: torch.device, dtype: torch.dtype,
+           memory_share: float = MEMORY_FRACTION) -> tuple[int, dict]:
     total = torch.cuda.get_device_properties(device).total_memory
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters())  # AdamW state, not yet allocated
-    budget = MEMORY_FRACTION * total - moments
-    divisors = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
-    start = max([m for m in divisors if m <= start] or [1])
-    chosen = None
-    for items in [m for m in divisors if m >= start]:
+    budget = memory_share * total - moments
+
+    def measure(items: int) -> int | None:
         try:
             peak = _probe_peak_bytes(model, items * rows_per_item, width, attn_implementation, device, dtype)
         except torch.OutOfMemoryError:
@@ -168,12 +212,29 @@ def _probe(model: torch.nn.Module, per_rank: int, start: int, rows_per_item: int
         model.zero_grad(set_to_none=True)
         log.info("micro-batch probe: %d x %d tokens -> %s", items * rows_per_item, width,
                  "out of memory" if peak is None else f"{peak / 2**30:.1f} GiB peak")
-        if peak is None or peak > budget:
-            break
-        chosen = items
+        return peak
+
+    divisors = [m for m in range(1, per_rank + 1) if per_rank % m == 0]
+    chosen, probes = choose_micro_batch(divisors, start, budget, measure)
     torch.cuda.empty_cache()
-    if chosen is None:  # not even the configured micro-batch fits: go below it
-        smaller = [m for m in divisors if m < start]
-        chosen = smaller[-1] if smaller else 1
-        log.warning("micro-batch %d does not fit; using %d", start, chosen)
-    return chosen
+    return chosen, {"memory_share": memory_share, "device_gib": round(total / 2**30, 2),
+                    "adamw_moments_gib": round(moments / 2**30, 2), "budget_gib": round(budget / 2**30, 2),
+                    "probes": probes, "why": explain_choice(chosen, probes, memory_share, total, moments, budget)}
+
+
+def explain_choice(chosen: int, probes: list[dict], share: float, total: float, moments: float,
+                   budget: float) -> str:
+    """One line: why `chosen` (its probed peak against the budget) and why not the next size."""
+    gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+    rule = (f"{share:.0%} of {gib(total)} less {gib(moments)} of AdamW moments = {gib(budget)} for a probed "
+            f"forward + backward")
+    mine = next((p for p in probes if p["items"] == chosen and p.get("peak_gib") is not None), None)
+    over = next((p for p in probes if p["items"] > chosen), None)
+    parts = [f"{chosen} peaked at {mine['peak_gib']:.1f} GiB" if mine else f"{chosen}: no larger size fits"]
+    if over is not None:
+        parts.append(f"{over['items']} " + ("ran out of memory" if over.get("out_of_memory") else
+                                            f"peaked at {over['peak_gib']:.1f} GiB" if over["tried"] else
+                                            f"would need ~{over['predicted_gib']:.1f} GiB (extrapolated, not tried)"))
+    else:
+        parts.append("the largest divisor of the step")
+    return f"{rule}: " + "; ".join(parts)

@@ -76,16 +76,17 @@ def input_kind(kind: str, input_path: str | Path) -> str:
 
 
 def text_table(kind: str, input_path: str | Path, work_dir: str | Path, seed: int, limit: int | None = None,
-               max_auto_bleu: float = 0.3) -> tuple[str, Path]:
-    """(input kind, STORIES/TRIPLES Parquet to speak) - text sources are prepared into `work_dir` first."""
+               max_auto_bleu: float = 0.3) -> tuple[str, Path, list[tuple[str, str, str]]]:
+    """(input kind, STORIES/TRIPLES Parquet to speak, text rows refused as (where, reason, detail)) - text sources
+    are prepared into `work_dir` first (a SWAG CSV row that is not UTF-8 is refused with its line number)."""
     found = input_kind(kind, input_path)
     work_dir = Path(work_dir)
     if found == "tinystories":
-        return found, Path(text_hub.prepare_tinystories(input_path, work_dir / "stories.parquet", limit)["path"])
+        return found, Path(text_hub.prepare_tinystories(input_path, work_dir / "stories.parquet", limit)["path"]), []
     if found == "swag":
-        return found, Path(text_hub.prepare_swag(input_path, work_dir / "triples.parquet", seed, max_auto_bleu,
-                                                 limit)["path"])
-    return found, Path(input_path)
+        out = text_hub.prepare_swag(input_path, work_dir / "triples.parquet", seed, max_auto_bleu, limit)
+        return found, Path(out["path"]), [(q["path"], q["reason"], q["detail"]) for q in out["quarantined"]]
+    return found, Path(input_path), []
 
 
 def _shard_jobs(kind: str, rows: list[dict], file_prefix: str, cfg: SynthConfig, voices: list[str], seed: int,
@@ -134,7 +135,7 @@ def plan_jobs(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, ou
 
     `split` picks the rows of a STORIES/TRIPLES table ('all' keeps every split)."""
     out_dir = Path(out_dir)
-    found, table = text_table(kind, input_path, out_dir / "text", seed, limit)
+    found, table, refused = text_table(kind, input_path, out_dir / "text", seed, limit)
     info: dict[str, Any] = {"input_kind": found, "text": str(table)}
     if found == "published_spokenswag":
         return published_spokenswag_jobs(table, out_dir), [], info
@@ -150,7 +151,7 @@ def plan_jobs(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, ou
         triples = spokenswag.read_triples(table, wanted, limit)
         if not triples:
             raise ValueError(f"{table}: no triples of split {split!r}")
-        jobs, bad = spokenswag_jobs(triples, cfg, voices, seed, out_dir, split), []
+        jobs, bad = spokenswag_jobs(triples, cfg, voices, seed, out_dir, split), refused
     info["voices"] = voices
     return jobs, bad, info
 
