@@ -1,8 +1,9 @@
 """Unit extraction speed in × real time: invariant (default) and padded batching vs one-at-a-time (same process).
 
-CPU (`run`): the tiny smoke encoder and the real HuBERT-base 25 Hz shape (random weights). GPU (`run_gpu`): the
-real shape in fp16 on 30 minutes of VAD-like segments (1-20 s): the default mode with both matmul backends,
-padded batching, one at a time, and the share of frames whose units agree with fp32 extraction.
+CPU (`run`): the tiny smoke encoder and the real HuBERT-base 25 Hz shape (random weights): the default invariant
+mode (row-wise kernels), the previous invariant implementation (conv stack, positional conv and attention per
+item), padded batching and one at a time. GPU (`run_gpu`, bench/units_gpu.py): the real shape in the presets'
+default dtype and fp16, the same variants, and the share of frames whose units equal stock fp32 extraction.
 """
 
 from __future__ import annotations
@@ -57,9 +58,17 @@ def _compare_modes(encoder: HubertModel, layer: int, waves: list[np.ndarray], de
     ref = single.frames(waves)
     out: dict = {"audio_s": audio_s, "segments": len(waves), "batch_size": batch_size, "dtype": str(dtype).split(".")[1],
                  "one_at_a_time_x_realtime": audio_s / t_single, "one_at_a_time_matmul": single.invariant.matmul}
+    previous = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=batch_size, invariant_kernels="per_item")
     for k, matmul in enumerate(matmuls):
         invariant = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=batch_size, invariant_matmul=matmul)
-        t = best_of(lambda: invariant.units(waves), repeats=1)
+        if k == 0:  # the previous invariant implementation, timed alternately with the new one (shared CPUs)
+            t_previous = best_of(lambda: previous.units(waves), repeats=2)
+        t = best_of(lambda: invariant.units(waves), repeats=2)
+        if k == 0:
+            t_previous = min(t_previous, best_of(lambda: previous.units(waves), repeats=1))
+            out.update({"previous_invariant_x_realtime": audio_s / t_previous, "ratio_vs_previous_invariant": t_previous / t,
+                        "previous_invariant_frame_agreement":  # other kernels, so other rounding: near-ties may differ
+                            float((np.concatenate(previous.frames(waves)) == np.concatenate(ref)).mean())})
         equal = all(np.array_equal(a, b) for a, b in zip(invariant.frames(waves), ref))
         prefix = "" if k == 0 else f"invariant_{invariant.invariant.matmul}_"
         out.update({f"{prefix}x_realtime": audio_s / t, f"{prefix}equal_to_one_at_a_time": equal,
@@ -75,7 +84,8 @@ def _compare_modes(encoder: HubertModel, layer: int, waves: list[np.ndarray], de
 
 def _print(name: str, r: dict) -> None:
     print(f"units[{name}] {r['dtype']}: invariant ({r['matmul']}) {r['x_realtime']:,.0f}x real time "
-          f"(equal to one at a time: {r['equal_to_one_at_a_time']}, {r['ratio_vs_one_at_a_time']:.2f}x one at a time); "
+          f"(equal to one at a time: {r['equal_to_one_at_a_time']}, {r['ratio_vs_one_at_a_time']:.2f}x one at a time, "
+          f"{r['ratio_vs_previous_invariant']:.2f}x the previous invariant kernels); "
           f"padded {r['padded_x_realtime']:,.0f}x (frame agreement {r['padded_frame_agreement']:.5f}); "
           f"one at a time {r['one_at_a_time_x_realtime']:,.0f}x")
 
@@ -226,121 +236,11 @@ def formant_speech(total_s: float, seed: int = 0) -> list[np.ndarray]:
     return waves
 
 
-def _real_speech() -> tuple[list[np.ndarray], list[dict] | None, str]:
-    """The two real recordings and their published reference units, from SLAM_REAL_SPEECH_DIR or the shared
-    data directory the tests use; ([], None, why) when they cannot be read here."""
-    import json
-
-    folder_path = _real_speech_dir()
-    if folder_path is None:
-        return [], None, "no SLAM_REAL_SPEECH_DIR and no shared real-speech directory"
-    files = sorted(folder_path.glob("audio*.flac"))
-    if not files:
-        return [], None, f"no audio*.flac in {folder_path}"
-    try:
-        from slam_core.audio.io import read_audio
-    except ImportError as err:
-        return [], None, f"cannot read FLAC here ({err})"
-    ref_path = folder_path / "reference_units_mhubert25hz_km500.jsonl"
-    refs = None
-    if ref_path.is_file():
-        by_name = {Path(r["file_name"]).name: r for r in map(json.loads, ref_path.read_text().splitlines()) if r}
-        refs = [by_name.get(f.name) for f in files]
-    return [read_audio(f) for f in files], refs, f"{len(files)} files from {folder_path}"
-
-
-def default_mode_fp32_agreement(encoder: HubertModel, layer: int, device: torch.device, dtype: torch.dtype,
-                                centroids: np.ndarray | None = None, synthetic_s: float = 120.0) -> dict:
-    """Share of 25 Hz frames whose units (default mode, `dtype`) equal those of fp32 extraction, on the real
-    recordings and on synthetic speech: `dtype_agreement` for a GPU host without espeak or faiss (formant
-    speech instead of TTS; 500 frames of the fp32 features as centroids, a k-means-like geometry). With the real encoder and k-means (SLAM_MHUBERT_DIR,
-    SLAM_KMEANS_PATH) also the agreement with the published reference units."""
-    real, refs, real_note = _real_speech()
-    synthetic = formant_speech(synthetic_s)
-    fp32 = UnitExtractor(encoder.float(), None, layer, device, torch.float32)
-    if centroids is None:
-        feats = np.concatenate(fp32.features(real + synthetic))
-        centroids = feats[np.random.default_rng(0).choice(len(feats), min(500, len(feats)), replace=False)].copy()
-    fp32 = UnitExtractor(encoder, centroids, layer, device, torch.float32)
-    sets = {"real_speech": real, "synthetic_speech": synthetic}
-    ref_frames = {k: fp32.frames(v) for k, v in sets.items()}
-    low = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=64)
-    out: dict = {"dtype": str(dtype).split(".")[1], "real_speech_source": real_note}
-    for k, waves in sets.items():
-        if waves:
-            got = np.concatenate(low.frames(waves))
-            out[k] = {"frames": int(len(got)), "agreement": float((got == np.concatenate(ref_frames[k])).mean())}
-    if refs and all(refs):
-        ref_units = np.concatenate([np.repeat(r["units"], r["duration"]) for r in refs])
-        got = np.concatenate(low.frames(real))
-        out["real_speech_vs_published_units"] = float((got == ref_units).mean()) if len(got) == len(ref_units) else None
-    return out
-
-
-def _real_tokeniser() -> tuple[HubertModel, np.ndarray] | None:
-    """The real mHuBERT-25Hz and k-means when SLAM_MHUBERT_DIR and SLAM_KMEANS_PATH point at local copies."""
-    enc_dir, km = os.environ.get("SLAM_MHUBERT_DIR"), os.environ.get("SLAM_KMEANS_PATH")
-    if not (enc_dir and km):
-        return None
-    from slam_core.units.quantizer import load_centroids
-
-    return load_encoder(enc_dir, "cpu", torch.float32), load_centroids(Path(km))
-
-
 def run_gpu(budget_s: float = 40.0, save: Callable[[dict], object] = lambda r: None, smoke: bool = False) -> dict:
-    """HuBERT-base 25 Hz shape, fp16, 15 min of 1-20 s segments, within `budget_s`: the default mode (invariant,
-    triton) against one-at-a-time extraction (speed on a 5-minute subset, equality on it), then padded batching,
-    the fixed-block backend and fp32 agreement while time is left. Results are saved after each part.
-    `smoke`: the same code on the CPU with a small encoder and little audio (tests run it)."""
-    device, dtype = (torch.device("cpu"), torch.float32) if smoke else (torch.device("cuda"), torch.float16)
-    make_encoder, layer = (_small_encoder, 2) if smoke else (_real_shape_encoder, 11)
-    t0 = time.perf_counter()
-    left = lambda: budget_s - (time.perf_counter() - t0)  # noqa: E731
-    encoder = make_encoder().to(device, dtype)
-    waves = _waves(20.0 if smoke else 900.0)
-    subset = _waves(10.0 if smoke else 300.0, seed=1)
-    centroids = np.random.default_rng(1).standard_normal((500, encoder.config.hidden_size)).astype(np.float32)
-    results: dict = {"note": "HuBERT-base 25 Hz shape, random weights, layer 11, fp16; x_realtime and "
-                             "equal_to_one_at_a_time are for the default mode (units.batching=invariant)"}
-    r: dict = {"audio_s": _audio_s(waves), "segments": len(waves), "batch_size": 64, "dtype": str(dtype).split(".")[1],
-               "mode": "invariant", "equality_checked_on_audio_s": _audio_s(subset)}
-    results["hubert_base_25hz"] = r
-    single = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=1)
-    reference = [single.frames([w])[0] for w in subset]
-    t_single = best_of(lambda: [single.units([w]) for w in subset], repeats=1)
-    r["one_at_a_time_x_realtime"] = _audio_s(subset) / t_single
-    variants = [("", "invariant", "auto"), ("padded_", "padded", "auto"), ("invariant_blocks_", "invariant", "blocks")]
-    for prefix, batching, matmul in variants:
-        if prefix and left() < (5 if smoke else 12):
-            break
-        extractor = UnitExtractor(encoder, centroids, layer, device, dtype, batch_size=64, batching=batching,
-                                  invariant_matmul=matmul)
-        seconds = best_of(lambda: extractor.units(waves), repeats=1)
-        got = extractor.frames(subset)
-        r[f"{prefix}x_realtime"] = r["audio_s"] / seconds
-        if batching == "invariant":
-            r[f"{prefix}equal_to_one_at_a_time"] = all(np.array_equal(a, b) for a, b in zip(got, reference))
-            r[f"{prefix}matmul"] = extractor.invariant.matmul
-        else:
-            r["padded_frame_agreement"] = float((np.concatenate(got) == np.concatenate(reference)).mean())
-        print(f"units {prefix or 'invariant_'}: {r[f'{prefix}x_realtime']:,.0f}x real time", flush=True)
-        save(results)
-    if "padded_x_realtime" in r:
-        r["padded_ratio_vs_invariant"] = r["padded_x_realtime"] / r["x_realtime"]
-    if left() > (5 if smoke else 15):
-        agreement = default_mode_fp32_agreement(make_encoder().to(device), layer, device, dtype,
-                                                synthetic_s=10.0 if smoke else 60.0)
-        r["fp32_agreement"] = agreement
-        print(f"units {r['dtype']} vs float32 frame agreement: {agreement}", flush=True)
-        save(results)
-    real = _real_tokeniser()
-    if real is not None and left() > 15:
-        results["mhubert_25hz_real_weights_fp32_agreement"] = default_mode_fp32_agreement(
-            real[0].to(device), 11, device, dtype, real[1])
-        save(results)
-    results["wall_s"] = round(time.perf_counter() - t0, 1)
-    save(results)
-    return results
+    """The GPU part (`bench.run_all --gpu`): see bench/units_gpu.py."""
+    from bench.units_gpu import run_gpu as run
+
+    return run(budget_s=budget_s, save=save, smoke=smoke)
 
 
 def _small_encoder() -> HubertModel:

@@ -19,11 +19,12 @@ def _run(module_name: str) -> tuple[dict, list[dict]]:
 def test_units_part_reports_the_default_mode_and_its_invariance():
     results, saved = _run("bench.bench_units")
     r = results["hubert_base_25hz"]
-    assert r["mode"] == "invariant" and r["matmul"] == "blocks" and r["x_realtime"] > 0
-    assert r["equal_to_one_at_a_time"] is True and r["invariant_blocks_equal_to_one_at_a_time"] is True
+    assert r["mode"] == "invariant" and r["matmul"].startswith("blocks") and r["x_realtime"] > 0
+    assert r["equal_to_one_at_a_time"] is True and r["previous_invariant_equal_to_one_at_a_time"] is True
+    assert r["speed_vs_previous_invariant"] > 0 and r["padded_speed_vs_invariant"] > 0
     assert 0.9 <= r["padded_frame_agreement"] <= 1.0
-    agreement = r["fp32_agreement"]  # float32 on CPU: the reference itself
-    assert agreement["synthetic_speech"]["agreement"] == 1.0 and agreement["synthetic_speech"]["frames"] > 100
+    agreement = r["fp32_agreement"]["float32"]  # row-wise kernels vs the stock modules, both float32 on CPU
+    assert agreement["synthetic_speech"]["agreement"] >= 0.95 and agreement["synthetic_speech"]["frames"] > 100
     assert len(saved) >= 2 and "hubert_base_25hz" in saved[0]  # written after the first part already
 
 

@@ -31,7 +31,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from slam_core.audio.io import TARGET_SAMPLE_RATE_HZ, BadAudioError, read_segment_audio
 from slam_core.device import pick_device, pick_dtype
 from slam_core.units.encoder import PAD_SAMPLES, frames_for_samples, load_encoder, resolve_encoder
-from slam_core.units.frontend import InvariantFeatureEncoder
+from slam_core.units.frontend import InvariantFeatureEncoder, frontend_rows
 from slam_core.units.invariant import InvariantTransformer
 from slam_core.units.quantizer import assign_units, fit_kmeans, load_centroids, nearest_centroid, save_centroids
 from slam_core.units.validate import item_units_problem
@@ -105,7 +105,7 @@ class UnitExtractor:
         # attention one item at a time), kept as the bench's same-process baseline.
         self.invariant = (InvariantTransformer(self.encoder, layer, invariant_matmul, kernels=invariant_kernels)
                           if batching == "invariant" else None)
-        self.frontend = (InvariantFeatureEncoder(self.encoder, self.invariant.rows)
+        self.frontend = (InvariantFeatureEncoder(self.encoder, frontend_rows(self.device, invariant_matmul))
                          if self.invariant is not None and invariant_kernels == "rows" else None)
         # On CUDA the centroids stay on the device: assignment follows the encoder without a copy per item.
         self._centroids_cuda = (torch.as_tensor(centroids, device=self.device)

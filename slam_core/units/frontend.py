@@ -24,6 +24,14 @@ from slam_core.units.invariant import RowOps, all_windows
 
 # Utterances per group are limited so the first layer's output (rows x 512 channels) stays a few GB.
 MAX_GROUP_SAMPLES = 16_000 * 300
+# The conv layers' row counts (up to 3,200 per audio second) are large: bigger fixed blocks on the CPU
+# (fewer calls; any fixed size is invariant).
+CPU_BLOCK_ROWS = 1024
+
+
+def frontend_rows(device: torch.device, matmul: str = "auto") -> RowOps:
+    """The RowOps of the conv stack: as the transformer's, with CPU_BLOCK_ROWS-row blocks on the CPU."""
+    return RowOps(device, matmul, CPU_BLOCK_ROWS if device.type == "cpu" else None)
 
 
 class InvariantFeatureEncoder:

@@ -73,15 +73,19 @@ class RowOps:
         """fn over corresponding rows of xs: Triton in chunks of any size; torch ops on whole blocks of
         `block_rows` rows (the last one zero-padded, then trimmed), so every call has one shape."""
         n = xs[0].shape[0]
-        if self.block_rows is None:
-            if n <= CHUNK_ROWS:
-                return fn(*xs)
-            return torch.cat([fn(*(x[lo:lo + CHUNK_ROWS] for x in xs)) for lo in range(0, n, CHUNK_ROWS)])
-        size, pad = self.block_rows, -n % self.block_rows
-        if pad:
-            xs = tuple(torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) for x in xs)
-        out = torch.cat([fn(*(x[lo:lo + size] for x in xs)) for lo in range(0, n + pad, size)])
-        return out[:n] if pad else out
+        if self.block_rows is None and n <= CHUNK_ROWS:
+            return fn(*xs)
+        size = CHUNK_ROWS if self.block_rows is None else self.block_rows
+        out = None
+        for lo in range(0, n, size):
+            part = [x[lo:lo + size] for x in xs]
+            if self.block_rows is not None and part[0].shape[0] < size:  # the last block, zero-padded
+                part = [torch.cat([x, x.new_zeros(size - x.shape[0], *x.shape[1:])]) for x in part]
+            y = fn(*part)
+            if out is None:
+                out = y.new_empty(n, *y.shape[1:])
+            out[lo:lo + size] = y[:min(size, n - lo)]
+        return out
 
 
 def all_windows(x: torch.Tensor, kernel: int) -> torch.Tensor:
