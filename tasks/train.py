@@ -15,7 +15,7 @@ from prefect import task
 
 from data_catalog import produce_or_reuse
 from slam_core.config import DpoConfig, ModelConfig, ParallelConfig, TrainConfig
-from slam_core.lm import distributed, dpo, launch, model, train
+from slam_core.lm import distributed, dpo, launch, model, oom, train
 from slam_core.errors import InputError
 from slam_core.lm.checkpoint import latest_checkpoint
 from slam_core.lm.data import BadShardError
@@ -73,15 +73,18 @@ def pretrain(init_dir: str, shard_paths: list[str], model_cfg: ModelConfig, trai
     def produce() -> dict[str, Any]:
         progress = progress_reporter("pre-training")
         cache_dir = Path(data_root) / "cache"  # probed micro-batch sizes, per GPU model
-        args = (Path(init_dir), [Path(p) for p in shard_paths], model_cfg, train_cfg, Path(run_dir), seed)
         held_out = {k: [Path(p) for p in v] for k, v in (val_shards or {}).items()}
-        with shards_checked(data_root):
+
+        def run(cfg: TrainConfig) -> dict[str, Any]:
+            args = (Path(init_dir), [Path(p) for p in shard_paths], model_cfg, cfg, Path(run_dir), seed)
             if world_size > 1:
-                summary.update(launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
-                                                      progress=progress, val_shards=held_out, cache_dir=cache_dir))
-            else:
-                summary.update(train.pretrain(*args, device=device, progress=progress, val_shards=held_out,
-                                              cache_dir=cache_dir))
+                return launch.launch_pretrain(*args, device=device, nproc=world_size, fsdp=parallel_cfg.fsdp,
+                                              progress=progress, val_shards=held_out, cache_dir=cache_dir)
+            return train.pretrain(*args, device=device, progress=progress, val_shards=held_out, cache_dir=cache_dir)
+
+        with shards_checked(data_root):
+            # out of memory mid-training: a smaller micro-batch, the same tokens per step, from the last checkpoint
+            summary.update(oom.run_lowering_on_oom(run, train_cfg, world_size))
         progress(1.0, f"done: {summary['steps']} steps")  # the schedule may end the run before its estimate
         return {"rows": summary["steps"], "tokens": summary["tokens_seen"], "bad": summary.get("skipped", [])}
 

@@ -25,6 +25,7 @@ import torch
 from slam_core.atomic import write_text_atomic
 from slam_core.config import TrainConfig
 from slam_core.lm.attention import cu_seqlens_from_positions
+from slam_core.lm import oom
 from slam_core.lm.distributed import DistEnv, min_int_across
 from slam_core.lm.step import autocast_for, packed_loss_sum, weight_cast_scope
 
@@ -164,6 +165,7 @@ def fit_micro_batch(model: torch.nn.Module, setting: int | str, configured: int,
     log.info("micro-batch %d (auto; %d per step per rank, rows of %d tokens): %s", agreed, per_rank_items, width, why)
     if report is not None:
         report.update({**details, "chosen": agreed, "why": why})
+    oom.remember_micro_batch(agreed, key, cache_path)  # an out-of-memory restart lowers it (slam_core.lm.oom)
     return agreed
 
 
