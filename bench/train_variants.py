@@ -129,8 +129,11 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
                       grad_accum=sequences_per_step // (8 if sequences_per_step % 8 == 0 else 1),
                       run_micro_batch=micro)
     t0 = time.perf_counter()
-    run_micro = tuning.probe_micro_batch(model, cfg, context_len, attn, device, dtype, DistEnv(), cache_dir)
+    choice: dict = {}  # auto on CUDA: the memory share, each probed size's peak, the choice and why
+    run_micro = tuning.probe_micro_batch(model, cfg, context_len, attn, device, dtype, DistEnv(), cache_dir, choice)
     probe_s = time.perf_counter() - t0
+    if device.type == "cuda":  # the run's peak from here on, not a probe's (an out-of-memory probe fills the GPU)
+        torch.cuda.reset_peak_memory_stats(device)
     compile_s = 0.0
     if compile_layers:
         tuning.compile_decoder_layers(model)
@@ -155,6 +158,8 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
     flops = model_flops_per_token(model, context_len)
     del model, optimizer
     release(device)
+    if choice:
+        result["micro_batch_choice"] = choice
     return {**result, "attn_implementation": attn, "compile": compile_layers, "liger": liger, "micro_batch": run_micro,
             "micro_batches_per_step": round(sum(micro_steps) / len(micro_steps), 2), "compile_s": round(compile_s, 1), "probe_s": round(probe_s, 1),
             "flops_per_token": flops}

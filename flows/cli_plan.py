@@ -80,6 +80,16 @@ def print_plan(plan: dict[str, Any]) -> None:
     st.add_row("total (known)", _hours(plan["eta_total_s"]), ", ".join(plan["eta_unknown"]) and
                f"not counted: {', '.join(plan['eta_unknown'])}")
     console.print(st)
+    pre = plan["preprocessing"]
+    units, synth = pre["units"], pre["synthesis"]
+    units_line = (f"units {units['gpu_hours']:,.1f} GPU-h ({units['audio_hours']:,.0f} h of audio at "
+                  f"{units['x_realtime']:,.0f}x on {units['measured']['device']}, {units['measured']['date']}; "
+                  f"{units['note']})" if "gpu_hours" in units else f"units: {units['note']}")
+    synth_line = (f"synthesis {synth['gpu_hours']:,.1f} GPU-h ({synth['audio_hours']:,.0f} h at {synth['x_realtime']:,.0f}x "
+                  f"on {synth['measured']['device']}, {synth['measured']['date']})" if "measured" in synth
+                  else "synthesis: none")
+    console.print(f"Preprocessing: {units_line}; {synth_line}; training {pre['training']['gpu_hours']:,.1f} GPU-h on "
+                  f"{pre['training']['device']} -> {pre['total_gpu_hours']:,.1f} GPU-h in all")
     rt = Table(title="Resources")
     for col in ("resource", "needed", "available", "parts"):
         rt.add_column(col)

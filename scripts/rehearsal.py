@@ -36,7 +36,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 NEEDED_MODULES = ("torch", "transformers", "pydantic", "duckdb", "pyarrow", "soundfile", "soxr", "misaki.espeak",
                   "espeakng_loader", "whisper", "safetensors", "filelock", "matplotlib", "tensorboard")
-CARRY_DIR = REPO / ".rehearsal-carry"
+CARRY_DIR = REPO / ".gpu-carry"
 log = logging.getLogger("rehearsal")
 
 
@@ -56,7 +56,7 @@ def check_imports() -> None:
         missing.append(f"kokoro ({type(err).__name__}: {str(err)[:120]})")
     if missing:
         sys.exit("slam: error: rehearsal needs packages that are not importable — " + "; ".join(missing)
-                 + " — install them (`make setup`), or on an offline host the wheels of `make wheels-rehearsal`")
+                 + " — install them (`make setup`), or on an offline host the wheels of `make gpu-carry`")
 
 
 def default_speech_dir() -> Path:
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="artifact root of the run (default ./slam-data-rehearsal-<size>)")
     parser.add_argument("--inputs", default=None, help="where the stand-in inputs are built (default <data root>/inputs)")
     parser.add_argument("--speech", default=None, help="folder of 16 kHz FLAC read speech the corpora are cut from "
-                                                      "(default .rehearsal-carry/speech or ../shared/data/real-speech)")
+                                                      "(default .gpu-carry/speech or ../shared/data/real-speech)")
     parser.add_argument("--runtime", choices=("auto", "prefect", "plain"), default="auto",
                         help="prefect: flows under Prefect; plain: flows as plain functions (no server); auto: "
                              "prefect when its server stack is installed")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from bench.common import machine
+    from bench.common import machine, mirror
     from slam_core.config import parse_override
     from slam_core.rehearsal import build
 
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = out_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
         os.replace(tmp, out_path)
+        mirror(out_path)  # SLAM_RESULTS_MIRROR: the GPU check's output folder
 
     def stage(name: str, fn, *a, **kw) -> Any:
         print(f"rehearsal: {name} ...", flush=True)

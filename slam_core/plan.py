@@ -22,15 +22,11 @@ from slam_core.data_mix import (
 from slam_core.fingerprint import code_version
 from slam_core.inputs import missing_inputs
 from slam_core.lm.metrics import BF16_PEAK_FLOPS, flops_per_token_for, peak_flops_for_name
+from slam_core.measured_rates import MeasuredRate, kokoro_rate, units_rate
 
 ASSUMED_MFU = 0.40
 ASSUMED_DOWNLOAD_BYTES_PER_S = 50e6
-# Kokoro-82M on one GPU: public Kokoro-FastAPI figures are 35-100x real time unbatched; not measured here yet.
-ASSUMED_KOKORO_X_REALTIME = 100.0
-# HuBERT-base 25 Hz shape, fp16, on an H200 (this project, 2026-11-29, random weights): units per audio second.
-# The invariant mode is not measured on a GPU yet: the old equal-frame-count mode's 878x (same per-item conv
-# encoder, smaller batches) stands in as a conservative figure until `bench.run_all --gpu` replaces it.
-H200_UNITS_X_REALTIME = {"invariant": 878.0, "padded": 5_379.0}
+# GPU rates of synthesis and units: measured, with device and date (slam_core/measured_rates.py).
 # The same on the 2-core development CPU (bench/results/units-cpu.json, 2026-11-22): HuBERT-base shape and tiny.
 CPU_UNITS_X_REALTIME = {"hubert": 12.4, "tiny": 288.6}
 # Pair scoring, Slam shape, batched, on an H200 (this project, 2026-11-29).
@@ -153,16 +149,57 @@ def schedule_summary(cfg: SlamConfig, budget: dict[str, Any]) -> dict[str, Any]:
                      "tokens); tokens per example assumed from the paper (1.4 B tokens / 17,625 steps / 128)"}
 
 
+def _gpu_units_dtype(cfg: SlamConfig) -> str:
+    return "float16" if cfg.units.dtype == "auto" else cfg.units.dtype
+
+
+def _scale_to(rate: MeasuredRate, device: dict[str, Any]) -> tuple[float, str]:
+    """A one-GPU measured rate on the plan's device: as measured on the same kind, else scaled by peak bf16
+    FLOP/s (an assumption, said so); times the number of GPUs."""
+    measured_peak, peak = peak_flops_for_name(rate.device), device["peak_bf16_flops"]
+    if not measured_peak or not peak or peak == measured_peak:
+        return rate.x_realtime * device["n"], f"measured on {rate.device} ({rate.date})"
+    return (rate.x_realtime * peak / measured_peak * device["n"],
+            f"measured on {rate.device} ({rate.date}), scaled by peak FLOP/s to {device['name']}")
+
+
 def _units_x_realtime(cfg: SlamConfig, device: dict[str, Any]) -> tuple[float, str]:
     if device["name"] == "cpu":
         kind = "tiny" if cfg.units.encoder == "tiny" else "hubert"
         return CPU_UNITS_X_REALTIME[kind], "measured on the 2-core CPU (bench/results/units-cpu.json)"
-    rate = H200_UNITS_X_REALTIME[cfg.units.batching]
-    peak = device["peak_bf16_flops"]
-    h200 = BF16_PEAK_FLOPS["H200"]
-    if peak and not device["name"].startswith("H200"):
-        return rate * peak / h200 * device["n"], f"measured on an H200 ({cfg.units.batching} batching), scaled by peak FLOP/s"
-    return rate * device["n"], f"measured on an H200 ({cfg.units.batching} batching, 2026-11-29)"
+    rate, how = units_rate(cfg.units.batching, _gpu_units_dtype(cfg))
+    scaled, basis = _scale_to(rate, device)
+    return scaled, f"{basis}, {cfg.units.batching} batching; {how}"
+
+
+def preprocessing_cost(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]],
+                       plan_stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """GPU-hours of synthesis and units for the chosen mix at the measured one-GPU rates (device and date named),
+    beside the GPU-hours of training, so the whole reproduction's cost shows before any of it is spent."""
+    speech_hours = sum(s["hours"] for s in sets if s["role"] in ("train", "validation")
+                       and not s["split"].startswith("val ("))
+    stories = next((s for s in sets if s["name"] == "stinystories" and s["estimate"] == "Table 8"), None)
+    rate, how = units_rate(cfg.units.batching, _gpu_units_dtype(cfg))
+    out: dict[str, Any] = {"units": {"audio_hours": round(speech_hours, 1), "batching": cfg.units.batching,
+                                     "dtype": _gpu_units_dtype(cfg), "note": how}}
+    if rate is not None:
+        out["units"] |= {"x_realtime": rate.x_realtime, "gpu_hours": round(speech_hours / rate.x_realtime, 2),
+                         "measured": rate.as_dict()}
+    synth = kokoro_rate()
+    out["synthesis"] = ({"audio_hours": round(stories["hours"], 1), "x_realtime": synth.x_realtime,
+                         "gpu_hours": round(stories["hours"] / synth.x_realtime, 2), "measured": synth.as_dict()}
+                        if stories is not None else {"audio_hours": 0.0, "gpu_hours": 0.0,
+                                                     "note": "nothing to synthesise (sTinyStories is there or not chosen)"})
+    n_gpus = device["n"]
+    train_s = sum(s["eta_s"] or 0.0 for s in plan_stages if s["name"] in ("pre-training", "DPO"))
+    out["training"] = {"gpu_hours": round(train_s / 3600 * n_gpus, 2), "gpus": n_gpus, "device": device["name"],
+                       "basis": "pre-training and DPO ETAs of the stages"}
+    gpu_hours = [out["units"].get("gpu_hours"), out["synthesis"]["gpu_hours"], out["training"]["gpu_hours"]]
+    out["total_gpu_hours"] = round(sum(h for h in gpu_hours if h is not None), 2)
+    out["basis"] = ("one-GPU rates of bench/results/*-gpu.json when committed, else the table in "
+                    "slam_core/measured_rates.py; synthesis and units hours are on the measuring GPU, training "
+                    "hours on the plan's device")
+    return out
 
 
 def _eval_pairs(cfg: SlamConfig) -> int | None:
@@ -183,9 +220,12 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
                 "basis": f"assumed {ASSUMED_DOWNLOAD_BYTES_PER_S / 1e6:.0f} MB/s download"})
     stories = next((s for s in sets if s["name"] == "stinystories"), None)
     if stories is not None and stories["estimate"] == "Table 8":
-        out.append({"name": "synthesise sTinyStories", "eta_s": stories["hours"] * 3600 / ASSUMED_KOKORO_X_REALTIME
-                    / device["n"], "basis": f"assumed Kokoro {ASSUMED_KOKORO_X_REALTIME:.0f}x real time per GPU "
-                    "(unmeasured here); or fetch the published set with `slam data prepare stinystories`"})
+        synth_rate, synth_basis = _scale_to(kokoro_rate(), device) if device["name"] != "cpu" else (None, "")
+        out.append({"name": "synthesise sTinyStories",
+                    "eta_s": stories["hours"] * 3600 / synth_rate if synth_rate else None,
+                    "basis": (f"Kokoro {synth_rate:,.0f}x real time, {synth_basis}" if synth_rate else
+                              "Kokoro on a CPU: unmeasured") + "; or fetch the published set with "
+                    "`slam data prepare stinystories`"})
     speech_hours = sum(s["hours"] for s in sets if s["role"] in ("train", "validation")
                        and not s["split"].startswith("val ("))
     rate, basis = _units_x_realtime(cfg, device)
@@ -281,6 +321,7 @@ def build_plan(cfg: SlamConfig, gpu: str | None = None, mfu: float = ASSUMED_MFU
                         "each set weighted by its number of examples (a uniform shuffle of all training examples)",
                 "token_share_estimate": _token_shares(sets)},
         "schedule": schedule_summary(cfg, budget),
+        "preprocessing": preprocessing_cost(cfg, device, sets, plan_stages),
         "budget": budget, "resources": resources(cfg, recorded), "stages": plan_stages,
         "quantizer": cfg.quantizer_summary(), "warnings": cfg.recipe_warnings(),
         "missing_inputs": [{"stage": m.stage, "what": m.what, "field": m.field, "detail": m.detail}
@@ -289,7 +330,6 @@ def build_plan(cfg: SlamConfig, gpu: str | None = None, mfu: float = ASSUMED_MFU
         "catalog": {"exists": (cfg.data_root / "catalog.duckdb").is_file(), "totals": recorded, "unread": unread},
         "assumptions": {"mfu": mfu if tokens_per_s is None else None,
                         "download_bytes_per_s": ASSUMED_DOWNLOAD_BYTES_PER_S,
-                        "kokoro_x_realtime": ASSUMED_KOKORO_X_REALTIME,
                         "flac_bytes_per_s": FLAC_BYTES_PER_S, "spokenswag_pairs": SPOKENSWAG_PAIRS,
                         "tokens_per_hour_table8": {k: round(tokens_per_hour(k)) for k in
                                                    ("librilight", "librispeech", "stinystories")}},

@@ -142,3 +142,35 @@ def test_plan_while_a_run_holds_the_catalog_plans_without_it(tmp_path):
     assert plan["catalog"]["unread"] and plan["catalog"]["totals"] == []
     assert all(d["in_catalog"] is None for d in plan["datasets"])
     assert build_plan(cfg, gpu="A5000")["catalog"]["unread"] is None
+
+
+def test_plan_prices_preprocessing_at_measured_rates(tmp_path, capsys, monkeypatch):
+    """GPU-hours of units and synthesis for the paper mix at measured rates (device and date named), beside the
+    training GPU-hours; a committed GPU bench result replaces the table's figure."""
+    from slam_core import measured_rates
+
+    monkeypatch.setattr(measured_rates, "BENCH_RESULTS", tmp_path / "none")
+    plan = _plan(capsys, "--preset", "slam", "--data-root", str(tmp_path / "root"), "--gpu", "H200")
+    pre = plan["preprocessing"]
+    units, synth = pre["units"], pre["synthesis"]
+    assert units["audio_hours"] == pytest.approx(50_000 + 960 + 30_000, rel=0.02)  # Libri-Light, LibriSpeech, sTinyStories
+    assert units["gpu_hours"] == pytest.approx(units["audio_hours"] / units["x_realtime"], rel=1e-3)
+    assert units["measured"]["device"] == "NVIDIA H200" and units["measured"]["date"] == "2026-12-04"
+    assert "float32 is unmeasured" in units["note"]  # the table holds fp16 figures; the preset encodes in fp32
+    assert synth["audio_hours"] == 30_000 and synth["gpu_hours"] == pytest.approx(30_000 / 429.0, rel=1e-3)
+    assert pre["training"]["gpu_hours"] == pytest.approx((84_600 + 1_800) / 3600, rel=1e-3)
+    assert pre["total_gpu_hours"] == pytest.approx(units["gpu_hours"] + synth["gpu_hours"] + pre["training"]["gpu_hours"],
+                                                   abs=0.02)
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    machine = {"device": "NVIDIA H100 80GB HBM3", "date": "2027-01-02T10:00:00+00:00"}
+    (bench / "units-gpu.json").write_text(json.dumps({"machine": machine, "hubert_base_25hz": {
+        "dtype": "float32", "batch_size": 64, "x_realtime": 4_000.0, "fp16_x_realtime": 6_000.0}}))
+    (bench / "synth-gpu.json").write_text(json.dumps({"machine": machine, "kokoro": {
+        "aggregate_x_realtime": 1_200.0, "aggregate_workers": 4, "dtype": "float32"}}))
+    monkeypatch.setattr(measured_rates, "BENCH_RESULTS", bench)
+    pre = _plan(capsys, "--preset", "slam", "--data-root", str(tmp_path / "root"), "--gpu", "H200")["preprocessing"]
+    assert pre["units"]["x_realtime"] == 4_000.0 and pre["units"]["measured"]["date"] == "2027-01-02"
+    assert pre["units"]["measured"]["source"] == "bench/results/units-gpu.json"
+    assert pre["synthesis"]["x_realtime"] == 1_200.0 and "4 process" in pre["synthesis"]["measured"]["setup"]
