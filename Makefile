@@ -14,7 +14,8 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo demo-seeds test test-fast soak bench bench-gpu wheels deploy-loop drill clean-data help rehearsal rehearsal-gpu wheels-rehearsal
+.PHONY: setup demo demo-seeds test test-fast soak bench bench-gpu deploy-loop drill clean-data help rehearsal rehearsal-gpu \
+	gpu-carry gpu-check gpu-twin gpu-twin-fast
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,26 +55,35 @@ soak: $(STAMP)  ## rerun the multi-process tests (torchrun DDP/FSDP, two-process
 bench: $(STAMP)  ## benchmarks (CPU here; GPU parts run where a GPU is visible)
 	$(PY) -m bench.run_all
 
-# Wheels the offline GPU host lacks (it has torch, transformers, pyarrow, ...) for what the GPU benches import,
-# for CPython 3.12 manylinux x86-64, pinned as in pyproject.toml, each dependency named (--no-deps); 5.4 MB, carried
-# with the repository (64 MiB limit). The full-pipeline rehearsal's carry is `make wheels-rehearsal`.
-# soundfile needs cffi + pycparser, or transformers' lazy imports fail ("Could not import module 'Qwen2ForCausalLM'").
-# kokoro + loguru: the synthesis part loads Kokoro's model modules without its G2P stack (misaki, spaCy).
-WHEELS_BENCH := liger-kernel==0.8.5 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-	typing-inspection==0.4.5 typing-extensions==4.16.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 soxr==1.1.0 \
-	kokoro==0.9.4 loguru==0.7.3
-WHEEL_PLATFORM := --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+# The offline GPU host (../shared/docs/gpu-host.md: torch, transformers and ~190 others, Python 3.12, no network) gets
+# one carry: `make gpu-carry` downloads the wheels of requirements/gpu-carry*.txt for CPython 3.12 manylinux x86-64
+# (--no-deps, each dependency named) and the real-speech recordings into .gpu-carry/ (57 MiB; 60 MiB with the
+# repository, of the device tool's 64). `make gpu-check` there runs everything in <= 9 minutes.
+gpu-carry:  ## download the one carry for the offline GPU host (wheels + real speech) into .gpu-carry/ (< 64 MiB with the repo)
+	PYTHON=$(PYTHON) bash scripts/gpu_carry.sh .gpu-carry
 
-wheels:  ## download the wheels the offline GPU host lacks for the GPU benches into .wheels/bench
-	$(PYTHON) -m pip download -q --no-deps $(WHEEL_PLATFORM) -d .wheels/bench $(WHEELS_BENCH)
-	@# the two real recordings + reference units (564 kB) for the units part's fp32 agreement, when they are here
-	@for d in ../shared/data/real-speech /work/shared/data/real-speech; do \
-	  if [ -d $$d ]; then mkdir -p .wheels/real-speech && cp $$d/*.flac $$d/*.jsonl .wheels/real-speech/ && break; fi; done
-	@du -sh .wheels/bench
+gpu-check:  ## on the offline GPU host: install .gpu-carry, GPU benches then the dress rehearsal (<= 9 min; results -> bench/results and the OUT folder)
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh
 
-bench-gpu:  ## on the offline GPU host: install .wheels/bench, run every GPU bench part (<= 6 minutes)
+bench-gpu:  ## on a GPU host: the GPU bench parts alone (installs .gpu-carry/wheels when there)
 	$(PYTHON) -m bench.run_all --gpu
+
+# The CPU twin of the GPU host: only its distributions (CPU builds) + the carry, so a module the carry lacks fails
+# here, named, not on the GPU host. `gpu-twin` installs them (4 GiB, ~7 min the first time); `gpu-twin-fast` (CI)
+# links the ones .venv has in seconds and runs the probe and the bench parts' dry run (the test suite runs the
+# tiny rehearsal in the same twin: tests/test_rehearsal.py).
+TWIN := .gpu-twin
+$(TWIN)/.installed: requirements/gpu-host.txt requirements/gpu-carry.txt requirements/gpu-carry-sdists.txt scripts/gpu_twin.py
+	$(PYTHON) scripts/gpu_twin.py full --venv $(TWIN)
+	touch $@
+
+gpu-twin: $(TWIN)/.installed  ## CPU twin of the GPU host + the carry, then the GPU check's dry run in it (every bench part, tiny rehearsal)
+	SLAM_GPU_CHECK_DRY=1 PYTHON=$(CURDIR)/$(TWIN)/bin/python OUT=$(or $(OUT),/tmp/slam-gpu-twin) bash scripts/gpu_check.sh
+
+gpu-twin-fast: $(STAMP)  ## the twin linked out of .venv (seconds), then the probe and every bench part's dry run (CI)
+	$(PY) scripts/gpu_twin.py fast --venv .gpu-twin-fast
+	SLAM_GPU_CHECK_DRY=1 GPU_CHECK_SKIP_REHEARSAL=1 PYTHON=$(CURDIR)/.gpu-twin-fast/bin/python \
+	  OUT=$(or $(OUT),/tmp/slam-gpu-twin-fast) bash scripts/gpu_check.sh
 
 deploy-loop: $(STAMP)  ## prove the Prefect server/pool/deploy/worker/run loop on 127.0.0.1
 	bash scripts/deploy_loop.sh
@@ -85,11 +95,8 @@ drill: $(STAMP)  ## kill drill (KILLS=5 SIGKILLs over every stage, byte-identica
 rehearsal: $(STAMP)  ## dress rehearsal of the paper recipe on CPU at reduced size -> bench/results/rehearsal-cpu.json
 	$(PY) scripts/rehearsal.py --size tiny $(ARGS)
 
-rehearsal-gpu:  ## dress rehearsal with real model shapes on a GPU host (no venv; uses .rehearsal-carry/ when there)
+rehearsal-gpu:  ## dress rehearsal alone with real model shapes on a GPU host (no venv; installs .gpu-carry/ when there)
 	bash scripts/rehearsal_gpu.sh $(ARGS)
-
-wheels-rehearsal:  ## fetch the wheels + speech an offline GPU host needs for rehearsal-gpu into .rehearsal-carry/
-	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash scripts/carry_rehearsal.sh .rehearsal-carry
 
 clean-data:  ## delete the smoke artifacts and Prefect's local state
 	rm -rf slam-data .prefect

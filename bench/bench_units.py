@@ -236,7 +236,7 @@ def formant_speech(total_s: float, seed: int = 0) -> list[np.ndarray]:
     return waves
 
 
-def run_gpu(budget_s: float = 40.0, save: Callable[[dict], object] = lambda r: None, smoke: bool = False) -> dict:
+def run_gpu(budget_s: float = 22.0, save: Callable[[dict], object] = lambda r: None, smoke: bool = False) -> dict:
     """The GPU part (`bench.run_all --gpu`): see bench/units_gpu.py."""
     from bench.units_gpu import run_gpu as run
 
