@@ -27,6 +27,7 @@ from slam_core.lm.vocab import EOS_ID, PAD_ID, decode_ids, encode_units
 log = logging.getLogger(__name__)
 
 FRAME_S = 0.04  # 25 Hz units: one duration step = 640 samples at 16 kHz
+EOS_CHECK_STEPS = 8  # sample_batch looks whether every row has ended (a GPU sync) once per this many steps
 
 
 def prompt_units(units: Sequence[int], durations: Sequence[int], prompt_s: float) -> list[int]:
@@ -97,7 +98,10 @@ def sample_batch(
         seen[row, torch.from_numpy(tokens)] = True
     ids, mask, seen = ids.to(device), mask.to(device), seen.to(device)
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # left padding must not shift real tokens' positions
-    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    # every row's uniform draws for all steps at once, on the device: a CPU generator fills a tensor serially, so
+    # these are the draws one call per step would give, without 2 x rows small calls and a copy every step
+    uniforms = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64, generator=torch.Generator().manual_seed(int(s)))
+                            for s in seeds]).to(device)
     new_ids = torch.full((n_rows, max_new_tokens), PAD_ID, dtype=torch.long, device=device)
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
     cache = _static_cache(model, total) if kv_cache == "static" else None
@@ -107,12 +111,13 @@ def sample_batch(
                     use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
-        next_ids = _draw(penalise_repeats(logits, seen, repetition_penalty) / temperature, top_k, generators)
+        next_ids = _draw(penalise_repeats(logits, seen, repetition_penalty) / temperature, top_k, uniforms[:, step])
         next_ids = torch.where(finished, PAD_ID, next_ids)
         new_ids[:, step] = next_ids
         seen[torch.arange(n_rows, device=device), next_ids] = True
         finished |= next_ids == EOS_ID
-        if bool(finished.all()):
+        # the all-finished check waits for the GPU: every EOS_CHECK_STEPS steps only (finished rows just get PAD)
+        if (step + 1) % EOS_CHECK_STEPS == 0 and bool(finished.all()):
             break
         step_ids, step_positions = next_ids[:, None], step_positions[:, -1:] + 1
         if kv_cache == "static":
@@ -136,12 +141,11 @@ def penalise_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
     return torch.where(seen, torch.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
-def _draw(logits: torch.Tensor, top_k: int, generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per row from softmax(top-k logits), by inverting the row's CDF at a uniform draw of its own
-    generator (top_k=1 is greedy decoding)."""
+def _draw(logits: torch.Tensor, top_k: int, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row from softmax(top-k logits), by inverting the row's CDF at the row's uniform draw (float64,
+    one per row, from its own generator; top_k=1 is greedy decoding)."""
     top_logits, top_ids = torch.topk(logits, k=min(top_k, logits.shape[-1]), dim=-1)
     cdf = torch.softmax(top_logits.double(), dim=-1).cumsum(-1)
-    uniform = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in generators]).to(cdf.device)
     choice = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).clamp(max=cdf.shape[-1] - 1)
     return top_ids.gather(-1, choice).squeeze(-1)
 
@@ -224,21 +228,6 @@ def word_boundary_cut_s(words: Sequence[tuple[str, float, float]], prompt_s: flo
     if not words:
         return prompt_s
     return min((end for _, _, end in words), key=lambda end: (abs(end - prompt_s), end))
-
-
-def prompts_from_units(
-    rows: Sequence[dict[str, Any]], prompt_s: float, alignments: dict[str, list[tuple[str, float, float]] | None],
-) -> list[dict[str, Any]]:
-    """Prompt rows from UNITS rows ({"segment_id", "units", "durations"}): cut at `prompt_s`, or at the word end
-    closest to it when `alignments[segment_id]` is given. Each row records its cut ("cut_s", "cut")."""
-    prompts = []
-    for row in rows:
-        words = alignments.get(row["segment_id"])
-        cut_s = word_boundary_cut_s(words, prompt_s) if words else prompt_s
-        prompts.append({"pair_id": row["segment_id"], "cut_s": round(cut_s, 3),
-                        "cut": "word_boundary" if words else "fixed",
-                        "prompt_units": prompt_units(row["units"], row["durations"], cut_s)})
-    return prompts
 
 
 def write_generations(rows: list[dict[str, Any]], out_path: str | Path) -> Path:
