@@ -58,7 +58,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     result = run_synthesis(args.kind, args.input, cfg.synth, seed, cfg.data_root,
                            lambda jobs: run_recorded_shards(jobs, cfg.synth.workers, catalog_path(cfg.data_root),
                                                             shard_functions=SHARD_FUNCTIONS),
-                           args.out, args.split, limit=args.limit)
+                           args.out, args.split, limit=args.limit, max_auto_bleu=cfg.corpus.swag_max_auto_bleu)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

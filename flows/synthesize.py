@@ -45,4 +45,4 @@ def synthesize(kind: str = "stinystories", input: str = "slam-data/raw/builtin/s
         return records
 
     return run_synthesis(kind, input, cfg.synth, cfg.run.seed if seed is None else seed, root, run_jobs, out,
-                         split, voices=voices, limit=limit)
+                         split, voices=voices, limit=limit, max_auto_bleu=cfg.corpus.swag_max_auto_bleu)

@@ -258,6 +258,21 @@ def write_report(run: str, out_html: str, metrics_csv: str | None, generations_p
     gens = gens["rows"] if isinstance(gens, dict) else gens
     path = report.write_report(Path(out_html), run, Path(metrics_csv) if metrics_csv else None, rows, gens, config,
                                paper_reference=report.PAPER_TABLE2["Slam"], audio_note=audio_note,
-                               dpo_metrics_csv=Path(dpo_metrics_csv) if dpo_metrics_csv else None)
+                               dpo_metrics_csv=Path(dpo_metrics_csv) if dpo_metrics_csv else None,
+                               data_notes=data_notes(config, data_root))
     catalog_at(data_root).record_artifact(Artifact("reports", run, "all", str(path), fingerprint, rows=len(rows)))
     return {"report": str(path)}
+
+
+def data_notes(config: dict, data_root: str) -> list[str]:
+    """The report's lines on the data the run read: the SpokenSwag DPO pairs kept and dropped by the repetition
+    filter (`corpus.spokenswag_dir`, relative to the data root unless absolute)."""
+    from slam_core.synth.spokenswag import repetition_filter_note
+
+    corpus = config.get("corpus") or {}
+    if not corpus.get("spokenswag_dir"):
+        return []
+    shard_dir = Path(corpus["spokenswag_dir"]).expanduser()
+    shard_dir = shard_dir if shard_dir.is_absolute() else Path(data_root) / shard_dir
+    note = repetition_filter_note(catalog_at(data_root), shard_dir, corpus.get("swag_max_auto_bleu", 0.3))
+    return [note] if note else []

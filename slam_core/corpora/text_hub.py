@@ -248,11 +248,21 @@ def swag_label(value: object) -> int | None:
     return int(number) if number.is_integer() and 0 <= number <= 3 else None
 
 
+REPETITIVE = "repetitive"  # why a pair is dropped by the repetition filter (a count, a quarantine reason)
+AUTO_BLEU_N = 2  # SlamKit's auto_bleu_n
+
+
+def repetition_score(prompt_text: str, chosen_text: str) -> float:
+    """SlamKit's repetition-filter score of a pair (`get_repetition_filter_fn`): the bigram auto-BLEU of
+    `prompt_text + " " + chosen_text`; the pair is kept iff it is below the threshold."""
+    from slam_core.eval.text_metrics import auto_bleu
+
+    return auto_bleu(f"{prompt_text} {chosen_text}", AUTO_BLEU_N)
+
+
 def build_swag_triples(rows: list[dict], split: str, seed: int, max_auto_bleu: float = 0.3,
                        max_rows: int | None = None) -> tuple[list[dict], Counter[str]]:
     """TRIPLES of the gold rows that pass the repetition filter, and counts of dropped rows by reason."""
-    from slam_core.eval.text_metrics import auto_bleu
-
     triples: list[dict] = []
     dropped: Counter[str] = Counter()
     for index, row in enumerate(rows):
@@ -261,8 +271,8 @@ def build_swag_triples(rows: list[dict], split: str, seed: int, max_auto_bleu: f
         triple = swag_triple(row, f"swag-{split}-{index:06d}", split, seed)
         if triple is None:
             dropped["not_gold" if row.get("gold-source") != "gold" else "bad_label_or_text"] += 1
-        elif auto_bleu(f"{triple['prompt_text']} {triple['chosen_text']}", 2) >= max_auto_bleu:
-            dropped["repetitive"] += 1
+        elif repetition_score(triple["prompt_text"], triple["chosen_text"]) >= max_auto_bleu:
+            dropped[REPETITIVE] += 1
         else:
             triples.append(triple)
     return triples, dropped

@@ -17,15 +17,17 @@ from slam_core.run_summary import PROXY_METRICS, checkpoint_label, read_metrics_
 
 log = logging.getLogger(__name__)
 
-# Paper Table 2 (1×A5000 rows) and Table 3 (scaled): accuracies in %, GenPPL, auto-BLEU (in %) as printed.
+# Paper Table 2 (1×A5000 rows) and Table 3 (scaled): accuracies in %, GenPPL, auto-BLEU (in %) as printed;
+# GPTScore (the judge, 1-5) only in Table 3: Slam 2.09, Slam (scaled) 2.69, TWIST-1.3B 1.82.
 PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "Slam": {"sblimp": 58.86, "ssc": 58.04, "tsc": 82.04, "genppl": 62.8, "auto_bleu": 3.88},
+    "Slam": {"sblimp": 58.86, "ssc": 58.04, "tsc": 82.04, "genppl": 62.8, "auto_bleu": 3.88, "judge": 2.09},
     "Slam (-DPO)": {"sblimp": 56.45, "ssc": 55.59, "tsc": 78.01, "genppl": 88.3, "auto_bleu": 3.47},
-    "Slam scaled (Table 3)": {"sblimp": 61.11, "ssc": 61.30, "tsc": 84.18, "genppl": 46.6, "auto_bleu": 3.75},
-    "TWIST-1.3B": {"sblimp": 57.00, "ssc": 52.4, "tsc": 70.6, "genppl": 131.8, "auto_bleu": 3.20},
+    "Slam scaled (Table 3)": {"sblimp": 61.11, "ssc": 61.30, "tsc": 84.18, "genppl": 46.6, "auto_bleu": 3.75,
+                              "judge": 2.69},
+    "TWIST-1.3B": {"sblimp": 57.00, "ssc": 52.4, "tsc": 70.6, "genppl": 131.8, "auto_bleu": 3.20, "judge": 1.82},
 }
 PAPER_COLUMNS = (("sblimp", "sBLIMP ↑"), ("ssc", "sSC ↑"), ("tsc", "tSC ↑"), ("genppl", "GenPPL ↓"),
-                 ("auto_bleu", "Auto-BLEU ↓"))
+                 ("auto_bleu", "Auto-BLEU ↓"), ("judge", "GPTScore ↑"))
 PERCENT_METRICS = {"auto_bleu"}  # stored as a fraction, printed in % as the paper does
 AUDIO_DIR = "audio"  # generated WAVs are copied here, next to index.html
 
@@ -239,7 +241,7 @@ def write_report(
     out_html: Path, run_name: str, metrics_csv: Path | None, eval_rows: list[dict[str, Any]],
     generations: list[dict[str, Any]] | None, config: dict[str, Any],
     paper_reference: dict[str, float] | None = None, extra_plots: dict[str, Path] | None = None,
-    audio_note: str | None = None, dpo_metrics_csv: Path | None = None,
+    audio_note: str | None = None, dpo_metrics_csv: Path | None = None, data_notes: Sequence[str] = (),
 ) -> Path:
     """Write one HTML report atomically (plots inlined as PNG; generated WAVs copied to `audio/` beside it and
     played with <audio> tags); return its path.
@@ -247,9 +249,13 @@ def write_report(
     `eval_rows`: dicts with "metric" and either "accuracy" (0-1, shown in %) or "value", plus optional
     "n", "ci_low", "ci_high". `paper_reference`: metric -> published number (e.g. PAPER_TABLE2["Slam"]).
     `extra_plots`: title -> PNG file to embed. `audio_note`: shown above the samples (e.g. no vocoder).
-    `metrics_csv` is the pre-training run's, `dpo_metrics_csv` the DPO run's (its own section).
+    `metrics_csv` is the pre-training run's, `dpo_metrics_csv` the DPO run's (its own section). `data_notes`: lines
+    about the data the run read (e.g. the SpokenSwag pairs the repetition filter dropped), a "Data" section.
     """
-    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", caveats_html(config, eval_rows), "<h2>Pre-training</h2>"]
+    sections = [f"<h1>slam run: {html.escape(run_name)}</h1>", caveats_html(config, eval_rows)]
+    if data_notes:
+        sections.append("<h2>Data</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in data_notes) + "</ul>")
+    sections.append("<h2>Pre-training</h2>")
     sections += _curves_html(metrics_csv, "pre-training", "train and validation loss with the learning rate",
                              "grad norm, tokens/s and MFU")
     if dpo_metrics_csv:
@@ -261,7 +267,8 @@ def write_report(
         sections.append(f'<h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
                         f'src="data:image/png;base64,{data}">')
     sections += ["<h2>Metrics</h2>", *metrics_sections_html(eval_rows, paper_reference),
-                 "<h3>Beside the paper (Table 2; accuracies and Auto-BLEU in %)</h3>", paper_table_html(eval_rows)]
+                 "<h3>Beside the paper (Tables 2 and 3; accuracies and Auto-BLEU in %, GPTScore 1–5)</h3>",
+                 paper_table_html(eval_rows)]
     if generations:
         sections += ["<h2>Generations</h2>", generations_html(generations, Path(out_html).parent, audio_note)]
     config_json = html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))

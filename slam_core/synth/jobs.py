@@ -4,6 +4,8 @@
                   -> <out>/<split>/data-NNNNN.parquet (slprl/sTinyStories layout)
     spokenswag:   TRIPLES Parquet, or SWAG (hub-layout dir) -> <out>/<split>/preferences-NNNNN.parquet;
                   or a published slprl/SpokenSwag dir -> the same PREFERENCE_AUDIO shards, converted
+                  (SWAG and the published set both pass SlamKit's repetition filter, `max_auto_bleu`: the
+                  published pairs it drops are quarantined as 'repetitive' with their shard)
 A job is {"kind", "args", "out_path", "fingerprint", "dataset", "split"}: one shard, one catalog record;
 `SHARD_FUNCTIONS[kind](*args)` writes it; the runners (`shards.run_recorded_shards`, the synthesize task) are
 handed this table rather than importing it. `run_synthesis` is the one entry both `slam synth` and the
@@ -114,31 +116,33 @@ def spokenswag_jobs(triples: list[dict], cfg: SynthConfig, voices: list[str], se
     return _shard_jobs("spokenswag", triples, "preferences", cfg, voices, seed, out_dir, split)
 
 
-def published_spokenswag_jobs(root: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
-    """One conversion job per published Parquet shard (keyed by its name and size)."""
+def published_spokenswag_jobs(root: str | Path, out_dir: str | Path,
+                               max_auto_bleu: float = 0.3) -> list[dict[str, Any]]:
+    """One conversion job per published Parquet shard (keyed by its name, size and the repetition threshold)."""
     root = Path(root)
     files = [root] if root.is_file() else list_parquet_files(root)
     jobs = []
     for f in files:
         out_path = Path(out_dir) / "train" / f"preferences-{f.stem}.parquet"
-        fp = fingerprint("convert-spokenswag", {"file": f.name, "bytes": f.stat().st_size},
-                         code=code_version(SYNTH_CODE_SCOPE))
-        jobs.append({"kind": "convert-spokenswag", "args": (str(f), str(out_path)),
+        fp = fingerprint("convert-spokenswag", {"file": f.name, "bytes": f.stat().st_size,
+                                                "max_auto_bleu": max_auto_bleu}, code=code_version(SYNTH_CODE_SCOPE))
+        jobs.append({"kind": "convert-spokenswag", "args": (str(f), str(out_path), max_auto_bleu),
                      "out_path": str(out_path), "dataset": "spokenswag", "split": "train", "fingerprint": fp})
     return jobs
 
 
 def plan_jobs(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, out_dir: str | Path,
-              split: str = "train", voices: list[str] | None = None,
-              limit: int | None = None) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]], dict[str, Any]]:
+              split: str = "train", voices: list[str] | None = None, limit: int | None = None,
+              max_auto_bleu: float = 0.3) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]], dict[str, Any]]:
     """(jobs, items skipped while planning, info) for `slam synth <kind> --input ...`.
 
-    `split` picks the rows of a STORIES/TRIPLES table ('all' keeps every split)."""
+    `split` picks the rows of a STORIES/TRIPLES table ('all' keeps every split); `max_auto_bleu` is the
+    repetition filter's threshold for SWAG and the published SpokenSwag (`corpus.swag_max_auto_bleu`)."""
     out_dir = Path(out_dir)
-    found, table, refused = text_table(kind, input_path, out_dir / "text", seed, limit)
+    found, table, refused = text_table(kind, input_path, out_dir / "text", seed, limit, max_auto_bleu)
     info: dict[str, Any] = {"input_kind": found, "text": str(table)}
     if found == "published_spokenswag":
-        return published_spokenswag_jobs(table, out_dir), [], info
+        return published_spokenswag_jobs(table, out_dir, max_auto_bleu), [], info
     wanted = None if split == "all" else split
     if kind == "stinystories":
         voices = list(voices or cfg.voices)
@@ -180,12 +184,14 @@ def summarise_shards(records: list[dict[str, Any]], planning_bad: list, wall_s: 
 
 def run_synthesis(kind: str, input_path: str | Path, cfg: SynthConfig, seed: int, data_root: str | Path,
                   run_jobs: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], out_dir: str | Path | None = None,
-                  split: str = "train", voices: list[str] | None = None, limit: int | None = None) -> dict[str, Any]:
+                  split: str = "train", voices: list[str] | None = None, limit: int | None = None,
+                  max_auto_bleu: float = 0.3) -> dict[str, Any]:
     """Plan the shards of `input_path`, quarantine what planning skipped (stage 'synth', fingerprint 'plan'),
     run the jobs with `run_jobs` (worker processes, or Prefect tasks) and summarise their records."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else default_out_dir(data_root, kind)
-    jobs, bad, info = plan_jobs(kind, input_path, cfg, seed, out_dir, split, voices=voices, limit=limit)
+    jobs, bad, info = plan_jobs(kind, input_path, cfg, seed, out_dir, split, voices=voices, limit=limit,
+                                max_auto_bleu=max_auto_bleu)
     if bad:  # stories with nothing speakable: counted before any shard runs
         catalog = Catalog(catalog_path(Path(data_root)))
         for item, reason, detail in bad:

@@ -1,6 +1,13 @@
 """SpokenSwag: SWAG preference triples (TRIPLES) spoken into PREFERENCE_AUDIO shards, and the published
 slprl/SpokenSwag converted into the same format.
 
+Both paths apply SlamKit's repetition filter (`config/data/preference_alignment_data.yaml`: `repetition_filter:
+true`, `auto_bleu_n: 2`, `max_auto_bleu: 0.3`; `slamkit/data/hf_dataset.py:get_repetition_filter_fn`, slp-rl/slamkit
+@388b402): a pair is kept iff the bigram auto-BLEU of `prompt_text + " " + chosen_text` is below the threshold
+(`corpus.swag_max_auto_bleu`). SWAG triples are filtered before they are spoken (`text_hub.build_swag_triples`);
+the published set, which SlamKit filters when its DPO loader reads it, is filtered here while it is converted:
+each dropped pair is quarantined with reason "repetitive" and its score, so the catalog counts them.
+
 One row per pair: prompt, chosen and rejected each spoken separately (16 kHz FLAC bytes) with one voice drawn
 per row from (seed, pair id), as SlamKit's `create_spoken_swag` does with Kokoro voices af_heart, am_fenrir,
 bf_emma and bm_george (two female, two male, American and British) - but seeded. Text is normalised before
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +26,7 @@ import pyarrow.parquet as pq
 from slam_core.atomic import atomic_path
 from slam_core.audio.io import BadAudioError, decode_audio_bytes, encode_flac
 from slam_core.config import SynthConfig
+from slam_core.corpora.text_hub import AUTO_BLEU_N, REPETITIVE, repetition_score
 from slam_core.schemas import PREFERENCE_AUDIO
 from slam_core.synth.dataset import pick_voice, speaker_name
 from slam_core.synth.shards import cached_backend, speak_many_16k
@@ -97,9 +106,10 @@ def published_columns(names: list[str], source: str) -> dict[str, str]:
     return mapping
 
 
-def convert_published_spokenswag(parquet_path: str | Path, out_path: str | Path) -> dict:
-    """One published SpokenSwag Parquet shard -> PREFERENCE_AUDIO (16 kHz FLAC). Rows whose audio cannot
-    be decoded are skipped and listed."""
+def convert_published_spokenswag(parquet_path: str | Path, out_path: str | Path, max_auto_bleu: float = 0.3) -> dict:
+    """One published SpokenSwag Parquet shard -> PREFERENCE_AUDIO (16 kHz FLAC). Pairs whose repetition score
+    (`repetition_score`) is `max_auto_bleu` or more are dropped, as SlamKit's loader does, and rows whose audio
+    cannot be decoded are skipped; both are listed in "bad" (reason "repetitive", or the audio's reason)."""
     parquet_path = Path(parquet_path)
     pf = pq.ParquetFile(parquet_path)
     names = pf.schema_arrow.names
@@ -112,6 +122,11 @@ def convert_published_spokenswag(parquet_path: str | Path, out_path: str | Path)
         for record in batch.to_pylist():
             pair_id = str(record[id_col]) if id_col else f"{parquet_path.stem}-{index:06d}"
             index += 1
+            score = repetition_score(record["prompt_text"] or "", record["chosen_text"] or "")
+            if score >= max_auto_bleu:  # before decoding: a dropped pair costs no audio work
+                bad.append((pair_id, REPETITIVE, f"auto-BLEU-{AUTO_BLEU_N} of prompt_text + ' ' + chosen_text "
+                                                 f"{score:.3f} >= {max_auto_bleu} (SlamKit repetition_filter)"))
+                continue
             try:
                 waves = {}
                 for part, col in audio_cols.items():
@@ -126,4 +141,34 @@ def convert_published_spokenswag(parquet_path: str | Path, out_path: str | Path)
                          **{f"{k}_text": record[f"{k}_text"] for k in PARTS},
                          **{f"{k}_audio": encode_flac(waves[k]) for k in PARTS}})
     _write(rows, out_path)
+    dropped = sum(1 for b in bad if b[1] == REPETITIVE)
+    log.info("%s: %d pairs kept, %d dropped by the repetition filter (auto-BLEU >= %s), %d unreadable",
+             parquet_path.name, len(rows), dropped, max_auto_bleu, len(bad) - dropped)
     return {"path": str(out_path), "rows": len(rows), "audio_seconds": audio_seconds, "bad": bad}
+
+
+def repetition_filter_counts(catalog: Any, shard_dir: str | Path) -> dict[str, int]:
+    """{"shards", "kept", "dropped"} of the SpokenSwag shards in `shard_dir` that the catalog recorded: pairs kept,
+    and pairs of the published set their conversion dropped by the repetition filter (quarantine rows with
+    reason "repetitive" under the shards' fingerprints; the newest record of each shard counts)."""
+    shard_dir = Path(shard_dir).resolve()
+    newest: dict[str, dict] = {}
+    for row in catalog.artifacts(stage="synth"):
+        if row["dataset"] == "spokenswag" and Path(row["path"]).resolve().parent == shard_dir:
+            if row["path"] not in newest or row["created_at"] > newest[row["path"]]["created_at"]:
+                newest[row["path"]] = row
+    fingerprints = {row["fingerprint"] for row in newest.values()}
+    dropped = sum(1 for q in catalog.quarantined("synth")
+                  if q["reason"] == REPETITIVE and q["dataset"] == "spokenswag" and q["fingerprint"] in fingerprints)
+    return {"shards": len(newest), "kept": sum(int(r["rows"] or 0) for r in newest.values()), "dropped": dropped}
+
+
+def repetition_filter_note(catalog: Any, shard_dir: str | Path, max_auto_bleu: float) -> str | None:
+    """One line for the run report on the DPO pairs of `shard_dir` (None when the catalog holds none of them)."""
+    counts = repetition_filter_counts(catalog, shard_dir)
+    if not counts["shards"]:
+        return None
+    return (f"SpokenSwag DPO pairs ({shard_dir}): {counts['kept']:,} in {counts['shards']} shard(s); "
+            f"{counts['dropped']:,} pair(s) of the published set dropped by SlamKit's repetition filter when "
+            f"converted (bigram auto-BLEU of prompt + chosen >= {max_auto_bleu}; catalog quarantine, reason "
+            f"'{REPETITIVE}'). Shards synthesised from SWAG were filtered before speaking.")
