@@ -79,7 +79,7 @@ def cmd_catalog_summary(args: argparse.Namespace) -> int:
     titles = {"data": "Artifacts per stage, dataset and split", "quarantine": "Quarantined inputs",
               "eval": "Latest evaluation results", "alignments": "Word alignments: share of words aligned"}
     for name, rows in summary.items():
-        table = Table(title=titles[name])
+        table = Table(title=titles[name], min_width=len(titles[name]) + 4)  # a narrow table wrapped its title
         for col in (rows[0].keys() if rows else ["(none)"]):
             table.add_column(str(col))
         for row in rows:

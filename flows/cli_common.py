@@ -136,16 +136,44 @@ def stop_on_sigterm(grace_s: float = 20.0) -> None:
         _terminated.append(True)
         print("slam: stopped by SIGTERM — finished shards and checkpoints stay in the catalog — rerun the same "
               "command to resume from them", file=sys.stderr, flush=True)
-        threading.Timer(grace_s, os._exit, args=(TERMINATED_EXIT,)).start()
+        timer = threading.Timer(grace_s, exit_after_sigterm)
+        timer.daemon = True
+        timer.start()
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
 
 
+def _stop_temporary_servers() -> None:
+    """Stop the temporary Prefect server(s) this process started (else they outlive it, holding its pipes)."""
+    module = sys.modules.get("prefect.server.api.server")
+    for server in list(getattr(getattr(module, "SubprocessASGIServer", None), "_instances", {}).values()):
+        try:
+            server.stop()
+        except Exception:  # already gone
+            pass
+
+
+def exit_after_sigterm() -> None:
+    """Leave at once after SIGTERM, once the main thread has unwound (or the grace time is up): shard tasks still
+    running in worker threads are abandoned (their temporaries are removed by the next run), the temporary server
+    is stopped, and the exit status is 143."""
+    _stop_temporary_servers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(TERMINATED_EXIT)
+
+
 def interrupted_exit() -> int:
-    """Exit status after a KeyboardInterrupt: 143 when SIGTERM caused it, else 130 (Ctrl-C)."""
-    return TERMINATED_EXIT if _terminated else 130
+    """Exit status after a KeyboardInterrupt: after SIGTERM, leaves at once with 143 (`exit_after_sigterm`: the
+    interpreter would otherwise wait for the shard tasks still running in threads); 130 after Ctrl-C."""
+    if _terminated:
+        exit_after_sigterm()
+    return 130
 
 
 def report_rejected(items: list[tuple[Any, str]]) -> None:

@@ -44,6 +44,7 @@ import soundfile as sf  # noqa: E402
 
 sys.path.insert(0, str(REPO / "scripts"))
 from bad_input_cases import check_distinct_ids, more_audio_cases, run_all  # noqa: E402
+from bad_input_orchestration import run_orchestration  # noqa: E402
 
 SR = 16_000
 STORY = ["One morning, Nemo the fish swam to the coral reef with a shiny shell.",
@@ -239,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-hours", type=float, default=3.0, help="length of the long file (0: leave it out)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--json", default=None, help="also write the rows and failures to this JSON file")
+    parser.add_argument("--no-orchestration", action="store_true",
+                        help="leave out the orchestration cases (concurrent runs, corrupt catalog and shard, full disk, "
+                             "SIGTERM: several minutes of flow runs)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="slam-bad-input-")).resolve()
@@ -247,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     audio_rows, audio_fail = run_audio(work, args.long_hours)
     archive_rows, archive_fail = run_archives(work)
     case_rows, case_fail = run_all(work / "cases")
-    rows, failures = audio_rows + archive_rows + case_rows, audio_fail + archive_fail + case_fail
+    orch_rows, orch_fail = ([], []) if args.no_orchestration else run_orchestration(work / "orchestration")
+    rows = audio_rows + archive_rows + case_rows + orch_rows
+    failures = audio_fail + archive_fail + case_fail + orch_fail
     print_table(rows)
     bad = [r for r in rows if r["handled_as"] not in ("segmented", "extracted", "allowed", "checked")
            and not r["input"].startswith(("(", "user files", "data root")) and "good speech" not in r["input"]]

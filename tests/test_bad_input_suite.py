@@ -26,7 +26,8 @@ def test_bad_input_suite_handles_every_case(tmp_path, monkeypatch):
     # a 2-minute "long" file read in 50 s windows: the same windowed path a 3-hour file takes
     monkeypatch.setattr(vad, "LONG_FILE_WINDOW_S", 50.0)
     out = tmp_path / "figures.json"
-    rc = _suite().main(["--workdir", str(tmp_path / "w"), "--long-hours", str(2 / 60), "--json", str(out)])
+    rc = _suite().main(["--workdir", str(tmp_path / "w"), "--long-hours", str(2 / 60), "--json", str(out),
+                        "--no-orchestration"])  # tests/test_bad_input_orchestration.py runs those
     figures = json.loads(out.read_text())
     assert rc == 0, figures["failures"]
     handled = {r["input"]: r["handled_as"] for r in figures["rows"]}

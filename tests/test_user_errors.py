@@ -146,3 +146,125 @@ def test_a_flow_run_ends_failed_with_the_line(prefect_harness, tmp_path, monkeyp
                       data_root=str(tmp_path), return_state=True)
     assert state.is_failed() and "SpokenSwag shards — --param 'overrides={\"corpus.spokenswag_dir\"" in state.message
     assert "--set" not in state.message
+
+
+def test_catalog_summary_titles_are_whole_on_an_empty_catalog(tmp_path, capsys):
+    from data_catalog import Catalog
+
+    Catalog(tmp_path / "catalog.duckdb")
+    assert main(["catalog", "summary", "--data-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Quarantined inputs" in out and " d inputs " not in out
+
+
+def _catalog_with_one_row(root: Path) -> Path:
+    from data_catalog import Artifact, Catalog
+
+    shard = root / "units" / "a.parquet"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"PAR1 pretend")
+    Catalog(root / "catalog.duckdb").record_artifact(Artifact("units", "d", "train", str(shard), "fp1"))
+    return shard
+
+
+def test_a_corrupt_catalog_is_moved_aside_and_its_last_good_copy_restored(tmp_path):
+    from data_catalog import Catalog
+
+    shard = _catalog_with_one_row(tmp_path)
+    assert check_data_root(tmp_path) is None  # a good catalog: its copy is taken
+    db = tmp_path / "catalog.duckdb"
+    corrupt = os.urandom(db.stat().st_size)
+    db.write_bytes(corrupt)
+    note = check_data_root(tmp_path)
+    assert note is not None and note.startswith("catalog was corrupt (") and "restored its last good copy" in note
+    moved = list(tmp_path.glob("catalog.duckdb.corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_bytes() == corrupt  # kept, never deleted
+    assert Catalog(db).find_artifact(shard, "fp1") is not None  # nothing recorded before the copy is lost
+    db.write_bytes(b"")  # a truncated-to-nothing file, with a good copy again
+    assert "restored" in check_data_root(tmp_path)
+
+
+def test_a_corrupt_catalog_without_a_copy_becomes_a_new_one(tmp_path):
+    from data_catalog import Catalog
+
+    (tmp_path / "catalog.duckdb").write_bytes(b"not a database at all" * 100)
+    note = check_data_root(tmp_path)
+    assert "no good copy existed: a new catalog, every output is redone" in note
+    assert Catalog(tmp_path / "catalog.duckdb").artifacts() == []
+
+
+def test_training_that_meets_a_bad_shard_ends_in_one_line_and_forgets_the_shard(tmp_path):
+    from data_catalog import Catalog
+    from flows.cli_common import error_line
+    from slam_core.lm.data import BadShardError
+    from tasks.train import shards_checked
+
+    shard = _catalog_with_one_row(tmp_path)
+    with pytest.raises(InputError) as info:
+        with shards_checked(str(tmp_path)):
+            raise BadShardError(f"{shard}: cannot read Parquet metadata (truncated file)")
+    line = error_line(info.value)
+    assert line == (f"slam: error: training met a units shard it cannot read (cannot read Parquet metadata (truncated "
+                    f"file)) — {shard} — rerun the same command: its catalog row was dropped, so the shard is made "
+                    f"again from its source")
+    assert Catalog(tmp_path / "catalog.duckdb").find_artifact(shard, "fp1") is None  # the next run remakes it
+
+
+def test_a_swag_csv_row_that_is_not_utf8_is_quarantined_with_its_line(tmp_path):
+    from slam_core.corpora import text_hub
+
+    header = "video-id,fold-ind,startphrase,sent1,sent2,gold-source,ending0,ending1,ending2,ending3,label\n"
+    row = 'v{0},{0},x,"Someone walks to door number {0}.",He,gold,opens it.,eats a cake.,flies away.,sings.,0\n'
+    latin1 = 'v9,9,x,"Caf\xe9 owner smiles.",She,gold,opens it.,eats.,flies.,sings.,0\n'.encode("latin-1")
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_bytes((header + row.format(0) + row.format(1)).encode() + latin1 + (row.format(2)).encode())
+    out = text_hub.prepare_swag(csv_path, tmp_path / "triples.parquet", seed=0)
+    assert out["per_split"] == {"train": 3}  # the good rows go on
+    assert [q["path"] for q in out["quarantined"]] == [f"{csv_path}:4"] and out["quarantined"][0]["reason"] == "not_utf8"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_run_with_one_line_and_the_next_run_resumes(tmp_path):
+    """`slam run prepare-data` gets SIGTERM once its first output is recorded: one line, exit 143, no traceback;
+    the committed outputs stay, and the next run reuses them."""
+    import signal
+
+    from data_catalog import Catalog
+
+    root = tmp_path / "data"
+    argv = ["run", "prepare-data", "--data-root", str(root), "--set", "corpus.n_train_stories=12",
+            "--set", "corpus.n_heldout_stories=4", "--set", "corpus.n_swag_train=4", "--set", "corpus.n_swag_heldout=4"]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            db = root / "catalog.duckdb"
+            try:
+                if db.exists() and len(Catalog(db, lock_timeout_s=1).artifacts()) >= 2:
+                    break
+            except Exception:  # the run holds the catalog this instant
+                pass
+            time.sleep(1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-2000:]
+    assert "slam: stopped by SIGTERM — " in err and "Traceback" not in err, err[-3000:]
+    kept = {r["path"]: os.stat(r["path"]).st_mtime_ns for r in Catalog(root / "catalog.duckdb").artifacts()}
+    assert len(kept) >= 2
+    # the same flow again, on the plain runtime (no second Prefect server start)
+    resume = subprocess.run([sys.executable, "-c", (
+        "import json, sys; from flows import plain_runtime; plain_runtime.install()\n"
+        "from flows.prepare_data import prepare_data\n"
+        "from flows.cli_common import parse_overrides\n"
+        "out = prepare_data(preset='smoke', overrides=parse_overrides(sys.argv[2:]), data_root=sys.argv[1])\n"
+        "print('SHARDS', json.dumps(out['shards']))"), str(root), *argv[5::2]], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=900)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert set(kept) <= {r["path"] for r in Catalog(root / "catalog.duckdb").artifacts()}
+    assert {p: os.stat(p).st_mtime_ns for p in kept} == kept  # what was committed before SIGTERM was reused as is
