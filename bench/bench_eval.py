@@ -12,10 +12,10 @@ from bench.common import speech_lm
 from slam_core.eval.pairs import measure_pairs_per_s
 
 
-def _rows(n: int, seed: int = 0) -> list[dict]:
+def _rows(n: int, seed: int = 0, lengths: tuple[int, int] = (100, 300)) -> list[dict]:
     rng = np.random.default_rng(seed)  # sSC-like lengths: 5–15 s at ~20 units/s
-    return [{"pair_id": str(i), "positive_units": rng.integers(0, 500, rng.integers(100, 300)).tolist(),
-             "negative_units": rng.integers(0, 500, rng.integers(100, 300)).tolist()} for i in range(n)]
+    return [{"pair_id": str(i), "positive_units": rng.integers(0, 500, rng.integers(*lengths)).tolist(),
+             "negative_units": rng.integers(0, 500, rng.integers(*lengths)).tolist()} for i in range(n)]
 
 
 def run(quick: bool = True) -> dict:
@@ -40,7 +40,7 @@ def run_gpu(budget_s: float = 15.0, save=lambda r: None, smoke: bool = False) ->
     t0 = time.perf_counter()
     device = torch.device("cpu" if smoke else "cuda")
     model = speech_lm(device)
-    rows = _rows(32 if smoke else 1024)
+    rows = _rows(16, lengths=(20, 60)) if smoke else _rows(1024)
     results: dict = {"batch_size": 8 if smoke else 32}
     for n in (len(rows) // 4, len(rows)):  # a first figure early, then the full set
         batched = measure_pairs_per_s(model, rows[:n], results["batch_size"], device, n_repeats=1)
