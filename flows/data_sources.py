@@ -115,11 +115,12 @@ def _prepare_http(src: Source, subsets, mirror, local_dir, root: Path, data_root
 
 def _prepare_hub(src: Source, subsets, local_dir, root: Path, data_root: str) -> dict[str, Any]:
     raw_dir = stage_dir(root, "raw", src.name)
-    allow = [f"{s}/*" for s in subsets] if subsets and src.name == "salmon" else None
+    folders = subsets or (list(src.default_parts) if src.extra.get("subsets_are_folders") else None)
+    allow = [f"{s}/*" for s in folders] if folders and src.extra.get("subsets_are_folders") else None
     snapshot = Path(corpora.fetch_hub_dataset(src.hub_id, src.revision, str(raw_dir / "hub"), local_dir, allow))
     if "audio_column" not in src.extra:  # preference / eval sets: used as downloaded
         return {"path": str(snapshot), "parquet_files": len(hub_lib.list_parquet_files(snapshot))}
-    split = (subsets or ["train"])[0]
+    split = (subsets or list(src.default_parts) or ["train"])[0]
     seg_dir = stage_dir(root, "segments", src.name, split)
     futures = []
     for pq_file in hub_lib.list_parquet_files(snapshot):

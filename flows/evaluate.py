@@ -251,21 +251,19 @@ def _preflight(cfg: SlamConfig, metric: str) -> tuple[str | None, bool]:
 def _generate(cfg: SlamConfig, checkpoint: str, prepared: dict[str, Any], dev: str, root: str) -> str:
     """Sampled continuations of one checkpoint (cached by fingerprint); returns the generations JSON path."""
     run = cfg.run.name
-    if cfg.eval.prompt_audio:
-        centroids = _centroids(cfg, prepared, root)
-        from slam_core.audio.io import list_audio_files
+    kind = cfg.eval.genppl_prompts
+    if kind != "tsc_like":
+        from slam_core.eval import prompts as prompt_sets
 
-        files = list_audio_files(cfg.eval.prompt_audio)[: cfg.eval.n_generate]
-        stamp = [f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files]
-        prompt_fp = fp("pair-units", cfg, ("units",), _file_digest(centroids), *stamp, eval_set="prompt_audio",
-                       code=code_version(("eval/published.py",)))
-        units_path = str(stage_dir(cfg.data_root, "pairs", "published") / f"prompt_audio-{prompt_fp}.parquet")
-        ev.tokenise_prompt_audio(cfg.eval.prompt_audio, cfg.eval.n_generate, centroids, cfg.units, dev, units_path,
-                                 prompt_fp, root)
-        prompts, upstream = {"units": units_path, "audio_dir": str(cfg.eval.prompt_audio)}, prompt_fp
-        # alignment JSONs decide the cut: they belong in the key too
-        upstream += _short("".join(p.with_suffix(".json").read_text() for p in files
-                                   if p.with_suffix(".json").is_file()))
+        centroids = _centroids(cfg, prepared, root)
+        sources = prompt_sets.prompt_sources(kind, cfg.eval, cfg.data_root)
+        # each audio's bytes and its alignment JSON decide the cut and the units: they are in the key
+        prompt_fp = fp("pair-units", cfg, ("units",), _file_digest(centroids), *prompt_sets.stamp(sources),
+                       eval_set=f"prompts_{kind}", prompt_s=cfg.eval.prompt_s, use_alignment=cfg.eval.use_alignment,
+                       code=code_version(("eval/prompts.py", "eval/generate.py")))
+        units_path = str(stage_dir(cfg.data_root, "pairs", "published") / f"prompts_{kind}-{prompt_fp}.parquet")
+        ev.tokenise_prompts(kind, cfg.eval, centroids, cfg.units, dev, units_path, prompt_fp, root)
+        prompts, upstream = {"units": units_path}, prompt_fp
     else:
         prompts, upstream = {"pairs": prepared["pairs"]["tsc_like"]}, prepared["pair_fingerprints"]["tsc_like"]
     gen_fp = fp("generate", cfg, ("eval",), upstream, _weights_digest(cfg, checkpoint))  # copies share samples

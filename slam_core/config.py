@@ -59,6 +59,11 @@ class SlamConfig(_Section):
         if "stinystories" in self.corpus.pretrain_sets and not self.corpus.stinystories_dir:
             raise ConfigError("corpus.pretrain_sets: 'stinystories' needs corpus.stinystories_dir (the folder of its "
                               "audio Parquet shards, e.g. synth/stinystories/train)")
+        if self.eval.prompt_audio and self.eval.genppl_prompts != "prompt_audio":
+            raise ConfigError(f"eval.prompt_audio: set, but prompts come from eval.genppl_prompts="
+                              f"'{self.eval.genppl_prompts}' — add eval.genppl_prompts=prompt_audio to use the folder")
+        if self.eval.genppl_prompts == "prompt_audio" and not self.eval.prompt_audio:
+            raise ConfigError("eval.genppl_prompts: 'prompt_audio' needs eval.prompt_audio=DIR (a folder of prompt audio)")
         if self.eval.max_new_tokens >= self.model.context_len:
             raise ConfigError("eval.max_new_tokens: must be smaller than model.context_len")
         if self.units.fit_kmeans and self.units.kmeans_path:

@@ -336,10 +336,15 @@ class EvalConfig(_Section):
         "*.parquet with positive_audio/negative_audio). None: those metrics are recorded as skipped.")
     max_pairs: int | None = Field(None, ge=1, description="Score only the first N pairs of each published set "
                                   "(quick looks); None: all pairs, as the paper.")
+    genppl_prompts: Literal["ssc", "peoples_speech", "prompt_audio", "tsc_like"] = Field(
+        "tsc_like", description="Prompts of generate/genppl/judge (first n_generate utterances), cut on the waveform "
+        "at prompt_s and then encoded, as SlamKit: ssc = the correct samples of Spoken StoryCloze under "
+        "reference_path/sSC (the paper's GenPPL prompts, Section 3; the paper presets' default); peoples_speech = "
+        "People's Speech test (Appendix D.3; `slam data prepare peoples_speech` first); prompt_audio = the folder "
+        "eval.prompt_audio; tsc_like = the built-in pairs' positive utterances (offline smoke; their units are cut).")
     prompt_audio: str | None = Field(
-        None, description="Directory of prompt audio for generate/genppl/judge (recursive, sorted, first n_generate "
-        "files); a <file>.json beside a file with word alignments cuts the prompt at the word end closest to "
-        "prompt_s. None: the positive utterances of the built-in tsc_like pairs.")
+        None, description="With genppl_prompts=prompt_audio: a directory of prompt audio (recursive, sorted); a "
+        "<file>.json beside a file with word alignments cuts the prompt at the word end closest to prompt_s.")
     use_alignment: bool = Field(True, description="Cut prompts at a word boundary when an alignment JSON exists.")
     vocoder: str | None = Field(
         None, description="Unit vocoder for genppl/judge: a directory with the textlesslib checkpoint "
@@ -355,6 +360,11 @@ class EvalConfig(_Section):
                                        "(None: whisper's default, n_text_ctx // 2).")
     ppl_lm: str = Field("meta-llama/Llama-3.2-1B", description="Text LM (hub id or local save_pretrained dir with "
                         "tokenizer) whose perplexity of the transcripts is GenPPL.")
+    genppl_bos: Literal["slamkit", "prepend"] = Field(
+        "slamkit", description="GenPPL's first token: slamkit = tokenise as the LM's tokenizer does and score from "
+        "the second token (SlamKit's calc_nll; with Llama-3.2-1B, which adds BOS, every word is scored); prepend = "
+        "put the tokenizer's BOS first when it adds none, so the first word is scored too (other numbers than "
+        "SlamKit's for such a tokenizer).")
     judge_model: str | None = Field(None, description="Judge: a local HF causal LM (hub id or dir), or, with "
                                     "judge_endpoint, the model name sent to the endpoint. None and no endpoint: "
                                     "judge is recorded as skipped.")
@@ -365,6 +375,9 @@ class EvalConfig(_Section):
     judge_allow_insecure: bool = Field(False, description="Allow sending the judge API key over plain http to a "
                                        "host other than this machine (only on a network you trust; https and "
                                        "127.0.0.1 endpoints need no opt-in).")
+    judge_min_file_s: float | None = Field(
+        6.0, ge=0, description="The judge rates only prompts cut from files at least this long, in seconds (SlamKit "
+        "config/metric/llm_as_judge.yaml min_file_length: 6); None or 0: every prompt.")
 
 
 class ParallelConfig(_Section):

@@ -128,8 +128,14 @@ def eval_inputs(cfg: SlamConfig) -> list[MissingInput]:
             out.append(MissingInput("eval", "judge", "eval.judge_model / eval.judge_endpoint", "not set"))
         elif ev.judge_model and not ev.judge_endpoint and (why := _hub_or_local_available(ev.judge_model)):
             out.append(MissingInput("eval", "judge", "eval.judge_model", why))
-    if ev.prompt_audio and metrics & (VOCODER_METRICS | {"generate"}) and not Path(ev.prompt_audio).expanduser().is_dir():
-        out.append(MissingInput("eval", "prompt audio", "eval.prompt_audio", f"{ev.prompt_audio} is not a directory"))
+    if metrics & (VOCODER_METRICS | {"generate"}) and ev.genppl_prompts != "tsc_like":
+        from slam_core.eval.prompts import PromptSetError, prompt_sources
+
+        try:
+            prompt_sources(ev.genppl_prompts, ev, cfg.data_root, n=1)
+        except PromptSetError as err:
+            field = "eval.prompt_audio" if ev.genppl_prompts == "prompt_audio" else "eval.genppl_prompts"
+            out.append(MissingInput("eval", "prompt audio", field, str(err)))
     return out
 
 

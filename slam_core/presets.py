@@ -76,7 +76,8 @@ def slam() -> SlamConfig:
                           micro_batch_size=8, grad_accum=16, grad_clip=0.5, checkpoint_every_s=1800.0,
                           val_fraction=0.0),
         dpo=DpoConfig(budget_s=1800.0, beta=0.1, lr=5e-5, micro_batch_size=4, grad_accum=16, grad_clip=0.5),
-        eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1,
+        # GenPPL on the correct samples of sSC (paper Section 3; SlamKit asr_perplexity: 1,000 files)
+        eval=EvalConfig(metrics=PAPER_METRICS, n_generate=1000, repetition_penalty=1.1, genppl_prompts="ssc",
                         vocoder="mhubert-base-25hz-kmeans-500-hifigan"),
         parallel=ParallelConfig(n_gpus=1),
     )

@@ -67,21 +67,21 @@ def tokenise_eval_set(reference_path: str, metric: str, set_name: str, centroids
                             fingerprint=fingerprint, produce=produce)
 
 
-@task(name="tokenise-prompt-audio", retries=1, tags=["gpu"], **CACHED)
-def tokenise_prompt_audio(audio_dir: str, n_files: int, centroids: str, units_cfg: UnitsConfig, device: str,
-                          out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
-    """Units of the first `n_files` prompt audio files (sorted, recursive) for generation."""
+@task(name="tokenise-prompts", retries=1, tags=["gpu"], **CACHED)
+def tokenise_prompts(kind: str, cfg: EvalConfig, centroids: str, units_cfg: UnitsConfig, device: str,
+                     out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Units of the prompt set `kind` (eval.genppl_prompts): each waveform cut at eval.prompt_s (or the nearest
+    word end), then encoded (`slam_core.eval.prompts`)."""
     def produce() -> dict[str, Any]:
-        from slam_core.audio.io import list_audio_files
+        from slam_core.eval import prompts
         from slam_core.units import extract
 
-        files = list_audio_files(audio_dir)[:n_files]
-        if not files:
-            raise FileNotFoundError(f"eval.prompt_audio {audio_dir}: no audio files")
+        sources = prompts.prompt_sources(kind, cfg, Path(data_root))
         extractor = extract.build_extractor(units_cfg, Path(data_root), centroids=Path(centroids), device=device)
-        return published.tokenise_files(files, Path(audio_dir), extractor, units_cfg.batch_size, out_path)
+        return prompts.tokenise_prompts(sources, extractor, units_cfg.batch_size, out_path, cfg.prompt_s,
+                                        cfg.use_alignment)
 
-    return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset="prompt_audio", split="eval",
+    return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset=f"prompts_{kind}", split="eval",
                             out_path=out_path, fingerprint=fingerprint, produce=produce)
 
 
@@ -122,8 +122,8 @@ def score_pairs(run: str, checkpoint: str, metric: str, pairs_path: str, cfg: Ev
 def generate_continuations(checkpoint: str, prompts: dict[str, str], cfg: EvalConfig, seed: int, device: str,
                            out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
     """Sample continuations (T, top-k, repetition penalty, max new tokens from `cfg`; stop at EOS) of prompts cut
-    at `cfg.prompt_s`: `prompts` = {"pairs": EVAL_PAIRS_UNITS path} (positive utterances) or {"units": prompt
-    units Parquet, "audio_dir": its audio root} (word-boundary cut where an alignment JSON exists)."""
+    at `cfg.prompt_s`: `prompts` = {"pairs": EVAL_PAIRS_UNITS path} (positive utterances, units cut) or
+    {"units": `tokenise_prompts` Parquet} (waveforms already cut, units used whole)."""
     def produce() -> dict[str, Any]:
         sampling = dict(temperature=cfg.temperature, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
                         repetition_penalty=cfg.repetition_penalty, seed=seed, device=device,
@@ -134,11 +134,10 @@ def generate_continuations(checkpoint: str, prompts: dict[str, str], cfg: EvalCo
         else:
             import pyarrow.parquet as pq
 
+            from slam_core.eval.prompts import prompts_from_rows
+
             units = pq.read_table(prompts["units"]).to_pylist()[: cfg.n_generate]
-            aligned = {r["segment_id"]: generate.read_alignment(Path(prompts["audio_dir"], r["segment_id"]))
-                       if cfg.use_alignment else None for r in units}
-            rows = generate.generate_from_prompts(
-                Path(checkpoint), generate.prompts_from_units(units, cfg.prompt_s, aligned), **sampling)
+            rows = generate.generate_from_prompts(Path(checkpoint), prompts_from_rows(units), **sampling)
         generate.write_generations(rows, Path(out_path))
         return {"rows": len(rows), "tokens": sum(len(r["generated_units"]) for r in rows)}
 
@@ -178,7 +177,8 @@ def genppl_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalCon
         return record_skip(data_root, run, checkpoint, GENPPL_ROWS, str(err), fingerprint, retry=True)
     gens = json.loads(Path(generations_path).read_text())
     res = gp.evaluate_generation(gens, vocoder, asr, lm, tokenizer, out_dir, batch_size=cfg.batch_size,
-                                 asr_max_tokens=cfg.asr_max_tokens, asr_language=cfg.asr_language)
+                                 asr_max_tokens=cfg.asr_max_tokens, asr_language=cfg.asr_language,
+                                 prepend_bos=cfg.genppl_bos == "prepend")
     details = {"fingerprint": fingerprint, "weights": data_root_checkpoint_digest(data_root, checkpoint),
                "n_samples": res["n_samples"], "n_empty": res["n_empty"],
                "note": res["note"], "slamkit_difference": res["slamkit_difference"],
@@ -226,24 +226,31 @@ def build_judge(cfg: EvalConfig, device: str) -> Any:
 @task(name="judge", tags=["gpu"], **CACHED)
 def judge_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConfig, device: str, out_dir: str,
                  fingerprint: str, data_root: str) -> dict[str, Any]:
-    """LLM-as-judge 1-5 rating of prompt/continuation transcripts; unparsable and failed answers counted."""
+    """GPTScore: the judge's 1-5 rating of prompt/continuation transcripts, as SlamKit's llm_as_judge
+    (`slam_core.eval.judge`); prompts from files shorter than `cfg.judge_min_file_s` left out, unparsable and
+    failed answers counted."""
     from slam_core.eval import judge
 
+    gens = json.loads(Path(generations_path).read_text())
+    if gens and not judge.judged_rows(gens, cfg.judge_min_file_s)[0]:
+        return record_skip(data_root, run, checkpoint, ["judge"], f"no prompt is cut from a file of at least "
+                           f"{cfg.judge_min_file_s} s (eval.judge_min_file_s; SlamKit min_file_length)", fingerprint)
     try:
         vocoder, asr = _load_vocoder_and_asr(cfg, device)
         rater = build_judge(cfg, device)
     except (*_missing_weights(), ValueError) as err:  # ValueError: endpoint/API-key settings
         return record_skip(data_root, run, checkpoint, ["judge"], str(err), fingerprint, retry=True)
-    gens = json.loads(Path(generations_path).read_text())
     res = judge.judge_generations(gens, vocoder, asr, rater, out_dir, asr_max_tokens=cfg.asr_max_tokens,
-                                  asr_language=cfg.asr_language)
+                                  asr_language=cfg.asr_language, min_file_s=cfg.judge_min_file_s)
     write_text_atomic(Path(out_dir) / "judge.json", json.dumps(res, indent=1) + "\n")
+    counts = ("n", "n_unparsable", "n_failed", "n_out_of_range", "n_short", "n_length_unknown", "prompt_audio")
     catalog_at(data_root).record_eval(
         run, checkpoint, "judge", res["mean_score"], res["n_parsed"],
         details={"fingerprint": fingerprint, "weights": data_root_checkpoint_digest(data_root, checkpoint),
-                 "n": res["n"], "n_unparsable": res["n_unparsable"],
-                 "n_failed": res["n_failed"], "judge": cfg.judge_endpoint or cfg.judge_model})
-    return {k: res[k] for k in ("mean_score", "n", "n_parsed", "n_unparsable", "n_failed")} | {"checkpoint": checkpoint}
+                 **{k: res[k] for k in counts}, "min_file_s": cfg.judge_min_file_s,
+                 "judge": cfg.judge_endpoint or cfg.judge_model})
+    return {k: res[k] for k in ("mean_score", "n", "n_parsed", "n_unparsable", "n_failed", "n_short")} | {
+        "checkpoint": checkpoint}
 
 
 @task(name="write-report", **CACHED)

@@ -114,6 +114,22 @@ def test_prepare_source_flow_librispeech_over_http_and_hub_local_dir(prefect_har
     assert np.array_equal(wave, expected) and len(wave) / 16_000 == pytest.approx(hub_rows[1]["end_s"], abs=1e-3)
     assert not [f for f in root.rglob("*.flac") if "stinystories" in str(f)]
 
+    # People's Speech test (a GenPPL prompt domain): its test/ Parquet read in place, listed as prompts in order
+    from slam_core.config import EvalConfig
+    from slam_core.eval.prompts import cut_s, prompt_sources
+
+    ps_dir = tmp_path / "peoples_speech_hub"
+    (ps_dir / "test").mkdir(parents=True)
+    ps_audio = [{"bytes": flac_bytes(tone(2.0 + i, 200 + 40 * i)), "path": f"{i}.flac"} for i in range(2)]
+    pq.write_table(pa.table({"id": ["a", "b"], "audio": ps_audio, "duration_ms": [2000, 3000], "text": ["x", "y"]}),
+                   ps_dir / "test" / "test-00000-of-00001.parquet")
+    ps = prepare_source("peoples_speech", local_dir=str(ps_dir), data_root=str(root))
+    assert ps["segments"] == 2 and "/segments/peoples_speech/test/" in ps["shards"][0]
+    sources = prompt_sources("peoples_speech", EvalConfig(n_generate=5), root)
+    assert [s.file_s for s in sources] == pytest.approx([2.0, 3.0], abs=1e-2)
+    cut, how = cut_s(sources[1], 3.0, True)
+    assert (cut, how) == (3.0, "fixed") and len(read_segment_audio(sources[1].audio, None, cut)) == 48_000
+
 
 def test_hub_without_local_copy_offline_names_repo_and_local_dir(tmp_path):
     with pytest.raises(hub.HubUnavailableError, match=r"slprl/sTinyStories.*--local-dir"):

@@ -20,7 +20,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from chat_stub import chat_endpoint
 from data_catalog import Catalog
 from slam_core.config import UnitsConfig
-from slam_core.eval.generate import prompts_from_units, read_alignment, word_boundary_cut_s
+from slam_core.eval.generate import read_alignment, word_boundary_cut_s
 from slam_core.eval.pairs import score_sequences, wilson_interval
 from slam_core.corpora.published_layout import published_sets
 from slam_core.eval.published import salmon_mean, tokenise_pairs
@@ -100,19 +100,51 @@ def test_salmon_mean_is_the_mean_of_parts_with_an_interval() -> None:
 
 
 def test_word_boundary_prompt_cut(tmp_path: Path) -> None:
-    audio = wav(tmp_path / "p" / "a.wav", 300, 1.0)
+    from slam_core.eval.prompts import PromptSource, cut_s
+
+    audio = wav(tmp_path / "p" / "a.wav", 300, 4.0)
     (tmp_path / "p" / "a.json").write_text(json.dumps({"aligned_text": [["hi", 0.0, 2.4], ["there", 2.5, 3.3]]}))
     words = read_alignment(audio)
     assert word_boundary_cut_s(words, 3.0) == 3.3 and word_boundary_cut_s(words, 2.8) == 2.4
     assert read_alignment(wav(tmp_path / "p" / "b.wav", 300, 0.2)) is None
-    rows = [{"segment_id": "a.wav", "units": [5, 6, 7, 8], "durations": [25, 25, 25, 25]},  # unit starts 0,1,2,3 s
-            {"segment_id": "b.wav", "units": [5, 6, 7, 8], "durations": [25, 25, 25, 25]}]
-    prompts = prompts_from_units(rows, 3.0, {"a.wav": words, "b.wav": None})
-    assert prompts[0]["prompt_units"] == [5, 6, 7, 8] and prompts[0]["cut"] == "word_boundary"
-    assert prompts[1]["prompt_units"] == [5, 6, 7] and prompts[1]["cut_s"] == 3.0
+    assert cut_s(PromptSource("a.wav", str(audio), 4.0), 3.0, True) == (3.3, "word_boundary")
+    assert cut_s(PromptSource("a.wav", str(audio), 4.0), 3.0, False) == (3.0, "fixed")
+    assert cut_s(PromptSource("b.wav", str(tmp_path / "p" / "b.wav"), 0.2), 3.0, True) == (0.2, "fixed")
     (tmp_path / "p" / "a.json").write_text("[[1]]")
     with pytest.raises(ValueError, match="not a word alignment"):
         read_alignment(audio)
+
+
+def test_prompts_are_cut_on_the_waveform_then_encoded(tmp_path: Path, one_torch_thread: None) -> None:
+    """SlamKit encodes the first prompt_s seconds of audio: the units are those of the cut waveform, which near
+    the cut differ from the whole utterance's units cut afterwards (the encoder sees both sides of a frame)."""
+    from slam_core.config import EvalConfig
+    from slam_core.eval.prompts import PromptSetError, prompt_sources, prompts_from_rows, tokenise_prompts
+    from slam_core.units import extract
+
+    root = write_reference(tmp_path / "ref")
+    units_cfg, centroids = tiny_units_setup(tmp_path / "data", root)
+    extractor = extract.build_extractor(units_cfg, tmp_path / "data", centroids=centroids, device="cpu")
+    folder = tmp_path / "prompts"
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        folder.mkdir(exist_ok=True)
+        sf.write(folder / f"p{i}.wav", (0.1 * rng.standard_normal(SR * 2)).astype(np.float32), SR, subtype="FLOAT")
+    cfg = EvalConfig(genppl_prompts="prompt_audio", prompt_audio=str(folder), n_generate=2, prompt_s=0.7)
+    sources = prompt_sources("prompt_audio", cfg, tmp_path / "data")
+    assert [s.prompt_id for s in sources] == ["p0.wav", "p1.wav"] and sources[0].file_s == pytest.approx(2.0)
+    out = tokenise_prompts(sources, extractor, 4, tmp_path / "prompts.parquet", 0.7, True)
+    rows = pq.read_table(out["path"]).to_pylist()
+    wave = sf.read(folder / "p0.wav", dtype="float32")[0]
+    (cut_units, _), (whole_units, whole_durs) = extractor.units([wave[: int(0.7 * SR)], wave], 1)
+    assert rows[0]["units"] == list(cut_units) and rows[0]["cut"] == "fixed"
+    assert prompts_from_rows(rows)[0]["prompt_units"] == list(cut_units)
+    assert prompts_from_rows(rows)[0]["file_s"] == pytest.approx(2.0)
+    # sSC: the correct (positive) sample of each pair, in pair order
+    ssc = prompt_sources("ssc", EvalConfig(genppl_prompts="ssc", reference_path=str(root), n_generate=5), tmp_path)
+    assert [s.audio for s in ssc] == [p.positive.path for p in published_sets(root, "ssc")["ssc"]][:5]
+    with pytest.raises(PromptSetError, match="slam data prepare peoples_speech"):
+        prompt_sources("peoples_speech", cfg, tmp_path / "data")
 
 
 # ---- tiny stand-ins shared by the tokenisation and flow tests ------------------------------------------------
@@ -195,10 +227,11 @@ def test_flow_scores_published_sets_and_generative_metrics(prefect_harness, tmp_
     ckpts = [str(tiny_checkpoint(tmp_path / f"ckpt{i}", seed=i)) for i in range(2)]
     overrides = {"units.n_units": N_UNITS, "units.batch_size": 4, "model.context_len": 128,
                  "eval.metrics": ["sblimp", "swuggy", "ssc", "tsc", "salmon", "generate", "genppl", "judge"],
-                 "eval.reference_path": str(root), "eval.prompt_audio": str(prompts), "eval.prompt_s": 0.7,
+                 "eval.reference_path": str(root), "eval.genppl_prompts": "prompt_audio",
+                 "eval.prompt_audio": str(prompts), "eval.prompt_s": 0.7,
                  "eval.n_generate": 2, "eval.max_new_tokens": 8, "eval.vocoder": models["vocoder"],
                  "eval.asr_model": models["asr"], "eval.asr_max_tokens": 6, "eval.ppl_lm": models["lm"], "eval.judge_endpoint": judge_server,
-                 "eval.judge_model": "stub-judge"}
+                 "eval.judge_model": "stub-judge", "eval.judge_min_file_s": None}  # the prompts are 1.2 s files
     prepared = {"pairs": {}, "pair_fingerprints": {}, "centroids": str(centroids)}
     out = evaluate(preset="smoke", overrides=overrides, data_root=str(data), checkpoints=ckpts, prepared=prepared)
 

@@ -143,12 +143,17 @@ def test_whitespace_only_transcript_is_scored_like_slamkit(tmp_path: Path) -> No
     assert out["genppl"] == pytest.approx(math.exp(nll[0])) and (out["n"], out["n_empty"]) == (1, 1)
 
 
-def test_transcript_nll_prepends_bos_when_tokenizer_adds_none(tmp_path: Path) -> None:
+def test_transcript_nll_without_bos_scores_from_the_second_token_as_slamkit(tmp_path: Path) -> None:
+    """A tokenizer that adds no BOS: SlamKit's calc_nll scores from the second token (the first word is context
+    only); eval.genppl_bos=prepend puts BOS first so that every word is a target."""
     model_dir, tokenizer_dir = _tiny_ppl_dir(tmp_path)
     lm, tokenizer = load_ppl_lm(model_dir, device="cpu", tokenizer_dir=tokenizer_dir)
     tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="$A")
-    assert tokenizer("the")["input_ids"] == [WORDS["the"]]
-    assert transcript_nll(lm, tokenizer, ["the"])[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert tokenizer("the cat")["input_ids"] == [WORDS["the"], WORDS["cat"]]
+    slamkit, prepended = (transcript_nll(lm, tokenizer, ["the", "the cat"], prepend_bos=p) for p in (False, True))
+    assert slamkit[0] is None and slamkit[1] == pytest.approx(math.log(V), abs=1e-4)  # only 'cat', uniform after 'the'
+    assert prepended[0] == pytest.approx(math.log(2), abs=1e-4)                       # p(the|<s>) = 1/2
+    assert prepended[1] == pytest.approx((math.log(2) + math.log(V)) / 2, abs=1e-4)
 
 
 def test_missing_ppl_lm_names_hub_id() -> None:

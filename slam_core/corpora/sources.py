@@ -117,6 +117,17 @@ SOURCES: dict[str, Source] = {
         parts=tuple(Part(p) for p in ("bg_alignment", "bg_all_consistency", "bg_domain_consistency",
                                       "gender_consistency", "rir_consistency", "sentiment_alignment",
                                       "sentiment_consistency", "speaker_consistency")),
+        extra={"subsets_are_folders": "true"},
+    ),
+    "peoples_speech": Source(
+        name="peoples_speech", kind="hub", hub_id="MLCommons/peoples_speech", revision=None,
+        homepage="https://huggingface.co/datasets/MLCommons/peoples_speech",
+        description="People's Speech test utterances (34,898; 16 kHz): the second GenPPL prompt domain of the "
+                    "paper's Appendix D.3 (eval.genppl_prompts=peoples_speech).",
+        licence="CC-BY / CC-BY-SA (see the dataset card)",
+        layout="test/test-*.parquet with columns id, audio {bytes, path}, duration_ms, text",
+        parts=(Part("test", approx_bytes=4_100_000_000, approx_hours=64.0),), default_parts=("test",),
+        extra={"audio_column": "audio", "text_column": "text", "subsets_are_folders": "true"},
     ),
     "local": Source(
         name="local", kind="local", licence="yours",

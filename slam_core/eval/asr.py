@@ -104,7 +104,7 @@ def transcribe(
         if audio.size > WINDOW_S * ASR_SAMPLE_RATE_HZ:
             result = model.transcribe(audio, language=language, temperature=0.0, fp16=fp16, verbose=None,
                                       sample_len=max_tokens)
-            texts[i] = str(result["text"]).strip()
+            texts[i] = str(result["text"])  # as Whisper gives it (leading space kept, as SlamKit)
     log.info("transcribed %d waves (%d empty transcripts)", len(texts), sum(1 for t in texts if not t))
     return texts
 
@@ -120,5 +120,4 @@ def _decode_windows(model: Any, audios: list[np.ndarray], language: str | None, 
     tokenizer = whisper.tokenizer.get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                                 language=language, task="transcribe")
     # text tokens only, as whisper's own transcribe does: special tokens never reach the transcript
-    return [tokenizer.decode([t for t in r.tokens if t < tokenizer.eot]).strip()
-            for r in whisper.decode(model, mels, options)]
+    return [tokenizer.decode([t for t in r.tokens if t < tokenizer.eot]) for r in whisper.decode(model, mels, options)]

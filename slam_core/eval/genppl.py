@@ -69,7 +69,7 @@ def summarize_generation(
 def evaluate_generation(
     generations: Sequence[dict[str, Any]], vocoder: Vocoder, asr: Any, ppl_lm: torch.nn.Module, ppl_tokenizer: Any,
     out_dir: str | Path, batch_size: int = 8, auto_bleu_n: int = 2, asr_max_tokens: int | None = None,
-    asr_language: str | None = None,
+    asr_language: str | None = None, prepend_bos: bool = False,
 ) -> dict[str, Any]:
     """GenPPL + auto-BLEU of generation rows ({"pair_id", "prompt_units", "generated_units"}).
 
@@ -78,7 +78,8 @@ def evaluate_generation(
     """
     paths, waves = vocode_generations(generations, vocoder, out_dir, include_prompt=True)
     transcripts = transcribe(asr, waves, language=asr_language, batch_size=batch_size, max_tokens=asr_max_tokens)
-    nlls = transcript_nll(ppl_lm, ppl_tokenizer, transcripts, batch_size=batch_size)
+    # transcripts go to the LM as Whisper gives them (usually with a leading space), as in SlamKit
+    nlls = transcript_nll(ppl_lm, ppl_tokenizer, transcripts, batch_size=batch_size, prepend_bos=prepend_bos)
     result = summarize_generation(transcripts, nlls, auto_bleu_n)
     result["rows"] = [
         {**row, "wav_path": str(path), "transcript": text, "nll": nll,

@@ -110,22 +110,3 @@ def salmon_mean(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
         half = 1.96 * math.sqrt(float(np.sum(accs * (1 - accs) / ns))) / len(parts)
         low, high = max(0.0, mean - half), min(1.0, mean + half)
     return {"accuracy": mean, "n": int(ns.sum()), "ci_low": low, "ci_high": high}
-
-
-def tokenise_files(files: Sequence[Path], root: Path, extractor: Any, batch_size: int,
-                   out_path: str | Path) -> dict[str, Any]:
-    """Units of whole audio files (prompt audio) -> Parquet {segment_id (path relative to root), units,
-    durations}, atomically; unusable files are listed in "bad"."""
-    from slam_core.units.extract import extract_items
-
-    items = [(Path(f).relative_to(root).as_posix(), functools.partial(read_audio, f)) for f in files]
-    results, bad = extract_items(items, extractor, batch_size)
-    ids = [i for i, _ in items if i in results]
-    unit_type = EVAL_PAIRS_UNITS.field("positive_units").type
-    table = pa.table({"segment_id": pa.array(ids, pa.string()),
-                      "units": pa.array([np.asarray(results[i][0], np.uint16) for i in ids], unit_type),
-                      "durations": pa.array([np.asarray(results[i][1], np.uint16) for i in ids], unit_type)})
-    with atomic_path(Path(out_path), suffix=".parquet") as tmp:
-        pq.write_table(table, tmp, compression="zstd")
-    return {"path": str(out_path), "rows": len(ids), "tokens": sum(len(results[i][0]) for i in ids),
-            "audio_seconds": sum(results[i][3] for i in ids), "bad": bad}

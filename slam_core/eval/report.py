@@ -132,6 +132,10 @@ def _note(row: dict[str, Any]) -> str:
     if details.get("n_unparsable") or details.get("n_failed"):
         parts.append(f"{details.get('n_unparsable', 0)} unparsable, {details.get('n_failed', 0)} failed of "
                      f"{details.get('n', '?')} judge answers")
+    if details.get("n_out_of_range"):
+        parts.append(f"{details['n_out_of_range']} judge score(s) outside 1-5 (kept, as SlamKit)")
+    if details.get("n_short"):
+        parts.append(f"{details['n_short']} prompt(s) from files under {details.get('min_file_s')} s not judged")
     return "; ".join(parts)
 
 
@@ -202,7 +206,7 @@ def generations_html(generations: Sequence[dict[str, Any]], out_dir: Path, audio
         prompt = " ".join(str(u) for u in row.get("prompt_units", []))
         cont = " ".join(str(u) for u in row.get("generated_units", []))
         audio = _audio_html(row["wav_path"], out_dir) if row.get("wav_path") else ""
-        transcript = f"<p>transcript: {html.escape(row['transcript'])}</p>" if row.get("transcript") else ""
+        transcript = f"<p>transcript: {html.escape(row['transcript'].strip())}</p>" if row.get("transcript") else ""
         parts.append(
             f"<h3>{html.escape(str(row.get('pair_id', '?')))}</h3>{audio}{transcript}"
             f"<p><b>prompt</b> ({len(row.get('prompt_units', []))} units): <code>{prompt}</code></p>"

@@ -81,12 +81,15 @@ def genppl(per_sample_mean_nll: Sequence[float | None]) -> dict[str, Any]:
 
 def transcript_nll(
     lm: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 8, device: str | None = None,
+    prepend_bos: bool = False,
 ) -> list[float | None]:
-    """Per-sample mean NLL of each text under a causal LM, over the tokens after BOS (None for an empty text, or
-    one the tokenizer turns into no token; a whitespace-only text is scored, as in SlamKit).
+    """Per-sample mean NLL of each text under a causal LM, over every token after the first (None for an empty
+    text, or one the tokenizer turns into fewer than two tokens; a whitespace-only text is scored, as in SlamKit).
 
-    BOS comes from the tokenizer's special tokens (Llama adds it); if the tokenizer adds none, its
-    `bos_token_id` is prepended so the first word is a target too.
+    The text is tokenised as the tokenizer does by default (`add_special_tokens=True`) and scored from its second
+    token, as SlamKit's `calc_nll` does whatever the tokenizer: with Llama-3.2-1B (which adds BOS) every word is a
+    target. `prepend_bos` (eval.genppl_bos=prepend) puts the tokenizer's `bos_token_id` first when it adds none,
+    so that the first word is a target too: other numbers than SlamKit's for such a tokenizer.
     """
     device = device or str(next(lm.parameters()).device)
     seqs: list[np.ndarray] = []
@@ -96,7 +99,7 @@ def transcript_nll(
             continue
         ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
         bos = getattr(tokenizer, "bos_token_id", None)
-        if bos is not None and (not ids or ids[0] != bos):
+        if prepend_bos and bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
         if len(ids) < 2:
             continue
