@@ -1,12 +1,17 @@
-"""LLM judge: answer parsing, an OpenAI-compatible endpoint served on 127.0.0.1, a tiny local LM judge."""
+"""GPTScore (the LLM judge) as SlamKit's llm_as_judge: Lin et al.'s instruction, SlamKit's answer parsing, an
+OpenAI-compatible endpoint served on 127.0.0.1, a tiny local LM judge, the 6 s minimum file length and the prompt
+transcribed from its own audio."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,25 +21,39 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 from chat_stub import chat_endpoint  # noqa: E402
+from slam_core.eval import judge as judge_module  # noqa: E402
 from slam_core.eval.judge import (  # noqa: E402
-    EndpointJudge, JudgeRequestError, build_judge_prompt, judge_transcripts, load_local_judge, parse_score,
+    JUDGE_INSTRUCTION, EndpointJudge, JudgeRequestError, build_judge_prompt, judge_generations, judge_transcripts,
+    load_local_judge, parse_score,
 )
 
 # continuation transcript -> canned endpoint reply (None: HTTP 500)
-CANNED = {"good": "The continuation fits well. \\boxed{4}", "ok": "\\boxed{ 2 }", "bare": "Score: 5",
-          "vague": "somewhere between 2 and 3", "boxed_bad": "\\boxed{7}", "broken": None}
+CANNED = {"good": "The continuation fits well. The final answer is $\\boxed{4}$", "ok": "\\boxed{ 2 }",
+          "bare": "Score: 5", "vague": "somewhere between 2 and 3", "boxed_bad": "\\boxed{7}", "broken": None}
+# sha256 of slp-rl/slamkit@388b402 config/metric/llm_as_judge.yaml `instruction`, as YAML loads it
+SLAMKIT_INSTRUCTION_SHA256 = "4005003e48ef6782c7917160ed0fc717fa299aa06e89c2673a9010356fefc3a3"
 
 
-def test_parse_score() -> None:
-    assert parse_score("\\boxed{3}") == 3 and parse_score("first \\boxed{1}, final \\boxed{5}") == 5
-    assert parse_score("I'd say 4.") == 4 and parse_score("4") == 4 and parse_score("4, yes 4") == 4
-    assert parse_score("\\boxed{3.5}") is None and parse_score("\\boxed{0}") is None
-    assert parse_score("2 or 3") is None and parse_score("3.5") is None and parse_score("10") is None
+def test_instruction_is_slamkits_and_filled_as_slamkit_fills_it() -> None:
+    assert hashlib.sha256(JUDGE_INSTRUCTION.encode()).hexdigest() == SLAMKIT_INSTRUCTION_SHA256
+    assert JUDGE_INSTRUCTION.startswith("The task is evaluating the relevance and likelihood")
+    prompt = build_judge_prompt(" Once upon a time", " there was a cat.")  # Whisper's text, not stripped
+    assert 'The text prompt is: " Once upon a time", and the text continuation is :" there was a cat."' in prompt
+    assert "[prompt_audio_transcription]" not in prompt and "$\\boxed{x}$" in prompt
+
+
+def test_parse_score_is_slamkits_regex() -> None:
+    # the first \boxed{<digits>}, any integer (SlamKit keeps 0 or 7 too); nothing else is read
+    assert parse_score("\\boxed{3}") == 3 and parse_score("first \\boxed{1}, final \\boxed{5}") == 1
+    assert parse_score("The final answer is $\\boxed{4}$.") == 4 and parse_score("\\boxed{10}") == 10
+    assert parse_score("\\boxed{0}") == 0 and parse_score("\\boxed{x} then \\boxed{2}") == 2
+    assert parse_score("\\boxed{3.5}") is None and parse_score("\\boxed{ 2 }") is None
+    assert parse_score("I'd say 4.") is None and parse_score("4") is None and parse_score("Score: 5") is None
     assert parse_score("") is None and parse_score(None) is None and parse_score("no idea") is None
 
 
 def _canned_reply(body: dict) -> str | None:
-    return CANNED[body["messages"][0]["content"].split("Continuation: ")[1].split("\n")[0]]
+    return CANNED[body["messages"][0]["content"].split('the text continuation is :"')[1].split('"')[0]]
 
 
 @pytest.fixture()
@@ -50,14 +69,16 @@ def test_endpoint_judge_counts_unparsable_and_failed(chat_server: tuple[str, lis
     judge = EndpointJudge(chat_url + "/v1/", "judge-model", api_key_env="TEST_JUDGE_KEY", timeout_s=10)
     items = [("once upon a time", name) for name in CANNED]
     out = judge_transcripts(items, judge)
-    assert [r["score"] for r in out["rows"]] == [4, 2, 5, None, None, None]
-    assert out["mean_score"] == pytest.approx((4 + 2 + 5) / 3)
-    assert (out["n"], out["n_parsed"], out["n_unparsable"], out["n_failed"]) == (6, 3, 2, 1)
+    assert [r["score"] for r in out["rows"]] == [4, None, None, None, 7, None]
+    assert out["mean_score"] == pytest.approx((4 + 7) / 2)  # mean of the parsed answers, 7 kept as SlamKit
+    assert (out["n"], out["n_parsed"], out["n_unparsable"], out["n_failed"], out["n_out_of_range"]) == (6, 2, 3, 1, 1)
     assert "HTTP 500" in out["rows"][-1]["error"] and out["rows"][3]["answer"] == CANNED["vague"]
     request = seen[0]
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
-    assert request["body"]["model"] == "judge-model" and request["body"]["temperature"] == 0.0
-    assert request["body"]["messages"][0]["content"] == build_judge_prompt("once upon a time", "good")
+    # as SlamKit's OpenAIJudge: the model and one user message, the service's own sampling defaults
+    assert set(request["body"]) == {"model", "messages"} and request["body"]["model"] == "judge-model"
+    assert request["body"]["messages"] == [{"role": "user",
+                                            "content": build_judge_prompt("once upon a time", "good")}]
 
 
 def test_endpoint_judge_needs_explicit_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +97,7 @@ def test_endpoint_judge_needs_explicit_config(monkeypatch: pytest.MonkeyPatch) -
 def _constant_word_lm(out_dir: Path, word: str) -> Path:
     """A tiny GPT-2 that always emits `word`: the final LayerNorm outputs a constant vector that only the
     embedding row of `word` aligns with (tied head), so every next-token distribution peaks there."""
-    vocab = {"<unk>": 0, "<eos>": 1, "the": 2, "cat": 3, "4": 4, "boxed": 5}
+    vocab = {"<unk>": 0, "<eos>": 1, "the": 2, "cat": 3, "\\boxed{4}": 4, "boxed": 5}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
@@ -97,12 +118,44 @@ def _constant_word_lm(out_dir: Path, word: str) -> Path:
 
 def test_local_lm_judge(tmp_path: Path) -> None:
     items = [("the cat sat", "the cat ran away"), ("a dog", "barked")]
-    judge = load_local_judge(_constant_word_lm(tmp_path, "4"), device="cpu", max_new_tokens=3)
+    judge = load_local_judge(_constant_word_lm(tmp_path, "\\boxed{4}"), device="cpu", max_new_tokens=3)
+    assert (judge.max_new_tokens, judge.temperature) == (3, 0.8)
+    assert (load_local_judge(_constant_word_lm(tmp_path, "cat"), device="cpu").max_new_tokens) == 512  # SlamKit's
     out = judge_transcripts(items, judge)
-    assert [r["answer"] for r in out["rows"]] == ["4 4 4", "4 4 4"]
+    assert [r["answer"] for r in out["rows"]] == ["\\boxed{4} \\boxed{4} \\boxed{4}"] * 2
     assert out["mean_score"] == 4.0 and (out["n_parsed"], out["n_unparsable"]) == (2, 0)
     assert judge_transcripts(items, judge)["rows"] == out["rows"]  # re-seeded: same answers
 
     garbage = load_local_judge(_constant_word_lm(tmp_path, "cat"), device="cpu", max_new_tokens=3)
     out = judge_transcripts(items, garbage)
     assert out["mean_score"] is None and (out["n"], out["n_unparsable"], out["n_failed"]) == (2, 2, 0)
+
+
+def test_judge_generations_min_file_length_and_prompt_from_its_own_audio(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """SlamKit's judge reads files of at least 6 s and transcribes the prompt waveform it cut, the continuation's
+    units vocoded alone. Stand-ins: the vocoder makes 0.1 s per unit, the ASR says how long each wave is."""
+    monkeypatch.setattr(judge_module, "vocode", lambda vocoder, units: np.zeros(len(units) * 1600, np.float32))
+    monkeypatch.setattr(judge_module, "transcribe",
+                        lambda asr, waves, **kw: [f" {len(w) / 16000:.2f} s" for w in waves])
+    source = tmp_path / "story.wav"
+    sf.write(source, np.zeros(16000 * 8, np.float32), 16000)
+    generations = [
+        {"pair_id": "long", "file_s": 8.0, "cut_s": 2.5, "source_audio": str(source), "prompt_units": [1] * 30,
+         "generated_units": [2] * 12},
+        {"pair_id": "short", "file_s": 4.0, "cut_s": 3.0, "prompt_units": [1] * 30, "generated_units": [2] * 5},
+        {"pair_id": "units", "file_s": 6.0, "cut_s": 3.0, "prompt_units": [1] * 7, "generated_units": [2] * 4},
+        {"pair_id": "builtin", "prompt_units": [1] * 9, "generated_units": [2] * 3}]
+    asked: list[str] = []
+    out = judge_generations(generations, None, None, lambda p: asked.append(p) or "\\boxed{3}", tmp_path / "j",
+                            min_file_s=6.0)
+    assert [r["pair_id"] for r in out["rows"]] == ["long", "units", "builtin"]  # the 4 s file is not judged
+    assert (out["n"], out["n_short"], out["n_length_unknown"], out["mean_score"]) == (3, 1, 1, 3.0)
+    assert out["prompt_audio"] == {"source_audio": 1, "vocoded_units": 2}
+    # the prompt: the source audio cut at cut_s, else the vocoded prompt units; the continuation alone
+    assert [(r["prompt_text"], r["continuation_text"]) for r in out["rows"]] == [
+        (" 2.50 s", " 1.20 s"), (" 0.70 s", " 0.40 s"), (" 0.90 s", " 0.30 s")]
+    assert 'The text prompt is: " 2.50 s", and the text continuation is :" 1.20 s"' in asked[0]
+    assert sf.info(out["rows"][0]["prompt_wav_path"]).frames == 40000
+    every = judge_generations(generations, None, None, lambda p: "\\boxed{2}", tmp_path / "all", min_file_s=None)
+    assert (every["n"], every["n_short"]) == (4, 0)

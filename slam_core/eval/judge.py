@@ -1,10 +1,31 @@
-"""LLM-as-judge: a 1-5 rating of a continuation given its prompt, from transcripts (SlamKit `metric=llm_as_judge`,
-docs/published-artifacts.md).
+"""GPTScore, the LLM judge: a 1-5 rating of a continuation given its prompt, from transcripts, with Lin et al.'s
+prompt and SlamKit's settings (paper Section 3, "GPTScore"; docs/recipe.md, docs/published-artifacts.md).
 
-The judge is either a local HF causal LM (sampled, no chat template, as SlamKit) or an OpenAI-compatible
-`/v1/chat/completions` endpoint that the user names explicitly (no default remote URL). Answers are parsed from
-`\\boxed{x}`, else from a single bare digit 1-5; unparsable answers and failed requests are counted and reported,
-never dropped from the denominator silently (SlamKit does).
+Source: slp-rl/slamkit @ 388b402, `config/metric/llm_as_judge.yaml` (instruction, `min_file_length: 6`,
+`use_alignment: true`, `num_files: null`, sampling of the speech LM), `slamkit/metric/generative_metric.py`
+(`llm_as_judge`: `remove_prompt=True`) and `slamkit/metric/metric_utils.py` (`judge_text`, `OpenAIJudge`,
+`extract_digit_from_boxed`). Field by field:
+
+- instruction: the yaml's text verbatim (`JUDGE_INSTRUCTION`), the transcripts put in place of
+  `[prompt_audio_transcription]` and `[generated_audio_transcription]` as Whisper gives them (not stripped);
+- remove_prompt=True: the continuation's units are vocoded alone; the prompt is transcribed from its own audio;
+  SlamKit transcribes the prompt *waveform* it cut; here a row that names its source audio (`source_audio`, with
+  `cut_s`) is transcribed the same way, any other row from its vocoded prompt units (the built-in prompts keep no
+  waveform);
+- min_file_length 6 s: prompts cut from files shorter than `eval.judge_min_file_s` are not judged (rows carry
+  the file's length as `file_s`; a row without it is judged and counted in `n_length_unknown`);
+- a local HF causal LM judge: the plain instruction (no chat template), `generate(max_new_tokens=512,
+  do_sample=True, temperature=0.8)` and nothing else, so top-k/top-p are the model's generation config as in
+  SlamKit; an OpenAI-compatible `/v1/chat/completions` endpoint (SlamKit's `OpenAIJudge`, the paper's GPT-4o): one
+  user message and the model name, nothing else (the service's sampling defaults). No endpoint is contacted
+  unless the user names one;
+- the score: the first `\\boxed{<digits>}` of the answer as an integer (SlamKit's regex; a score outside 1-5 is
+  kept, as SlamKit does, and counted in `n_out_of_range`); an answer without one, or a failed request, is left
+  out and the mean is over the parsed answers (as SlamKit), but both are counted and reported.
+
+Kept different: each answer is sampled from its own seeded generator (SlamKit samples unseeded, in batches), so
+a rerun gives the same scores; the prompts are those of the shared generations (`eval.n_generate` of
+`eval.genppl_prompts`, cut with `eval.use_alignment`), where SlamKit's judge reads every file of its folder.
 """
 
 from __future__ import annotations
@@ -30,17 +51,26 @@ from slam_core.eval.vocoder import Vocoder, vocode, write_wav_16k
 
 log = logging.getLogger(__name__)
 
+# SlamKit config/metric/llm_as_judge.yaml `instruction` (Lin et al., 2024), verbatim
 JUDGE_INSTRUCTION = (
-    "You are judging a spoken story continuation. Below are an automatic transcript of the beginning of a "
-    "story (the prompt) and of how a model continued it (the continuation). Rate how likely and relevant the "
-    "continuation is as a follow-up of the prompt on a scale from 1 (unrelated or nonsensical) to 5 (a natural, "
-    "fluent, on-topic continuation). Transcripts may contain recognition errors; judge the content.\n\n"
-    "Prompt: {prompt}\nContinuation: {continuation}\n\n"
-    "Answer with the score only, written as \\boxed{{x}} where x is 1, 2, 3, 4 or 5."
+    "The task is evaluating the relevance and likelihood of the predicted text continuation, given the text "
+    "prompt. You should also consider whether the meaning of the text continuation is making sense. The text "
+    "prompt is: \"[prompt_audio_transcription]\", and the text continuation is :\"[generated_audio_transcription]\". "
+    "You must give an overall rating from 1 to 5. The rating guideline is as below:\n"
+    "1: The text continuation is very unlikely and irrelevant to the text prompt.\n"
+    "2: The text continuation is unlikely and marginally relevant to the text prompt.\n"
+    "3: The text continuation is moderately likely and relevant to the text prompt.\n"
+    "4: The text continuation is likely and relevant to the text prompt.\n"
+    "5: The text continuation is very likely and highly relevant.\n"
+    " You should take the following steps to provide the score:\n"
+    "First: briefly analyze the sample with the above definition.\n"
+    "Second: MUST follow the output format as: \"The final answer is $\\boxed{x}$\". Where x is the score you "
+    "are giving."
 )
-_BOXED = re.compile(r"\\boxed\{\s*([^{}]*?)\s*\}")
-# a lone digit, not part of a number ("10", "3.5"); a sentence-final "4." still counts
-_BARE_DIGIT = re.compile(r"(?<!\d)(?<!\d\.)([1-5])(?!\d|\.\d)")
+PROMPT_SLOT, CONTINUATION_SLOT = "[prompt_audio_transcription]", "[generated_audio_transcription]"
+JUDGE_MAX_NEW_TOKENS, JUDGE_TEMPERATURE = 512, 0.8  # SlamKit metric_utils.judge_text
+SCORE_RANGE = range(1, 6)
+_BOXED = re.compile(r"\\boxed\{(\d+)\}")  # SlamKit metric_utils.extract_digit_from_boxed
 
 
 class JudgeRequestError(RuntimeError):
@@ -48,19 +78,15 @@ class JudgeRequestError(RuntimeError):
 
 
 def build_judge_prompt(prompt_text: str, continuation_text: str) -> str:
-    return JUDGE_INSTRUCTION.format(prompt=prompt_text.strip(), continuation=continuation_text.strip())
+    """The instruction with both transcripts in place, as SlamKit fills it (`str.replace`, text as given)."""
+    return JUDGE_INSTRUCTION.replace(PROMPT_SLOT, prompt_text).replace(CONTINUATION_SLOT, continuation_text)
 
 
 def parse_score(answer: str | None) -> int | None:
-    """The 1-5 score in an answer: the last `\\boxed{x}`, else the only distinct bare digit 1-5; None otherwise."""
-    if not answer:
-        return None
-    boxed = _BOXED.findall(answer)
-    if boxed:
-        value = boxed[-1].strip()
-        return int(value) if value in {"1", "2", "3", "4", "5"} else None
-    digits = set(_BARE_DIGIT.findall(answer))
-    return int(digits.pop()) if len(digits) == 1 else None
+    """The integer in the answer's first `\\boxed{<digits>}` (SlamKit's rule: any integer, even outside 1-5);
+    None when there is none."""
+    match = _BOXED.search(answer or "")
+    return int(match.group(1)) if match else None
 
 
 def is_loopback_url(url: str) -> bool:
@@ -85,10 +111,13 @@ def check_key_transport(base_url: str, allow_insecure: bool = False) -> None:
 
 
 class EndpointJudge:
-    """POSTs the judge prompt to an OpenAI-compatible chat-completions endpoint and returns the reply text."""
+    """POSTs the judge prompt to an OpenAI-compatible chat-completions endpoint and returns the reply text.
+
+    As SlamKit's `OpenAIJudge`: the model and one user message; temperature and max_tokens are sent only when
+    given (None: the service's defaults)."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout_s: float = 60.0,
-                 temperature: float = 0.0, max_tokens: int = 512, allow_insecure: bool = False) -> None:
+                 temperature: float | None = None, max_tokens: int | None = None, allow_insecure: bool = False) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"judge endpoint: base_url must be an explicit http(s) URL, got {base_url!r}")
         if not model:
@@ -104,8 +133,11 @@ class EndpointJudge:
         self.model, self.timeout_s, self.temperature, self.max_tokens = model, timeout_s, temperature, max_tokens
 
     def __call__(self, prompt: str) -> str:
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                           "temperature": self.temperature, "max_tokens": self.max_tokens}).encode()
+        request_body: dict[str, Any] = {"model": self.model, "messages": [{"role": "user", "content": prompt}]}
+        for key, value in (("temperature", self.temperature), ("max_tokens", self.max_tokens)):
+            if value is not None:
+                request_body[key] = value
+        body = json.dumps(request_body).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -123,13 +155,14 @@ class EndpointJudge:
 
 
 class LocalLMJudge:
-    """A local HF causal LM judge: plain-text prompt (no chat template), sampled like SlamKit (T 0.8).
+    """A local HF causal LM judge as SlamKit's `judge_text`: the plain instruction (no chat template), sampled with
+    temperature 0.8 for up to 512 new tokens, the rest of the sampling from the model's generation config.
 
     The generator is re-seeded on every call, so the same prompt always gets the same answer.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_new_tokens: int = 512, temperature: float = 0.8,
-                 seed: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_new_tokens: int = JUDGE_MAX_NEW_TOKENS,
+                 temperature: float = JUDGE_TEMPERATURE, seed: int = 0) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
 
@@ -147,9 +180,9 @@ class LocalLMJudge:
     def __call__(self, prompt: str) -> str:
         device = next(self.model.parameters()).device
         ids = self._fit_context(self.tokenizer(prompt, return_tensors="pt")["input_ids"].to(device))
-        # top_k/top_p pinned so a model's own generation_config cannot change the sampling recipe
-        sampling = ({"do_sample": True, "temperature": self.temperature, "top_k": 0, "top_p": 1.0}
-                    if self.temperature > 0 else {"do_sample": False})
+        # SlamKit passes do_sample and temperature only: top-k/top-p come from the model's generation config
+        sampling = ({"do_sample": True, "temperature": self.temperature} if self.temperature > 0
+                    else {"do_sample": False})
         pad_id = self.tokenizer.pad_token_id
         pad_id = self.tokenizer.eos_token_id if pad_id is None else pad_id
         torch.manual_seed(self.seed)
@@ -178,7 +211,8 @@ def load_local_judge(name_or_dir: str | Path, device: str = "auto", **kwargs: An
 def judge_transcripts(items: Sequence[tuple[str, str]], judge: Callable[[str], str]) -> dict[str, Any]:
     """Rate (prompt transcript, continuation transcript) pairs.
 
-    Returns {"mean_score" (over parsed answers; None if none), "n", "n_parsed", "n_unparsable", "n_failed",
+    Returns {"mean_score" (over parsed answers, as SlamKit; None if none), "n", "n_parsed", "n_unparsable",
+    "n_failed", "n_out_of_range" (parsed scores outside 1-5, kept in the mean as SlamKit keeps them),
     "rows": [{"prompt_text", "continuation_text", "answer", "score", "error"}]}.
     """
     rows = []
@@ -194,28 +228,58 @@ def judge_transcripts(items: Sequence[tuple[str, str]], judge: Callable[[str], s
     scores = [r["score"] for r in rows if r["score"] is not None]
     n_failed = sum(1 for r in rows if r["error"] is not None)
     result = {"mean_score": float(np.mean(scores)) if scores else None, "n": len(rows), "n_parsed": len(scores),
-              "n_unparsable": len(rows) - len(scores) - n_failed, "n_failed": n_failed, "rows": rows}
-    log.info("judge: mean %s over %d parsed of %d (%d unparsable, %d failed)", result["mean_score"],
-             result["n_parsed"], result["n"], result["n_unparsable"], n_failed)
+              "n_unparsable": len(rows) - len(scores) - n_failed, "n_failed": n_failed,
+              "n_out_of_range": sum(1 for v in scores if v not in SCORE_RANGE), "rows": rows}
+    log.info("judge: mean %s over %d parsed of %d (%d unparsable, %d failed, %d outside 1-5)", result["mean_score"],
+             result["n_parsed"], result["n"], result["n_unparsable"], n_failed, result["n_out_of_range"])
     return result
+
+
+def judged_rows(generations: Sequence[dict[str, Any]],
+                min_file_s: float | None) -> tuple[list[dict[str, Any]], int, int]:
+    """(rows to judge, rows left out as cut from a file shorter than `min_file_s`, rows of unknown length):
+    SlamKit's `min_file_length` (`PromptDataset` skips such files). A row without `file_s` is judged."""
+    if not min_file_s:
+        return list(generations), 0, sum(1 for g in generations if g.get("file_s") is None)
+    kept = [g for g in generations if g.get("file_s") is None or float(g["file_s"]) >= min_file_s]
+    return kept, len(generations) - len(kept), sum(1 for g in kept if g.get("file_s") is None)
+
+
+def prompt_wave(row: dict[str, Any], vocoder: Vocoder) -> tuple[np.ndarray, str]:
+    """(16 kHz prompt audio, how it was made): the source audio cut at `cut_s` when the row names it (SlamKit
+    transcribes the prompt waveform it cut), else the vocoded prompt units."""
+    if row.get("source_audio") and row.get("cut_s") is not None:
+        from slam_core.audio.io import read_segment_audio
+
+        return read_segment_audio(row["source_audio"], None, float(row["cut_s"])), "source_audio"
+    return vocode(vocoder, row["prompt_units"]), "vocoded_units"
 
 
 def judge_generations(
     generations: Sequence[dict[str, Any]], vocoder: Vocoder, asr: Any, judge: Callable[[str], str],
     out_dir: str | Path, asr_max_tokens: int | None = None, asr_language: str | None = None,
+    min_file_s: float | None = None,
 ) -> dict[str, Any]:
-    """Vocode prompt and continuation separately (SlamKit remove_prompt=True), write both WAVs to `out_dir`,
-    transcribe them and rate each pair; the result rows also carry "pair_id" and both WAV paths."""
+    """Rate the continuations of prompts cut from files of at least `min_file_s` (SlamKit: 6 s): the continuation
+    vocoded alone (SlamKit remove_prompt=True), the prompt from its own audio (`prompt_wave`); both WAVs written to
+    `out_dir`, transcribed, rated. The result adds "n_short", "n_length_unknown", "prompt_audio" (count of
+    prompts by how they were made) and, per row, "pair_id" and both WAV paths."""
     out_dir = Path(out_dir)
+    rows, n_short, n_unknown = judged_rows(generations, min_file_s)
     wav_paths: list[tuple[Path, Path]] = []
     waves: list[np.ndarray] = []
-    for i, row in enumerate(generations):
-        prompt_wave, cont_wave = vocode(vocoder, row["prompt_units"]), vocode(vocoder, row["generated_units"])
-        wav_paths.append((write_wav_16k(out_dir / f"judge_{i:04d}_prompt.wav", prompt_wave),
+    made: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        (p_wave, how), cont_wave = prompt_wave(row, vocoder), vocode(vocoder, row["generated_units"])
+        made[how] = made.get(how, 0) + 1
+        wav_paths.append((write_wav_16k(out_dir / f"judge_{i:04d}_prompt.wav", p_wave),
                           write_wav_16k(out_dir / f"judge_{i:04d}_continuation.wav", cont_wave)))
-        waves += [prompt_wave, cont_wave]
+        waves += [p_wave, cont_wave]
     texts = transcribe(asr, waves, language=asr_language, max_tokens=asr_max_tokens)
     result = judge_transcripts(list(zip(texts[0::2], texts[1::2])), judge)
-    for row, gen, (prompt_wav, cont_wav) in zip(result["rows"], generations, wav_paths):
-        row.update(pair_id=gen.get("pair_id"), prompt_wav_path=str(prompt_wav), wav_path=str(cont_wav))
-    return result
+    for out_row, gen, (prompt_wav, cont_wav) in zip(result["rows"], rows, wav_paths):
+        out_row.update(pair_id=gen.get("pair_id"), prompt_wav_path=str(prompt_wav), wav_path=str(cont_wav))
+    if n_short:
+        log.info("judge: %d of %d prompts left out, cut from files shorter than %s s", n_short, len(generations),
+                 min_file_s)
+    return {**result, "n_short": n_short, "n_length_unknown": n_unknown, "prompt_audio": made}
