@@ -252,6 +252,36 @@ def test_slam_preset_derived_recipe_values():
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8 and opt.defaults["weight_decay"] == 0
 
 
+def test_paper_step_semantics(tmp_path):
+    """A step of the slam preset is SlamKit's: 8 examples per device x 16 = 128 examples of <= 1,024 tokens,
+    whatever buffer they are packed into; at the paper's mean example (1.4 B tokens over 17,625 steps) a step is
+    ~79k tokens, and the plan for the paper's GPU lands near the paper's step count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from slam_core.lm.data import PackedLoader, sources_from_paths
+    from slam_core.plan import build_plan
+    from slam_core.schemas import UNITS
+
+    cfg = get_preset("slam")
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 3000, 600)  # some documents longer than the context: cut into chunks
+    rows = [{"segment_id": f"d{i}", "dataset": "librilight", "split": "train", "units": rng.integers(0, 500, n).tolist(),
+             "durations": None, "n_frames": int(n), "audio_seconds": 0.04 * n} for i, n in enumerate(lengths)]
+    shard = tmp_path / "units" / "librilight" / "train" / "units-00000.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=UNITS), shard)
+    for buffer_rows in (8, 64):
+        loader = PackedLoader(sources_from_paths([shard]), cfg.model.context_len, buffer_rows, cfg.run.seed)
+        step = loader.next_step(cfg.train.sequences_per_step)
+        assert step.n_examples == 128 and step.n_tokens <= 128 * 1024
+        assert all(b["input_ids"].shape == (buffer_rows, 1024) for b in step.batches)
+    plan = build_plan(cfg, gpu="A5000")
+    assert plan["schedule"]["examples_per_step"] == 128 and plan["schedule"]["paper_optimizer_steps"] == PAPER_STEPS
+    assert plan["schedule"]["tokens_per_step"] == pytest.approx(1.4e9 / PAPER_STEPS, rel=1e-3)
+    assert abs(plan["schedule"]["optimizer_steps"] - PAPER_STEPS) / PAPER_STEPS < 0.1  # 40 % MFU assumed
+
+
 def test_units_default_to_fp32():
     """Item 7 without a GPU: fp32 HuBERT stays the default (the published k-means was fitted on fp32 features)."""
     for name in ("slam", "slam_scaled", "slam_large"):
