@@ -128,7 +128,8 @@ def test_cuda_step_syncs_with_the_host_once(corpus):
 
     attn = pick_attn_implementation("auto", torch.device("cuda"))
     device, model, cfg, optimizer = _cuda_setup(corpus, attn)
-    loader = PrefetchingLoader(PackedLoader(sources_from_paths([corpus["shard"]]), 128, 2, seed=0), 8, pin_memory=True)
+    loader = PrefetchingLoader(PackedLoader(sources_from_paths([corpus["shard"]]), 128, 2, seed=0), 8, pin_memory=True,
+                               examples_per_step=4)
     try:
         step = lambda: train_step(model, model, model, optimizer, loader, 4, 0.5, device, torch.bfloat16, attn,  # noqa: E731
                                   DistEnv())
