@@ -240,6 +240,7 @@ def judge_metric(run: str, checkpoint: str, generations_path: str, cfg: EvalConf
         rater = build_judge(cfg, device)
     except (*_missing_weights(), ValueError) as err:  # ValueError: endpoint/API-key settings
         return record_skip(data_root, run, checkpoint, ["judge"], str(err), fingerprint, retry=True)
+    gens = judge.with_source_audio(gens, cfg.genppl_prompts, cfg, data_root)  # prompts transcribed from their audio
     res = judge.judge_generations(gens, vocoder, asr, rater, out_dir, asr_max_tokens=cfg.asr_max_tokens,
                                   asr_language=cfg.asr_language, min_file_s=cfg.judge_min_file_s)
     write_text_atomic(Path(out_dir) / "judge.json", json.dumps(res, indent=1) + "\n")

@@ -159,3 +159,20 @@ def test_judge_generations_min_file_length_and_prompt_from_its_own_audio(tmp_pat
     assert sf.info(out["rows"][0]["prompt_wav_path"]).frames == 40000
     every = judge_generations(generations, None, None, lambda p: "\\boxed{2}", tmp_path / "all", min_file_s=None)
     assert (every["n"], every["n_short"]) == (4, 0)
+
+
+def test_rows_get_the_audio_their_prompt_was_cut_from(tmp_path: Path) -> None:
+    from slam_core.config import EvalConfig
+    from slam_core.eval.judge import with_source_audio
+
+    for name in ("a.wav", "sub/b.wav"):
+        (tmp_path / "prompts" / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(tmp_path / "prompts" / name, np.zeros(16000, np.float32), 16000)
+    cfg = EvalConfig(genppl_prompts="prompt_audio", prompt_audio=str(tmp_path / "prompts"), n_generate=2)
+    rows = [{"pair_id": "a.wav", "cut_s": 0.5}, {"pair_id": "sub/b.wav", "cut_s": 0.5}, {"pair_id": "gone.wav"}]
+    out = with_source_audio(rows, "prompt_audio", cfg, tmp_path)
+    assert [r.get("source_audio") for r in out] == [str(tmp_path / "prompts" / "a.wav"),
+                                                    str(tmp_path / "prompts" / "sub" / "b.wav"), None]
+    assert with_source_audio(rows, "tsc_like", cfg, tmp_path) == rows  # built-in pairs keep no waveform
+    missing = EvalConfig(genppl_prompts="prompt_audio", prompt_audio=str(tmp_path / "nowhere"))
+    assert with_source_audio(rows, "prompt_audio", missing, tmp_path) == rows  # vocoded units instead

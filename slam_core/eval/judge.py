@@ -245,6 +245,25 @@ def judged_rows(generations: Sequence[dict[str, Any]],
     return kept, len(generations) - len(kept), sum(1 for g in kept if g.get("file_s") is None)
 
 
+def with_source_audio(generations: Sequence[dict[str, Any]], prompt_set: str, eval_cfg: Any,
+                      data_root: str | Path) -> list[dict[str, Any]]:
+    """Generation rows with the audio their prompt was cut from (`source_audio`), looked up by prompt id in the
+    file-based prompt set `prompt_set` (`eval.genppl_prompts`); rows of the built-in pairs (no waveform kept),
+    or of a set that can no longer be listed, are returned as they are."""
+    from slam_core.audio.io import BadAudioError
+    from slam_core.eval.prompts import PromptSetError, prompt_sources
+
+    if prompt_set == "tsc_like" or all(g.get("source_audio") for g in generations):
+        return list(generations)
+    try:
+        audio = {s.prompt_id: s.audio for s in prompt_sources(prompt_set, eval_cfg, Path(data_root))}
+    except (PromptSetError, BadAudioError, OSError) as err:
+        log.warning("judge: prompts transcribed from their vocoded units (%s)", err)
+        return list(generations)
+    return [g if g.get("source_audio") or g.get("pair_id") not in audio else {**g, "source_audio": audio[g["pair_id"]]}
+            for g in generations]
+
+
 def prompt_wave(row: dict[str, Any], vocoder: Vocoder) -> tuple[np.ndarray, str]:
     """(16 kHz prompt audio, how it was made): the source audio cut at `cut_s` when the row names it (SlamKit
     transcribes the prompt waveform it cut), else the vocoded prompt units."""
