@@ -161,8 +161,9 @@ class UnitsConfig(_Section):
     kmeans_iters: int = Field(20, ge=1, description="faiss k-means iterations.")
     batch_size: int = Field(16, ge=1, description="Segments per encoder batch.")
     batching: Literal["invariant", "padded"] = Field(
-        "invariant", description="invariant: length-sorted batches whose frames run through the transformer as one "
-        "(rows, D) matrix with row-invariant kernels and per-segment attention, so a segment's units are the same "
+        "invariant", description="invariant: length-sorted batches whose samples and frames run through the conv stack "
+        "(gathered windows, per-segment GroupNorm) and the transformer as one (rows, D) matrix with row-invariant "
+        "kernels and per-segment attention, no padding anywhere, so a segment's units are the same "
         "bits alone or in any batch, on CPU and GPU; padded: length-sorted masked (B, T, D) batches with the stock "
         "kernels (units may differ from one-at-a-time extraction at rare argmin near-ties).")
     invariant_matmul: Literal["auto", "triton", "blocks"] = Field(
@@ -345,7 +346,10 @@ class EvalConfig(_Section):
     prompt_audio: str | None = Field(
         None, description="With genppl_prompts=prompt_audio: a directory of prompt audio (recursive, sorted); a "
         "<file>.json beside a file with word alignments cuts the prompt at the word end closest to prompt_s.")
-    use_alignment: bool = Field(True, description="Cut prompts at a word boundary when an alignment JSON exists.")
+    use_alignment: bool = Field(True, description="The judge's prompts end at the word end closest to prompt_s when "
+                                "an alignment JSON exists (SlamKit llm_as_judge.yaml use_alignment: true).")
+    genppl_use_alignment: bool = Field(False, description="The same for the prompts of generate/genppl; SlamKit's "
+                                       "asr_perplexity cuts at prompt_s exactly (no use_alignment).")
     vocoder: str | None = Field(
         None, description="Unit vocoder for genppl/judge: a directory with the textlesslib checkpoint "
         "(hifigan_lj_mhubert_base_25hz.pt) and its config JSON, the .pt file itself (config beside it), or "

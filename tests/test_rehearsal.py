@@ -174,23 +174,21 @@ def test_plain_runtime_runs_flows_with_retries_and_deferred_errors() -> None:
     assert refused.returncode != 0 and "already imported" in refused.stderr
 
 
-# The GPU host has neither Prefect's server stack nor spaCy (kokoro's package init imports it): block them, so the
-# CPU run imports what the GPU run will. (faiss stays: on CPU it assigns units; on a GPU torch does.)
-GPU_HOST_SURFACE = textwrap.dedent("""
-    import runpy, sys
-    sys.modules.update({"spacy": None, "prefect": None, "silero_vad": None})
-    sys.argv = ["scripts/rehearsal.py", *sys.argv[1:]]
-    runpy.run_path("scripts/rehearsal.py", run_name="__main__")
-""")
-
-
 @pytest.mark.slow
 def test_rehearsal_runs_every_stage_on_cpu_with_the_gpu_hosts_imports(tmp_path: Path) -> None:
+    """In the CPU twin of the GPU host (scripts/gpu_twin.py fast): only the host's distributions (its transformers
+    5.17) and the carry are importable, so a module the carry lacks fails here, named (no Prefect, spaCy or
+    silero-vad there; faiss is the twin's one CPU-path addition: on a GPU torch assigns the units)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import gpu_twin
+
+    twin = tmp_path / "twin"
+    assert gpu_twin.main(["fast", "--venv", str(twin), "--source", sys.prefix]) == 0
     out_json = tmp_path / "rehearsal.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    env = {**gpu_twin.twin_env(twin), "OMP_NUM_THREADS": "2"}
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(
-        [sys.executable, "-c", GPU_HOST_SURFACE, "--size", "tiny", "--runtime", "plain", "--data-root",
+        [str(twin / "bin" / "python"), "scripts/rehearsal.py", "--size", "tiny", "--runtime", "plain", "--data-root",
          str(tmp_path / "data"), "--out", str(out_json), "--speech", str(REAL_SPEECH)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     result = json.loads(out_json.read_text())
