@@ -101,15 +101,18 @@ def evaluate(preset: str = "smoke", overrides: dict[str, Any] | None = None, dat
                 computed += [ev.record_skip(root, run, c, metric_rows, reason, skip_fp, retry) for c in waiting]
             else:
                 runnable[metric] = waiting
-                gen_for |= set(waiting)
+                gen_for |= set(waiting) if metric == "genppl" else set()
     for c in (c for c in targets if c in gen_for):
-        gen_paths[c] = _generate(cfg, c, prepared, dev, root)
-    for metric, task_fn in (("genppl", ev.genppl_metric), ("judge", ev.judge_metric)):
+        gen_paths[c] = _generate(cfg, c, prepared, dev, root, cfg.eval.genppl_use_alignment)
+    # SlamKit cuts the judge's prompts at word ends (use_alignment) and GenPPL's at prompt_s: two sets of samples
+    # where the settings differ, one (cached) where they agree
+    judge_paths = {c: _generate(cfg, c, prepared, dev, root, cfg.eval.use_alignment) for c in runnable.get("judge", [])}
+    for metric, task_fn, paths in (("genppl", ev.genppl_metric, gen_paths), ("judge", ev.judge_metric, judge_paths)):
         for c in runnable.get(metric, []):
-            out_dir = stage_dir(cfg.data_root, "eval", run, metric, _short(c + gen_paths[c]))
-            gen_fp = fp("generate", cfg, ("eval",), Path(gen_paths[c]).stem, _result_key(cfg, c), metric=metric,
+            out_dir = stage_dir(cfg.data_root, "eval", run, metric, _short(c + paths[c]))
+            gen_fp = fp("generate", cfg, ("eval",), Path(paths[c]).stem, _result_key(cfg, c), metric=metric,
                         code=code_version(("eval",)))
-            computed.append(task_fn(run, c, gen_paths[c], cfg.eval, dev, str(out_dir), gen_fp, root))
+            computed.append(task_fn(run, c, paths[c], cfg.eval, dev, str(out_dir), gen_fp, root))
 
     # 5. Results of this call's checkpoints and configured metrics, then the report.
     all_rows = ev.accuracy_rows(catalog, run)
@@ -248,8 +251,10 @@ def _preflight(cfg: SlamConfig, metric: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def _generate(cfg: SlamConfig, checkpoint: str, prepared: dict[str, Any], dev: str, root: str) -> str:
-    """Sampled continuations of one checkpoint (cached by fingerprint); returns the generations JSON path."""
+def _generate(cfg: SlamConfig, checkpoint: str, prepared: dict[str, Any], dev: str, root: str,
+              use_alignment: bool) -> str:
+    """Sampled continuations of one checkpoint (cached by fingerprint); returns the generations JSON path.
+    `use_alignment`: file prompts end at the word end closest to eval.prompt_s where an alignment exists."""
     run = cfg.run.name
     kind = cfg.eval.genppl_prompts
     if kind != "tsc_like":
@@ -259,10 +264,10 @@ def _generate(cfg: SlamConfig, checkpoint: str, prepared: dict[str, Any], dev: s
         sources = prompt_sets.prompt_sources(kind, cfg.eval, cfg.data_root)
         # each audio's bytes and its alignment JSON decide the cut and the units: they are in the key
         prompt_fp = fp("pair-units", cfg, ("units",), _file_digest(centroids), *prompt_sets.stamp(sources),
-                       eval_set=f"prompts_{kind}", prompt_s=cfg.eval.prompt_s, use_alignment=cfg.eval.use_alignment,
+                       eval_set=f"prompts_{kind}", prompt_s=cfg.eval.prompt_s, use_alignment=use_alignment,
                        code=code_version(("eval/prompts.py", "eval/generate.py")))
         units_path = str(stage_dir(cfg.data_root, "pairs", "published") / f"prompts_{kind}-{prompt_fp}.parquet")
-        ev.tokenise_prompts(kind, cfg.eval, centroids, cfg.units, dev, units_path, prompt_fp, root)
+        ev.tokenise_prompts(kind, cfg.eval, use_alignment, centroids, cfg.units, dev, units_path, prompt_fp, root)
         prompts, upstream = {"units": units_path}, prompt_fp
     else:
         prompts, upstream = {"pairs": prepared["pairs"]["tsc_like"]}, prepared["pair_fingerprints"]["tsc_like"]

@@ -68,10 +68,10 @@ def tokenise_eval_set(reference_path: str, metric: str, set_name: str, centroids
 
 
 @task(name="tokenise-prompts", retries=1, tags=["gpu"], **CACHED)
-def tokenise_prompts(kind: str, cfg: EvalConfig, centroids: str, units_cfg: UnitsConfig, device: str,
-                     out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
-    """Units of the prompt set `kind` (eval.genppl_prompts): each waveform cut at eval.prompt_s (or the nearest
-    word end), then encoded (`slam_core.eval.prompts`)."""
+def tokenise_prompts(kind: str, cfg: EvalConfig, use_alignment: bool, centroids: str, units_cfg: UnitsConfig,
+                     device: str, out_path: str, fingerprint: str, data_root: str) -> dict[str, Any]:
+    """Units of the prompt set `kind` (eval.genppl_prompts): each waveform cut at eval.prompt_s (or, with
+    `use_alignment`, the nearest word end), then encoded (`slam_core.eval.prompts`)."""
     def produce() -> dict[str, Any]:
         from slam_core.eval import prompts
         from slam_core.units import extract
@@ -79,7 +79,7 @@ def tokenise_prompts(kind: str, cfg: EvalConfig, centroids: str, units_cfg: Unit
         sources = prompts.prompt_sources(kind, cfg, Path(data_root))
         extractor = extract.build_extractor(units_cfg, Path(data_root), centroids=Path(centroids), device=device)
         return prompts.tokenise_prompts(sources, extractor, units_cfg.batch_size, out_path, cfg.prompt_s,
-                                        cfg.use_alignment)
+                                        use_alignment)
 
     return produce_or_reuse(catalog_at(data_root), stage="pairs", dataset=f"prompts_{kind}", split="eval",
                             out_path=out_path, fingerprint=fingerprint, produce=produce)

@@ -266,10 +266,14 @@ def test_flow_scores_published_sets_and_generative_metrics(prefect_harness, tmp_
     assert rows[(ckpts[0], "tsc")]["value"] == pytest.approx(np.mean(wins))
     # each set tokenised once, whatever the number of checkpoints
     tokenised = [a for a in cat.artifacts(stage="pairs") if "/published/" in a["path"]]
-    assert len(tokenised) == 7 + 1  # 7 pair sets + the prompt audio
-    # prompts: the aligned file is cut at the word end closest to 0.7 s (0.5 s)
+    assert len(tokenised) == 7 + 2  # 7 pair sets + the prompt audio cut twice (GenPPL at 0.7 s, judge at words)
+    # GenPPL's prompts end at prompt_s exactly (SlamKit asr_perplexity); the judge's aligned file at the word end
+    # closest to 0.7 s (0.5 s: SlamKit llm_as_judge use_alignment)
     gens = json.loads(Path(out["generations"]).read_text())
-    assert gens[0]["cut"] == "word_boundary" and gens[0]["cut_s"] == 0.5 and gens[1]["cut"] == "fixed"
+    assert [(g["cut"], g["cut_s"]) for g in gens] == [("fixed", pytest.approx(0.7)), ("fixed", pytest.approx(0.7))]
+    judged = [a for a in cat.artifacts(stage="pairs") if "/prompts_prompt_audio-" in a["path"]]
+    cuts = sorted(tuple(pq.read_table(a["path"]).column("cut").to_pylist()) for a in judged)
+    assert cuts == [("fixed", "fixed"), ("word_boundary", "fixed")]
     page = Path(out["report"]).read_text()
     assert page.count("<audio controls") == 2 and len(list((Path(out["report"]).parent / "audio").glob("*.wav"))) == 2
     assert "58.86" in page and "salmon/gender" in page and "swuggy_oov" in page
