@@ -96,6 +96,9 @@ def run_gpu(only: list[str] | None, total_s: float = GPU_TOTAL_S) -> int:
     t_end = time.monotonic() + total_s
     status, failures = {}, 0
     status_path = RESULTS_DIR / ("gpu-parts-dryrun.json" if DRY_RUN else "gpu-parts.json")
+    kind = "gpu-dryrun" if DRY_RUN else "gpu"
+    for name in [n for n in GPU_PARTS if not only or n in only]:  # this run's figures only, never an older run's
+        (RESULTS_DIR / f"{name}-{kind}.json").unlink(missing_ok=True)
 
     def write_status() -> None:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -116,9 +116,11 @@ def fast(venv: Path, source: Path, carry: Path) -> int:
     make_venv(venv, with_pip=False)
     dst = site_packages(venv)
     dists = {canon(d.metadata["Name"]): d for d in distributions(path=[str(src_site)])}
-    # the host's pinned versions where .venv has another (transformers 5.17 and its hub): installed, not linked
+    # the host's pinned versions where .venv has another (transformers 5.17 and its hub), and carried wheels that
+    # .venv lacks (liger-kernel): installed, not linked
     pinned = [s for s in host_specs() if "==" in s and spec_name(s) not in TWIN_PINS
               and spec_name(s) in dists and dists[spec_name(s)].version != s.split("==")[1]]
+    pinned += [s for s in carry_specs(carry) if spec_name(s) not in dists]
     if pinned:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(dst), *pinned],
                        check=True)
