@@ -159,18 +159,19 @@ def test_bad_rows_skipped_and_bad_shard_named(tmp_path):
         PackedLoader([DataSource("a", [junk])], 16, 1, seed=0)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager", "packed_sdpa"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "packed_sdpa", "packed_flex"])
 def test_packed_forward_equals_per_example_forward(tmp_path, attn):
-    """Examples run across row boundaries of their buffer; the loss over the buffer equals the loss of every
-    example run alone."""
-    from slam_core.lm.attention import register_packed_attention
+    """The loss over a buffer equals the loss of every example run alone: with examples running across row
+    boundaries (flex sees the flattened buffer), or kept inside rows for the paths that mask row by row."""
+    from slam_core.lm.attention import needs_whole_rows, register_packed_attention
 
     register_packed_attention()
     docs = random_docs("p", 12, seed=3, lo=3, hi=40)
     shard = write_shard(tmp_path / "u" / "p" / "train" / "s.parquet", docs)
-    batch = PackedLoader([DataSource("p", [shard])], 48, 3, seed=0).next_batch()
+    whole_rows = needs_whole_rows(attn)
+    batch = PackedLoader([DataSource("p", [shard])], 48, 3, seed=0, whole_rows=whole_rows).next_batch()
     starts_of_rows = batch["position_ids"][:, 0]
-    assert (starts_of_rows != 0).any()  # at least one example continues in the next row
+    assert (starts_of_rows != 0).any() != whole_rows  # an example continues in the next row only when allowed
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=502, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, use_cache=False, attn_implementation=attn)

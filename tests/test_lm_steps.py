@@ -90,3 +90,14 @@ def test_shuffle_is_exact_across_resume_and_prefetch(tmp_path):
     again = PackedLoader(src, 64, 2, seed=9)
     assert all(np.array_equal(a.batches[0]["input_ids"], again.next_step(16).batches[0]["input_ids"])
                for a in expected[:3])
+
+
+def test_whole_rows_hold_the_same_step_with_no_example_across_a_row(tmp_path):
+    """For the row-masking attention paths: the same examples a step, none running across a row boundary."""
+    shard = write_shard(tmp_path / "u" / "a" / "train" / "s.parquet", random_docs("a", 300, seed=6, lo=20, hi=200))
+    flat, rows = (PackedLoader([DataSource("a", [shard])], 128, 4, seed=0, whole_rows=w) for w in (False, True))
+    for _ in range(4):
+        a, b = flat.next_step(32), rows.next_step(32)
+        assert _examples(a) == _examples(b) and (a.n_tokens, a.n_targets) == (b.n_tokens, b.n_targets)
+        assert all((batch["position_ids"][:, 0] == 0).all() for batch in b.batches)
+        assert len(b.batches) >= len(a.batches)

@@ -33,6 +33,14 @@ log = logging.getLogger(__name__)
 
 PACKED_KERNELS = ("packed_fa2", "packed_varlen", "packed_flex", "packed_sdpa")
 VARLEN_KERNELS = ("packed_fa2", "packed_varlen")  # take segment boundaries over the flattened micro-batch
+# attention that sees a micro-batch as [1, B*L] at no extra cost: segment boundaries, block-sparse masks, HF's varlen
+FLAT_OK = VARLEN_KERNELS + ("packed_flex", "flash_attention_2")
+
+
+def needs_whole_rows(attn_implementation: str) -> bool:
+    """Whether an implementation masks row by row with dense [L, L] masks (packed_sdpa, HF sdpa/eager): its
+    micro-batches keep every example inside one row, since one [B*L, B*L] mask would cost B times the attention."""
+    return attn_implementation not in FLAT_OK
 # Buckets for the padded cu_seqlens length: micro_batch * per_row + 1 with per_row doubling from
 # max(4, L // 128) (an average segment of >= 128 tokens fills the first bucket) up to the worst case.
 _MIN_DOC_TOKENS = 3  # BOS, one unit, EOS

@@ -107,12 +107,14 @@ class PackedLoader:
 
     `next_step(n)` gives one optimiser step of n examples (training); `next_batch()` the next buffer filled
     in stream order (finite passes: split="val" makes one pass; split="train" repeats sources forever).
-    `store_dir` is where the shards' token stores are kept (`slam_core.lm.examples`).
+    `store_dir` is where the shards' token stores are kept (`slam_core.lm.examples`). `whole_rows` keeps every
+    example inside one row of its buffer (for attention that masks row by row: `packed_sdpa`, HF's sdpa/eager;
+    `slam_core.lm.attention.needs_whole_rows`): more padding, but no attention across the whole buffer.
     """
 
     def __init__(self, sources: Sequence[DataSource], context_len: int, micro_batch_size: int, seed: int,
                  split: str = "train", val_fraction: float = 0.0, vocab_size: int | None = None,
-                 rank: int = 0, world_size: int = 1, store_dir: Path | None = None) -> None:
+                 rank: int = 0, world_size: int = 1, store_dir: Path | None = None, whole_rows: bool = False) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0 <= rank < world_size:
@@ -122,6 +124,7 @@ class PackedLoader:
         self.rank, self.world_size = rank, world_size
         self.context_len, self.micro_batch_size, self.seed, self.split = context_len, micro_batch_size, seed, split
         self.vocab_size = vocab_size  # documents with a token >= vocab_size are skipped, not crashed on
+        self.whole_rows = whole_rows
         self._sets = [source_examples(s.name, s.shards, context_len, split, val_fraction, vocab_size, store_dir)
                       for s in sources]
         empty = [s.name for s, ex in zip(sources, self._sets) if len(ex) == 0]
@@ -191,25 +194,52 @@ class PackedLoader:
             return example
         return None
 
-    def _buffer(self, examples: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+    def _buffer(self, placed: Sequence[tuple[int, np.ndarray]]) -> dict[str, torch.Tensor]:
+        """One micro-batch from (offset in the flattened buffer, example) pairs, in offset order."""
         size, rows = self.buffer_tokens, self.micro_batch_size
         ids = np.full(size, PAD_ID, dtype=np.int64)
         labels = np.full(size, IGNORE_INDEX, dtype=np.int64)
         pos = np.zeros(size, dtype=np.int64)
-        filled = 0
-        for ex in examples:
+        end = 0
+        for offset, ex in list(placed) + [(size, ids[:0])]:
+            gap = np.arange(end, offset)  # padding: segments of its own (restarting at each row), never targets
+            pos[end:offset] = gap - np.maximum(end, gap // self.context_len * self.context_len)
             n = len(ex)
-            ids[filled:filled + n] = ex
-            labels[filled + 1:filled + n] = ex[1:]  # the first label of every example is -100, as SlamKit's collator
-            pos[filled:filled + n] = np.arange(n)
-            filled += n
-        pos[filled:] = np.arange(size - filled) % self.context_len  # padding: own segments, positions < context
+            ids[offset:offset + n] = ex
+            labels[offset + 1:offset + n] = ex[1:]  # the first label of every example is -100, as SlamKit's collator
+            pos[offset:offset + n] = np.arange(n)
+            end = offset + n
         pos_t = torch.from_numpy(pos.reshape(rows, self.context_len))
         return {"input_ids": torch.from_numpy(ids.reshape(rows, -1)), "labels": torch.from_numpy(labels.reshape(rows, -1)),
                 "position_ids": pos_t, "cu_seqlens": cu_seqlens_from_positions(pos_t, rows)}
 
-    def _empty_buffer(self) -> dict[str, torch.Tensor]:
-        return self._buffer([])
+    def _layout(self, examples: Sequence[np.ndarray]) -> list[list[tuple[int, np.ndarray]]]:
+        """First-fit decreasing: the fewest buffers (flat) or rows (row-aligned, then grouped micro_batch_size rows
+        to a buffer); returns each buffer's (offset, example) placements."""
+        capacity = self.context_len if self.whole_rows else self.buffer_tokens
+        order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for i in order:
+            n = len(examples[i])
+            slot = next((b for b, free in enumerate(room) if free >= n), None)
+            if slot is None:
+                bins.append([])
+                room.append(capacity)
+                slot = len(bins) - 1
+            bins[slot].append(i)
+            room[slot] -= n
+        group = self.micro_batch_size if self.whole_rows else 1
+        buffers = []
+        for first in range(0, len(bins), group):
+            placed = []
+            for r, members in enumerate(bins[first:first + group]):
+                offset = r * capacity
+                for i in members:
+                    placed.append((offset, examples[i]))
+                    offset += len(examples[i])
+            buffers.append(placed)
+        return buffers
 
     # ---- training: one optimiser step ----
     def next_step(self, n_examples: int) -> StepBatch:
@@ -219,23 +249,12 @@ class PackedLoader:
         examples = [ex for ex in examples if ex is not None]
         if not examples:
             raise ValueError("the training stream ended (no examples left)")
-        order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]), i))
-        bins: list[list[int]] = []
-        room: list[int] = []
-        for i in order:
-            n = len(examples[i])
-            slot = next((b for b, free in enumerate(room) if free >= n), None)
-            if slot is None:
-                bins.append([])
-                room.append(self.buffer_tokens)
-                slot = len(bins) - 1
-            bins[slot].append(i)
-            room[slot] -= n
-        per_rank = -(-len(bins) // self.world_size)
-        mine = [self._buffer([examples[i] for i in bins[b]]) for b in range(self.rank, len(bins), self.world_size)]
-        mine += [self._empty_buffer() for _ in range(per_rank - len(mine))]
+        layout = self._layout(examples)
+        per_rank = -(-len(layout) // self.world_size)
+        mine = [self._buffer(layout[b]) for b in range(self.rank, len(layout), self.world_size)]
+        mine += [self._buffer([]) for _ in range(per_rank - len(mine))]
         n_tokens = sum(len(ex) for ex in examples)
-        return StepBatch(mine, len(examples), n_tokens, n_tokens - len(examples), len(bins))
+        return StepBatch(mine, len(examples), n_tokens, n_tokens - len(examples), len(layout))
 
     # ---- finite passes (validation) and streaming ----
     def next_batch(self) -> dict[str, torch.Tensor] | None:
@@ -248,18 +267,21 @@ class PackedLoader:
         return mine
 
     def _next_stream_buffer(self) -> dict[str, torch.Tensor] | None:
-        examples, filled = [], 0
+        placed, offset = [], 0
         while True:
             if self._pending is None:
                 self._pending = self._next_example()
                 if self._pending is None:
                     break
-            if filled + len(self._pending) > self.buffer_tokens:
+            n = len(self._pending)
+            if self.whole_rows and offset % self.context_len + n > self.context_len:
+                offset = -(-offset // self.context_len) * self.context_len  # the next row
+            if offset + n > self.buffer_tokens:
                 break
-            examples.append(self._pending)
-            filled += len(self._pending)
+            placed.append((offset, self._pending))
+            offset += n
             self._pending = None
-        return self._buffer(examples) if examples else None
+        return self._buffer(placed) if placed else None
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while (batch := self.next_batch()) is not None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from slam_core.config import TrainConfig
 from slam_core.lm import distributed
-from slam_core.lm.attention import VARLEN_KERNELS, is_packed, packed_kwargs
+from slam_core.lm.attention import FLAT_OK, VARLEN_KERNELS, is_packed, packed_kwargs
 from slam_core.lm.data import IGNORE_INDEX, StepBatch
 from slam_core.lm.distributed import DistEnv
 
@@ -45,14 +45,15 @@ def packed_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], attn
     A micro-batch is one token buffer shown as [B, L] rows (`slam_core.lm.data`); an example may run across a
     row boundary, so targets are taken over the flattened buffer. No attention_mask and no KV cache. The
     varlen kernels (`packed_fa2`, `packed_varlen`) get the segment boundaries over the flattened tokens as
-    keyword arguments and keep the [B, L] shape (static for compilation); every other path gets the buffer
-    flattened to [1, B*L]: `packed_sdpa`/`packed_flex` build their document mask from its positions, and HF's
-    "sdpa"/"eager"/"flash_attention_2" detect packed documents from `position_ids` at batch size 1.
+    keyword arguments and keep the [B, L] shape (static for compilation); `packed_flex` and HF's
+    "flash_attention_2" get the buffer flattened to [1, B*L] (a block-sparse mask; HF detects packed documents
+    from `position_ids` at batch size 1); the row-masking paths (`packed_sdpa`, HF "sdpa"/"eager") get buffers
+    whose examples never cross a row (`needs_whole_rows`) and keep [B, L].
     """
     ids, pos, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
     context_len = ids.shape[1]
     kwargs = {}
-    if attn_implementation not in VARLEN_KERNELS:
+    if attn_implementation in FLAT_OK and attn_implementation not in VARLEN_KERNELS:
         ids, pos = ids.reshape(1, -1), pos.reshape(1, -1)
     if is_packed(attn_implementation):
         kwargs = packed_kwargs(attn_implementation, {**batch, "position_ids": pos}, context_len)

@@ -27,6 +27,7 @@ from slam_core.config import ModelConfig, TrainConfig
 from slam_core.device import pick_attn_implementation, pick_device, pick_dtype
 from slam_core.lm import distributed, tuning
 from slam_core.lm.checkpoint import latest_checkpoint, restore_or_seed, rng_state, save_checkpoint
+from slam_core.lm.attention import needs_whole_rows
 from slam_core.lm.data import DataSource, PackedLoader, PrefetchingLoader, sources_from_paths
 from slam_core.lm.distributed import DistEnv
 from slam_core.lm.metrics import (
@@ -86,7 +87,7 @@ def pretrain(init_dir: Path, shard_paths: list[Path], model_cfg: ModelConfig, tr
     # token stores are data preparation (SlamKit tokenises and chunks before its trainer's clock starts)
     loader = PackedLoader(sources, model_cfg.context_len, train_cfg.micro_batch_size, seed, "train",
                           train_cfg.val_fraction, vocab_size=model.config.vocab_size, rank=env.rank,
-                          world_size=env.world_size, store_dir=store_dir)
+                          world_size=env.world_size, store_dir=store_dir, whole_rows=needs_whole_rows(attn))
     log.info("training examples %s (chunks of <= %d tokens) ready in %.1f s", loader.n_examples(),
              model_cfg.context_len, time.monotonic() - build_start)
     elapsed0 = info.get("elapsed_s", 0.0)
@@ -230,7 +231,7 @@ def _final_val_loss(model: torch.nn.Module, sources: list, model_cfg: ModelConfi
     if train_cfg.val_fraction <= 0:
         return None
     val_loader = PackedLoader(sources, model_cfg.context_len, micro, seed, "val", train_cfg.val_fraction,
-                              vocab_size=model.config.vocab_size, store_dir=store_dir)
+                              vocab_size=model.config.vocab_size, store_dir=store_dir, whole_rows=needs_whole_rows(attn))
     return _eager_loss(model, val_loader, device, dtype, attn)
 
 
@@ -238,7 +239,7 @@ def _held_out_loss(model: torch.nn.Module, shards: list[Path], model_cfg: ModelC
                    device: torch.device, dtype: torch.dtype, attn: str, store_dir: Path | None) -> float | None:
     """Loss on a whole held-out set (every document of its shards: val_fraction 1), capped like the val split."""
     loader = PackedLoader([DataSource("held-out", shards)], model_cfg.context_len, micro, seed, "val", 1.0,
-                          vocab_size=model.config.vocab_size, store_dir=store_dir)
+                          vocab_size=model.config.vocab_size, store_dir=store_dir, whole_rows=needs_whole_rows(attn))
     return _eager_loss(model, loader, device, dtype, attn)
 
 
