@@ -61,9 +61,9 @@ def apply_liger(model: torch.nn.Module) -> None:
     """liger-kernel's fused RMSNorm, SwiGLU and RoPE on a live Qwen2 model (no fused cross-entropy)."""
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_qwen2
-    except ImportError:
-        raise RuntimeError("train.liger_kernels=true but liger-kernel is not importable: pip install 'slam[liger]' "
-                           "(or set train.liger_kernels=false)") from None
+    except ImportError as err:
+        raise RuntimeError(f"train.liger_kernels=true but liger-kernel is not importable ({err}): pip install "
+                           "'slam[liger]' (or set train.liger_kernels=false)") from None
     if model.config.model_type != "qwen2":
         raise RuntimeError(f"train.liger_kernels supports Qwen2 bases only, not {model.config.model_type}")
     apply_liger_kernel_to_qwen2(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
