@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 
-NOISY = ("httpx", "httpcore", "hpack", "urllib3", "uvicorn.access", "docket", "aiosqlite", "asyncio")
+NOISY = ("httpx", "httpcore", "hpack", "urllib3", "uvicorn.access", "docket", "aiosqlite", "asyncio", "faiss.loader")
 
 
 class _DropClientChatter(logging.Filter):

@@ -114,7 +114,7 @@ def concurrent_and_corrupt(work: Path) -> list[Row]:
     keys = [(r["path"], r["fingerprint"]) for r in rows]
     shards = sum(v["reused"] + v["redone"] for v in out1.get("shards", {}).values())
     made_once = _redone(out1.get("shards", {})) + _redone(out2.get("shards", {})) == shards
-    ok = rc1 == rc2 == 0 and len(keys) == len(set(keys)) and made_once
+    ok = rc1 == rc2 == 0 and len(keys) == len(set(keys)) and made_once and shards > 0 and bool(out2.get("shards"))
     out = [_row("two runs on one data root at once", "both finished, each output made once" if ok else
                 f"exit {rc1}/{rc2}", ok, _line(err1 + err2) if not ok else f"{shards} shards, {len(rows)} rows")]
     before = _recorded(root)
@@ -140,12 +140,13 @@ def concurrent_and_corrupt(work: Path) -> list[Row]:
     import pyarrow.parquet as pq
 
     try:
-        readable = pq.ParquetFile(shard).metadata.num_rows > 0
-    except Exception:
-        readable = False
-    ok = rc == 0 and _redone(again.get("shards", {})) == 1 and readable
+        rows_now, why = pq.ParquetFile(str(shard)).metadata.num_rows, ""
+    except Exception as exc:  # still unreadable
+        rows_now, why = 0, f"{type(exc).__name__}: {exc}"
+    redone = _redone(again.get("shards", {}))
+    ok = rc == 0 and rows_now > 0 and str(shard) in _recorded(root)  # whole again, and recorded as such
     out.append(_row("(next run) after the truncated shard", "shard remade" if ok else f"exit {rc}", ok,
-                    _line(err) if not ok else json.dumps(again.get("shards"))[:160]))
+                    f"{redone} shard(s) redone, {rows_now} rows in {shard.name} {why}"[:160]))
     return out
 
 
