@@ -3,7 +3,12 @@ prepared GPU command does not first fail on a GPU host over a bug that a CPU cou
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is no installed package
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
