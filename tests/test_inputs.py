@@ -72,15 +72,21 @@ def test_paper_preset_names_every_missing_eval_input(tmp_path):
         check_inputs(cfg, ("eval",))
     msg = str(err.value)
     for field in ("eval.reference_path", "eval.vocoder", "eval.asr_model", "eval.ppl_lm",
-                  "eval.judge_model / eval.judge_endpoint"):
+                  "eval.judge_model / eval.judge_endpoint", "eval.genppl_prompts"):
         assert f"— {field} —" in msg, field
-    assert msg.count("\n  ") == 5 and msg.endswith("--set eval.allow_skip=true")
+    assert "no sSC folder" in msg  # GenPPL's prompts are the correct samples of sSC (paper Section 3)
+    assert msg.count("\n  ") == 6 and msg.endswith("--set eval.allow_skip=true")
 
 
 def test_present_eval_inputs_pass(tmp_path):
     ref = tmp_path / "ref"
-    for name in ("sblimp", "swuggy_inter", "swuggy_oov"):
+    for name in ("sblimp", "swuggy_inter", "swuggy_oov", "sSC"):
         (ref / name).mkdir(parents=True)
+    import numpy as np
+    import soundfile as sf
+
+    for name in ("0_correct.wav", "1_incorrect.wav"):  # GenPPL's prompts: the correct samples of sSC
+        sf.write(ref / "sSC" / name, np.zeros(16_000, np.float32), 16_000)
     voc = tmp_path / "voc"
     voc.mkdir()
     (voc / "hifigan_lj_mhubert_base_25hz.pt").write_bytes(b"x")
