@@ -41,13 +41,14 @@ GRACE_S = 20.0 if DRY_RUN else 8.0
 # 2026-12-04 (docs/performance.md): train: the slam preset (compile 13.3 s, probe, 6 steps of 0.7 s) ~25 s, the
 # plain loop ~15 s, one eager micro-batch ~12 s; DPO eager ~15 s, then its compiled form gets the rest (its compile
 # time counted: it did not finish in ~15 s); units: all variants in < 40 s; Kokoro one process ~10 s, 4 worker
-# processes ~15 s of start-up + 4-10 s; generation and pair scoring save a first figure within seconds. A part that
-# ends early leaves its time to the next; train_kernels (never measured) gets what is left at the end.
+# processes ~15 s of start-up + 4-10 s; generation and pair scoring save a first figure within seconds. All but the
+# last fit GPU_TOTAL_S with their GRACE_S; a part that ends early leaves its time to the next, and train_kernels
+# (never measured) gets what is left at the end.
 GPU_PARTS: dict[str, tuple[str, float]] = {
-    "train": ("bench.bench_train:run_gpu_train", 60.0),
-    "train_dpo": ("bench.bench_train:run_gpu_dpo", 50.0),
+    "train": ("bench.bench_train:run_gpu_train", 55.0),
+    "train_dpo": ("bench.bench_train:run_gpu_dpo", 45.0),
     "units": ("bench.bench_units:run_gpu", 22.0),
-    "synth": ("bench.synth_gpu:run_gpu", 45.0),
+    "synth": ("bench.synth_gpu:run_gpu", 40.0),
     "generate": ("bench.bench_generate:run_gpu", 15.0),
     "eval": ("bench.bench_eval:run_gpu", 10.0),
     "train_kernels": ("bench.bench_train:run_gpu_kernels", 30.0),

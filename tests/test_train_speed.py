@@ -218,12 +218,15 @@ def test_cuda_compiled_layers_give_the_eager_loss(corpus):
     assert abs(compiled - eager) / abs(eager) < 2e-2
 
 
-def test_gpu_bench_parts_resolve_and_fit_six_minutes():
+def test_gpu_bench_parts_resolve_and_fit_their_total():
     import importlib
 
-    from bench.run_all import GPU_PARTS, GPU_TOTAL_S
+    from bench.run_all import GPU_PARTS, GPU_TOTAL_S, GRACE_S
 
-    assert sum(budget + 8 for _, budget in GPU_PARTS.values()) <= GPU_TOTAL_S <= 360  # ~8 s to start each process
+    # every part but the last (train_kernels: what is left) fits with its process start; the GPU check's 540 s
+    # hold the bench's total, the installs and the rehearsal (scripts/gpu_check.sh)
+    budgets = [budget for _, budget in GPU_PARTS.values()]
+    assert sum(b + GRACE_S for b in budgets[:-1]) <= GPU_TOTAL_S <= 240
     for target, _ in GPU_PARTS.values():
         module, _, function = target.partition(":")
         assert callable(getattr(importlib.import_module(module), function))
