@@ -73,11 +73,16 @@ if [ "${GPU_CHECK_SKIP_REHEARSAL:-0}" != 1 ]; then
 sets=()
 for s in $REHEARSAL_SET; do sets+=(--set "$s"); done
 rehearsal_s=$(( $(left) - 15 ))
-echo "gpu-check: rehearsal --size $SIZE with ${rehearsal_s} s"
-timeout --kill-after=10 "$rehearsal_s" "$PY" scripts/rehearsal.py --size "$SIZE" --runtime plain \
-  --out "bench/results/rehearsal-$SUFFIX.json" "${SPEECH[@]}" "${sets[@]}"
-rehearsal_rc=$?
-[ "$rehearsal_rc" = 124 ] && echo "gpu-check: the rehearsal was stopped at its ${rehearsal_s} s (its JSON has what finished)"
+if [ "$rehearsal_s" -lt 60 ]; then
+  echo "gpu-check: rehearsal not started: ${rehearsal_s} s left"
+  rehearsal_rc="not started"
+else
+  echo "gpu-check: rehearsal --size $SIZE with ${rehearsal_s} s"
+  timeout --kill-after=10 "$rehearsal_s" "$PY" scripts/rehearsal.py --size "$SIZE" --runtime plain \
+    --out "bench/results/rehearsal-$SUFFIX.json" "${SPEECH[@]}" "${sets[@]}"
+  rehearsal_rc=$?
+  [ "$rehearsal_rc" = 124 ] && echo "gpu-check: the rehearsal was stopped at its ${rehearsal_s} s (its JSON has what finished)"
+fi
 echo "gpu-check: rehearsal exit $rehearsal_rc at $(( TOTAL_S - $(left) )) s"
 fi
 
