@@ -28,7 +28,7 @@ from bench.common import mirror
 from slam_core.atomic import write_text_atomic
 from slam_core.config import DpoConfig, TrainConfig
 from slam_core.lm import tuning
-from slam_core.lm.attention import register_packed_attention
+from slam_core.lm.attention import needs_whole_rows, register_packed_attention
 from slam_core.lm.data import PackedLoader, PrefetchingLoader, sources_from_paths
 from slam_core.lm.distributed import DistEnv
 from slam_core.lm.metrics import model_flops_per_token
@@ -139,7 +139,8 @@ def trainer(shape: dict, context_len: int, micro: int | str, sequences_per_step:
         tuning.compile_decoder_layers(model)
         compile_s = tuning.warm_up(model, run_micro, context_len, attn, device, dtype)
     optimizer = make_optimizer(model, cfg, device, 1e-4)
-    loader = PackedLoader(sources_from_paths([shard]), context_len, run_micro, seed=0)
+    loader = PackedLoader(sources_from_paths([shard]), context_len, run_micro, seed=0,
+                          whole_rows=needs_whole_rows(attn))
     if device.type == "cuda":
         loader = PrefetchingLoader(loader, depth=2, pin_memory=True, examples_per_step=sequences_per_step)
     micro_steps = []
