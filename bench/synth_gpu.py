@@ -1,16 +1,18 @@
-"""Kokoro-82M on the GPU: the batched masked forward in float32 vs bfloat16/float16 autocast, then several
-worker processes on the one GPU (aggregate × real time). Part of the synthesis bench (`bench_synth.run_gpu`).
+"""Kokoro-82M on the GPU: the batched masked forward in float32 vs bfloat16/float16 autocast, text to audio as the
+pipeline runs it (G2P worker processes feeding one model process: `bench.synth_pipeline`), and several model
+processes on the one GPU (aggregate × real time). Run by `python -m bench.run_all --gpu` (part `synth`).
 
-The real architecture (hexgrad/Kokoro-82M config.json shapes) with random weights. No G2P runs: GPU hosts
-have no espeak, and in the pipeline G2P is CPU work beside the GPU; utterances are random phoneme-id
-sequences of sentence length (40-200 phonemes) with random style vectors. `speed` is calibrated so the
+The real architecture (hexgrad/Kokoro-82M config.json shapes) with random weights. The model-only runs take
+random phoneme-id sequences of sentence length (40-200 phonemes) with random style vectors; the text-to-audio
+runs also do G2P (misaki and espeak-ng, carried to the GPU host) on built-in story text. `speed` is calibrated so the
 random model speaks ~80 ms per phoneme like the real one (audio length, and so decoder work per second of
 audio, then match). Audio difference against float32: signal-to-noise ratio on utterances whose predicted
-durations agree (equal length), log-spectral distance on all, and the share of 25 Hz frames whose units
-(HuBERT-base shape, random weights, float32) agree.
+durations agree (equal length), log-mel distance (nats) and log-spectral distance, and the share of 25 Hz frames
+whose units (HuBERT-base shape, random weights, float32) agree; `dtype_choice` names the fastest dtype that keeps
+to float32 by a stated rule.
 
-Imports only torch, numpy, transformers and the `kokoro` package's model modules (not its G2P stack,
-which needs spaCy): carry the kokoro and loguru wheels to an offline host.
+The model-only runs import only torch, numpy, transformers and the `kokoro` package's model modules (not its G2P
+stack, which needs spaCy); the text-to-audio runs also need misaki, phonemizer and espeakng-loader.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import sync
+from bench.synth_pipeline import choose_dtype, log_mel_distance, run_pipeline
 from slam_core.rehearsal.models import KOKORO_82M
 from slam_core.synth.kokoro_batch import KokoroItem, forward_batch
 
@@ -167,6 +170,7 @@ def dtype_agreement(model, items: list[KokoroItem], speed: float, batch_size: in
             out[dtype] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
             continue
         same = [i for i in range(len(items)) if len(got[i]) == len(reference[i])]
+        mel = [log_mel_distance(got[i], reference[i]) for i in same]
         noise = sum(float(np.sum((got[i] - reference[i]) ** 2)) for i in same)
         signal = sum(float(np.sum(reference[i] ** 2)) for i in same)
         ref_units = units.frames([to16k(reference[i]) for i in same])
@@ -176,6 +180,7 @@ def dtype_agreement(model, items: list[KokoroItem], speed: float, batch_size: in
             "finite": bool(all(np.isfinite(g).all() for g in got)),
             "same_length_share": round(len(same) / len(items), 3),
             "snr_db_same_length": (round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else "identical") if same else None,
+            "log_mel_distance_same_length": round(float(np.mean(mel)), 4) if mel else None,
             "log_spectral_distance_db": round(float(np.mean([_log_spectral_distance_db(g, r) for g, r in zip(got, reference)])), 3),
             "units_frame_agreement_same_length": round(float(agree.mean()), 4) if len(agree) else None,
         }
@@ -194,16 +199,16 @@ def _worker(rank: int, device: str, dtype: str, batch_size: int, speed: float, r
         synthesize(model, items[:batch_size], batch_size, speed, dtype)  # warm-up
         sync()
         barrier.wait(timeout=300)
-        start, audio_s, k = time.time(), 0.0, 0
+        start, audio_s, k, done = time.time(), 0.0, 0, 0
         while time.time() - start < run_s:  # one batch at a time, so the window ends close to run_s
             batch = items[(k % 4) * batch_size:(k % 4 + 1) * batch_size]
             audio_s += sum(map(len, synthesize(model, batch, batch_size, speed, dtype))) / KOKORO_RATE_HZ
-            k += 1
+            k, done = k + 1, done + len(batch)
         sync()
-        queue.put((rank, audio_s, start, time.time(), None))
+        queue.put((rank, audio_s, start, time.time(), None, done))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which records it
         barrier.abort()
-        queue.put((rank, 0.0, 0.0, 0.0, f"{type(err).__name__}: {err}"))
+        queue.put((rank, 0.0, 0.0, 0.0, f"{type(err).__name__}: {err}", 0))
 
 
 def aggregate(workers: int, dtype: str, batch_size: int, speed: float, run_s: float, device: str = "cuda",
@@ -226,43 +231,48 @@ def aggregate(workers: int, dtype: str, batch_size: int, speed: float, run_s: fl
     except queue_mod.Empty:
         for p in procs:
             p.terminate()
-        return {"workers": workers, "dtype": dtype, "batch_size": batch_size,
-                "not_reached": f"{len(reports)} of {workers} workers reported within {wait_s:.0f} s (start-up, "
+        return {"kind": "model_processes", "includes_g2p": False, "gpu_processes": workers, "workers": workers,
+                "dtype": dtype, "batch_size": batch_size, "not_reached": f"{len(reports)} of {workers} workers reported within {wait_s:.0f} s (start-up, "
                                f"then {run_s:.0f} s of synthesis); stopped"}
     for p in procs:
         p.join(timeout=30)
     errors = [r[4] for r in reports if r[4]]
     if errors:
-        return {"workers": workers, "error": errors[0]}
+        return {"kind": "model_processes", "gpu_processes": workers, "workers": workers, "error": errors[0]}
     window_s = max(r[3] for r in reports) - min(r[2] for r in reports)
     audio_s = sum(r[1] for r in reports)
-    return {"workers": workers, "dtype": dtype, "batch_size": batch_size, "audio_s": round(audio_s, 1),
-            "window_s": round(window_s, 2), "x_realtime_aggregate": round(audio_s / window_s, 1),
+    return {"kind": "model_processes", "includes_g2p": False, "gpu_processes": workers, "g2p_workers": 0,
+            "workers": workers, "dtype": dtype, "batch_size": batch_size, "utterances": sum(r[5] for r in reports),
+            "audio_s": round(audio_s, 1), "wall_s": round(window_s, 2), "x_realtime_aggregate": round(audio_s / window_s, 1),
             "start_up_s": round(time.perf_counter() - t0 - window_s, 1)}
 
 
 def summarize(kokoro: dict, top: dict) -> None:
-    """The headline fields: the best single-process run, and the best several-process aggregate when one was
-    measured (one process is never reported as the aggregate: then aggregate_x_realtime is None and
-    aggregate_status says why)."""
+    """The headline fields: the best single-process run, and the best aggregate of several processes when one was
+    measured: text to audio with G2P worker processes (`kind` text_to_audio) or several model processes on phoneme
+    ids (model_processes), whichever is faster, its kind, processes, utterances, audio and wall seconds copied
+    beside it. One process is never reported as the aggregate: then aggregate_x_realtime is None and
+    aggregate_status says why."""
     kokoro.update({"x_realtime_one_process": top["x_realtime"], "dtype": top["dtype"], "batch_size": top["batch_size"]})
     runs = [r for r in kokoro["aggregate"] if "x_realtime_aggregate" in r and r["workers"] > 1]
     fastest = max(runs, key=lambda r: r["x_realtime_aggregate"], default=None)
     if fastest is not None:
         kokoro.update({"aggregate_x_realtime": fastest["x_realtime_aggregate"], "aggregate_workers": fastest["workers"],
-                       "aggregate_status": "measured"})
+                       "aggregate_status": "measured", **{f"aggregate_{k}": fastest.get(k) for k in (
+                           "kind", "includes_g2p", "gpu_processes", "g2p_workers", "utterances", "audio_s", "wall_s")}})
     else:
-        why = [r.get("not_reached") or r.get("error") for r in kokoro["aggregate"]]
+        why = [f"{r.get('kind', 'model_processes')} with {r['workers']} workers: {r.get('not_reached') or r.get('error')}"
+               for r in kokoro["aggregate"] if r.get("not_reached") or r.get("error")]
         kokoro.update({"aggregate_x_realtime": None, "aggregate_workers": None,
-                       "aggregate_status": "not reached: " + ("; ".join(w for w in why if w) or "not started")})
+                       "aggregate_status": "not reached: " + ("; ".join(why) or "not started")})
 
 
 def run_gpu(budget_s: float = 35.0, save: Callable[[dict], object] = lambda r: None, smoke: bool = False) -> dict:
-    """Within `budget_s`, most important first: one process in float32 (batch 64), 4 worker processes in float32
-    (recorded as not reached when they do not report in time), then bfloat16, float16 and batch 16, then reduced
-    precision against float32;
-    results saved after every part. `smoke`: the same code on the CPU with a few short utterances and a
-    lighter PL-BERT, 2 workers (tests run it)."""
+    """Within `budget_s`, most important first: one model process in float32 (batch 64); text to audio with 8 G2P
+    worker processes feeding one model process; 4 model processes in float32 (each recorded as not reached when it
+    does not finish in time); text to audio with G2P in the model's process (the comparison); bfloat16, float16
+    and batch 16; reduced precision against float32 and the dtype choice. Results saved after every part.
+    `smoke`: the same code on the CPU with a few short utterances and a lighter PL-BERT, 2 workers (tests run it)."""
     t0 = time.perf_counter()
     device = torch.device("cpu" if smoke else "cuda")
     phonemes, n_items, sizes = ((6, 12), 2, (1, 2)) if smoke else ((40, 200), 128, (16, 64))
@@ -289,20 +299,30 @@ def run_gpu(budget_s: float = 35.0, save: Callable[[dict], object] = lambda r: N
         return max((r for r in kokoro["single_process"] if "x_realtime" in r), key=lambda r: r["x_realtime"],
                    default={"x_realtime": None, "dtype": None, "batch_size": None})
 
-    # most important first: one process in float32 (the reference), several processes, then the other dtypes
+    def text_to_audio(g2p_workers: list[int]) -> None:
+        config = SMALL_CONFIG if smoke else KOKORO_REAL_CONFIG
+        n_requests, call_size, run_s = (8, 4, 2.0) if smoke else (1024, 64, 6.0)
+        run_pipeline(kokoro, config, device.type, speed, sizes[1], g2p_workers, n_requests, call_size, run_s,
+                     left, smoke, lambda: (summarize(kokoro, best()), save(results)))
+
+    # most important first: one process in float32 (the reference), the pipeline's text to audio, several model
+    # processes, then G2P in one process and the other dtypes
     single("float32", sizes[1])
     summarize(kokoro, best())
     save(results)
+    text_to_audio([2 if smoke else 8])
     workers = 2 if smoke else 4
     if left() >= 20:
         run_s = 2.0 if smoke else max(4.0, min(10.0, left() - 25))  # the rest: spawn, imports, model, warm-up
         kokoro["aggregate"].append(aggregate(workers, "float32", sizes[1], speed, run_s=run_s, device=device.type,
                                              phonemes=phonemes, small=smoke, wait_s=left() - 3))
     else:
-        kokoro["aggregate"].append({"workers": workers, "not_reached": f"{left():.0f} s of the part's budget left"})
+        kokoro["aggregate"].append({"kind": "model_processes", "workers": workers,
+                                    "not_reached": f"{left():.0f} s of the part's budget left"})
     print(f"kokoro aggregate: {kokoro['aggregate'][-1]}", flush=True)
     summarize(kokoro, best())
     save(results)
+    text_to_audio([0])
     if left() > 8:
         single("bfloat16", sizes[1])
     for dtype, batch_size in [] if smoke else [("float16", sizes[1]), ("float32", sizes[0])]:
@@ -311,7 +331,9 @@ def run_gpu(budget_s: float = 35.0, save: Callable[[dict], object] = lambda r: N
     if left() > 10:
         kokoro["dtype_agreement"] = dtype_agreement(model, items[:4 if smoke else 32], speed, sizes[0],
                                                     ["bfloat16"] if smoke else ["bfloat16", "float16"], smoke)
-        print(f"kokoro reduced precision vs float32: {kokoro['dtype_agreement']}", flush=True)
+        kokoro["dtype_choice"] = choose_dtype(kokoro["single_process"], kokoro["dtype_agreement"])
+        print(f"kokoro reduced precision vs float32: {kokoro['dtype_agreement']}; choice {kokoro['dtype_choice']}",
+              flush=True)
         save(results)
     summarize(kokoro, best())
     results["wall_s"] = round(time.perf_counter() - t0, 1)

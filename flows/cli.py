@@ -10,7 +10,7 @@
     slam data prepare <source> [--subsets …] [--mirror URL] [--local-dir DIR] [--dry-run]
     slam vocode --units FILE --out WAV [--vocoder DIR_OR_NAME]
     slam synth <stinystories|spokenswag> --input <file|dir> [--out DIR] [--backend kokoro|espeak] [--voices …]
-               [--seed N] [--workers N]
+               [--seed N] [--workers N] [--g2p-workers N]
     slam report serve [--port N] [--data-root DIR ...]   # http://127.0.0.1:PORT/<root tag>/<run>/index.html
     slam deploy check [--deployment FLOW/NAME]          # which work pool has no worker, and how to start one
 """

@@ -1,5 +1,5 @@
 """`slam synth <stinystories|spokenswag> --input <file|dir> [--out DIR] [--backend kokoro|espeak] [--voices …]
-[--seed N] [--workers N]`: synthetic speech in sharded, seeded, resumable Parquet.
+[--seed N] [--workers N] [--g2p-workers N]`: synthetic speech in sharded, seeded, resumable Parquet.
 
 Registered in flows/cli.py with `add_synth_parser(sub)`. Runs the shards directly in worker processes
 (no Prefect server); `--prefect` runs the same jobs through the `synthesize` flow instead.
@@ -22,7 +22,8 @@ def synth_config(args: argparse.Namespace):
 
     cfg = load_config(args.preset, parse_overrides(args.overrides), args.data_root)
     options = {"backend": args.backend, "workers": args.workers, "shard_rows": args.shard_rows,
-               "max_utterance_chars": args.max_chars, "kokoro_model": args.kokoro_model}
+               "max_utterance_chars": args.max_chars, "kokoro_model": args.kokoro_model,
+               "kokoro_g2p_workers": args.g2p_workers}
     for key, value in options.items():
         if value is not None:
             setattr(cfg.synth, key, value)
@@ -75,7 +76,7 @@ def _overrides_dict(args: argparse.Namespace) -> dict[str, Any] | None:
 
     overrides: dict[str, Any] = parse_overrides(args.overrides) or {}
     for key, value in (("shard_rows", args.shard_rows), ("max_utterance_chars", args.max_chars),
-                       ("kokoro_model", args.kokoro_model)):
+                       ("kokoro_model", args.kokoro_model), ("kokoro_g2p_workers", args.g2p_workers)):
         if value is not None:
             overrides[f"synth.{key}"] = value
     return overrides or None
@@ -97,6 +98,9 @@ def add_synth_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                           "af_heart am_fenrir bf_emma bm_george for spokenswag on kokoro)")
     syn.add_argument("--seed", type=non_negative_int, default=None, help="seed for voices and decoder noise (default: the preset's)")
     syn.add_argument("--workers", type=positive_int, default=None, help="worker processes (default synth.workers)")
+    syn.add_argument("--g2p-workers", type=non_negative_int, default=None,
+                     help="Kokoro G2P worker processes per synthesis worker, 0: in-process (default "
+                          "synth.kokoro_g2p_workers: up to 8 on CUDA, none on the CPU)")
     syn.add_argument("--split", default="train", help="split of the text table to speak: train, heldout or all")
     syn.add_argument("--limit", type=positive_int, default=None, help="at most this many stories/pairs (per split for text input)")
     syn.add_argument("--shard-rows", type=positive_int, default=None, help="utterances or pairs per shard (default synth.shard_rows)")

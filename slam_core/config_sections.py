@@ -126,6 +126,10 @@ class SynthConfig(_Section):
         "float32", description="Kokoro compute dtype on CUDA (autocast: convolutions, matmuls and LSTMs in the reduced "
         "type, weights and normalisation statistics in float32); the CPU always computes in float32. The GPU bench "
         "reports the audio difference and unit agreement of each against float32.")
+    kokoro_g2p_workers: int | None = Field(
+        None, ge=0, description="Kokoro G2P (misaki/espeak) worker processes per synthesis worker: they turn text into "
+        "phoneme ids while the model speaks earlier batches; 0: G2P in the synthesis process. None: min(8, CPU cores / "
+        "synth.workers) on CUDA (0 below 2), 0 on the CPU (the model needs the cores). Never changes the audio.")
 
 
 class VadConfig(_Section):

@@ -50,8 +50,20 @@ def test_synth_part_measures_dtypes_and_worker_processes():
     assert all("x_realtime" in r for r in k["single_process"]), k["single_process"]
     bf16 = k["dtype_agreement"]["bfloat16"]
     assert bf16["finite"] and 0 <= bf16["same_length_share"] <= 1 and bf16["log_spectral_distance_db"] >= 0
-    assert k["aggregate"][0]["workers"] == 2 and k["aggregate"][0]["x_realtime_aggregate"] > 0, k["aggregate"]
+    assert bf16["log_mel_distance_same_length"] is None or bf16["log_mel_distance_same_length"] >= 0
+    assert k["dtype_choice"]["dtype"] in ("float32", "bfloat16") and "float32" in k["dtype_choice"]["passing"]
+    runs = {(r["kind"], r["workers"]): r for r in k["aggregate"]}
+    assert set(runs) == {("text_to_audio", 2), ("model_processes", 2), ("text_to_audio", 0)}, k["aggregate"]
+    for run in runs.values():  # the figure with what it counts: processes, utterances, audio and wall seconds
+        assert run["x_realtime_aggregate"] > 0 and run["utterances"] > 0 and run["audio_s"] > 0, run
+        assert run["x_realtime_aggregate"] == pytest.approx(run["audio_s"] / run["wall_s"], rel=0.05, abs=0.1)
+    pipeline = runs[("text_to_audio", 2)]
+    assert pipeline["includes_g2p"] and pipeline["g2p_workers"] == 2 and pipeline["gpu_processes"] == 1
+    assert pipeline["failed_utterances"] == 0 and pipeline["g2p_wait_s"] >= 0 and k["g2p_one_process"]["sentences"] > 0
+    assert runs[("model_processes", 2)]["includes_g2p"] is False and runs[("model_processes", 2)]["gpu_processes"] == 2
     assert k["aggregate_x_realtime"] > 0 and k["aggregate_workers"] == 2 and k["aggregate_status"] == "measured"
+    fastest = max((r for r in runs.values() if r["workers"] > 1), key=lambda r: r["x_realtime_aggregate"])
+    assert k["aggregate_kind"] == fastest["kind"] and k["aggregate_utterances"] == fastest["utterances"]
 
 
 def test_kokoro_aggregate_is_never_one_process():
@@ -63,7 +75,11 @@ def test_kokoro_aggregate_is_never_one_process():
               "aggregate": [{"workers": 4, "not_reached": "0 of 4 workers reported within 20 s; stopped"}]}
     synth_gpu.summarize(kokoro, kokoro["single_process"][0])
     assert kokoro["x_realtime_one_process"] == 429.0 and kokoro["aggregate_x_realtime"] is None
-    assert kokoro["aggregate_status"].startswith("not reached: 0 of 4 workers reported within 20 s")
+    assert kokoro["aggregate_status"].startswith("not reached: model_processes with 4 workers: 0 of 4 workers reported")
+    in_process = {"kind": "text_to_audio", "workers": 0, "g2p_workers": 0, "x_realtime_aggregate": 500.0}
+    kokoro["aggregate"].append(in_process)  # G2P in the model's process: one process, never the aggregate
+    synth_gpu.summarize(kokoro, kokoro["single_process"][0])
+    assert kokoro["aggregate_x_realtime"] is None
     stopped = synth_gpu.aggregate(2, "float32", 2, 9.0, run_s=60.0, device="cpu", phonemes=(8, 16), small=True,
                                   wait_s=1.0)
     assert stopped["not_reached"].startswith("0 of 2 workers reported within 1 s")

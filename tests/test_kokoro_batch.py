@@ -150,3 +150,71 @@ print('ok')
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_g2p_worker_processes_give_the_same_audio_bytes(tiny, one_torch_thread):  # noqa: F811
+    """The CPU step (G2P) in 1 or 2 spawned worker processes, and the stream that plans later calls while the model
+    speaks, give the bytes of the in-process path; bad requests are isolated the same way."""
+    cfg = SynthConfig(backend="kokoro", kokoro_model=str(tiny[0]), kokoro_speed=SPEED, device="cpu",
+                      voices=["af_test"], kokoro_batch_size=8)
+    calls = [[(TEXTS[0] + " " + TEXTS[2], "af_test"), ("  ?! ", "af_test"), (TEXTS[1], "bm_test")],
+             [(TEXTS[2], "bm_test"), ("%%%", "af_test"), (TEXTS[1] + " " + TEXTS[0], "af_test")]]
+
+    def run(workers: int) -> list[list]:
+        torch.manual_seed(0)  # the same random weights in every backend
+        backend = get_backend(cfg.model_copy(update={"kokoro_g2p_workers": workers}))
+        try:
+            assert backend.g2p.workers == workers
+            first = backend.synthesize_aligned_batch(calls[0])
+            streamed = list(backend.synthesize_aligned_stream(calls, lookahead=1))
+            assert backend.stream_stats["calls"] == 2 and backend.stream_stats["g2p_wait_s"] >= 0
+            return [first, *streamed]
+        finally:
+            backend.close()
+
+    def as_bytes(results: list) -> list:
+        return [(r.reason,) if isinstance(r, TTSError) else (r[0].tobytes(), r[1]) for r in results]
+
+    reference = [as_bytes(r) for r in run(0)]
+    assert reference[0] == reference[1]  # a lone call and the same call in a stream
+    assert reference[0][1] == ("empty_text",) and reference[2][1] == ("empty_text",)
+    assert all(len(r) == 2 for r in reference[2][::2])  # the good requests of the second call were spoken
+    for workers in (1, 2):
+        assert [as_bytes(r) for r in run(workers)] == reference, f"{workers} G2P workers"
+
+
+def test_a_bad_voice_fails_its_own_call_in_a_stream(tiny, one_torch_thread):  # noqa: F811
+    from slam_core.synth import TTSSetupError
+
+    backend = get_backend(SynthConfig(backend="kokoro", kokoro_model=str(tiny[0]), kokoro_speed=SPEED, device="cpu",
+                                      voices=["af_test"], kokoro_g2p_workers=0))
+    stream = backend.synthesize_aligned_stream([[(TEXTS[2], "af_test")], [(TEXTS[2], "af_missing")]], lookahead=2)
+    assert not isinstance(next(stream)[0], TTSError)  # the first call is spoken though the second's voice is bad
+    with pytest.raises(TTSSetupError, match="af_missing"):
+        next(stream)
+
+
+def test_auto_g2p_workers():
+    from slam_core.synth.kokoro_g2p import auto_g2p_workers
+
+    assert auto_g2p_workers("cpu") == 0
+    cores = os.cpu_count() or 1
+    assert auto_g2p_workers("cuda") == (min(8, cores) if cores >= 2 else 0)
+    assert auto_g2p_workers("cuda", synth_workers=cores) == 0
+
+
+def test_slam_synth_g2p_workers_option_sets_the_config(tmp_path):
+    import argparse
+
+    from flows.cli_synth import add_synth_parser, synth_config
+
+    parser = argparse.ArgumentParser()
+    add_synth_parser(parser.add_subparsers())
+    args = parser.parse_args(["synth", "stinystories", "--input", "x", "--g2p-workers", "3",
+                              "--data-root", str(tmp_path)])
+    args.preset_backend = "espeak"
+    cfg, _ = synth_config(args)
+    assert cfg.synth.kokoro_g2p_workers == 3
+    args = parser.parse_args(["synth", "stinystories", "--input", "x", "--data-root", str(tmp_path)])
+    args.preset_backend = "espeak"
+    assert synth_config(args)[0].synth.kokoro_g2p_workers is None  # auto

@@ -21,11 +21,15 @@ def get_backend(cfg: SynthConfig) -> TTSBackend:
         backend = EspeakBackend(words_per_minute=cfg.words_per_minute)
     elif cfg.backend == "kokoro":
         from slam_core.device import pick_device  # imports torch: only Kokoro needs it
+        from slam_core.synth.kokoro_g2p import auto_g2p_workers
         from slam_core.synth.kokoro_tts import KokoroBackend
 
-        backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed, device=pick_device(cfg.device).type,
+        device = pick_device(cfg.device).type
+        g2p_workers = cfg.kokoro_g2p_workers
+        backend = KokoroBackend(cfg.kokoro_model, speed=cfg.kokoro_speed, device=device,
                                 batch_size=cfg.kokoro_batch_size, max_batch_tokens=cfg.kokoro_max_batch_tokens,
-                                dtype=cfg.kokoro_dtype)
+                                dtype=cfg.kokoro_dtype,
+                                g2p_workers=auto_g2p_workers(device, cfg.workers) if g2p_workers is None else g2p_workers)
     else:
         raise TTSSetupError(f"unknown TTS backend {cfg.backend!r} (expected 'espeak' or 'kokoro')")
     for voice in cfg.voices:

@@ -9,6 +9,12 @@ sentence (a sentence over the model's phoneme context is cut at a clause mark or
 Sentences of many requests run together through the masked batched forward of `kokoro_batch`; the decoder
 noise of each sentence is seeded from (voice, text), so the same text and voice give the same samples
 whichever batch they land in (to float rounding; alone, bit for bit the stock `KModel.forward`).
+
+Two steps: the CPU step (`kokoro_g2p`: G2P, context cuts, seeds) runs in `g2p_workers` spawned processes
+(0: in this process), the GPU step here. `synthesize_aligned_stream` takes a sequence of calls and keeps the
+G2P of the next `lookahead` calls running in the workers while the model speaks the current one, so G2P
+does not hold up the GPU; each call's parts are length-sorted into batches exactly as a lone
+`synthesize_aligned_batch` call sorts them, so the audio is the same bytes whatever the worker count.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import re
 import sys
 import threading
-import zlib
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -29,13 +35,13 @@ import numpy as np
 
 from slam_core.synth.base import TTSError, TTSSetupError, check_text
 from slam_core.synth.kokoro_batch import KokoroItem, forward_batch
+from slam_core.synth.kokoro_g2p import G2PSpec, G2PWorkers, PendingPlan, get_g2p
 
 log = logging.getLogger(__name__)
 
 KOKORO_HUB_ID = "hexgrad/Kokoro-82M"
 KOKORO_WEIGHTS_FILE = "kokoro-v1_0.pth"
 KOKORO_SAMPLE_RATE_HZ = 24_000
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _PAUSE_BETWEEN_SENTENCES_S = 0.3
 AlignedOrError = Union[tuple[np.ndarray, list[tuple[str, float, float]]], TTSError]
 
@@ -125,7 +131,8 @@ class KokoroBackend:
     sample_rate_hz = KOKORO_SAMPLE_RATE_HZ
 
     def __init__(self, model: str = KOKORO_HUB_ID, speed: float = 1.0, device: str = "cpu",
-                 batch_size: int = 1, max_batch_tokens: int = 8192, dtype: str = "float32") -> None:
+                 batch_size: int = 1, max_batch_tokens: int = 8192, dtype: str = "float32",
+                 g2p_workers: int = 0) -> None:
         import torch
 
         self.model_source = model
@@ -148,9 +155,12 @@ class KokoroBackend:
         self._torch = torch
         # reduced precision only where autocast has kernels for it: CUDA (the CPU computes in float32)
         self._autocast = getattr(torch, dtype) if dtype != "float32" and self._device.type == "cuda" else None
-        self._g2p: dict[str, object] = {}
         self._voice_cache: dict[str, "torch.Tensor"] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one model call (and in-process G2P: espeak is a process singleton) at a time
+        self._voice_lock = threading.Lock()
+        self.g2p = G2PWorkers(G2PSpec(dict(self._model.vocab), int(self._model.context_length)), g2p_workers)
+        self.stream_stats: dict[str, float] = {}
+        """Of the last stream (or batch call): seconds waited for G2P results, seconds of the GPU step, calls."""
 
     def voices(self) -> list[str]:
         """Voice ids found in the local voices/ directory (hub: none listed, ids are fetched on use)."""
@@ -160,8 +170,12 @@ class KokoroBackend:
 
     def check_voice(self, voice: str) -> None:
         """Raise TTSSetupError if the voice tensor cannot be loaded (hub voices are fetched here)."""
-        with self._lock:
+        with self._voice_lock:
             self._load_voice(voice)
+
+    def close(self) -> None:
+        """Stop the G2P worker processes (they start again on the next call)."""
+        self.g2p.close()
 
     def synthesize(self, text: str, voice: str) -> np.ndarray:
         """Speak `text` sentence by sentence with `voice`; float32 mono at 24 kHz."""
@@ -180,15 +194,71 @@ class KokoroBackend:
         """`synthesize_aligned` for many (text, voice) requests at once: their sentence parts are sorted by
         length and run `batch_size` at a time through one masked forward. Each result is (samples, words)
         or the TTSError that request alone raises; one bad request never fails the others."""
+        return list(self.synthesize_aligned_stream([requests], lookahead=0))[0]
+
+    def synthesize_aligned_stream(self, calls: Iterable[Sequence[tuple[str, str]]],
+                                  lookahead: int = 2) -> Iterator[list[AlignedOrError]]:
+        """`synthesize_aligned_batch(call)` for each call in turn, the G2P of up to `lookahead` later calls
+        running in the worker processes meanwhile (calls are read lazily). A voice that cannot be loaded
+        raises TTSSetupError when its call's turn comes; `stream_stats` says how long the GPU step waited."""
+        stats = self.stream_stats = {"g2p_wait_s": 0.0, "gpu_s": 0.0, "calls": 0}
+        calls = iter(calls)
+        pending: deque = deque()
+        try:
+            while True:
+                while len(pending) <= lookahead:
+                    call = next(calls, None)
+                    if call is None:
+                        break
+                    try:
+                        pending.append(self._start_call(list(call)))
+                    except TTSSetupError as err:
+                        pending.append(err)
+                if not pending:
+                    return
+                started = pending.popleft()
+                if isinstance(started, TTSSetupError):
+                    raise started
+                spoken = self._finish_call(*started, stats)
+                stats["calls"] += 1
+                yield spoken
+        finally:
+            for started in pending:
+                if not isinstance(started, TTSSetupError):
+                    started[2].cancel()
+
+    def _start_call(self, requests: list[tuple[str, str]]) -> tuple[list, list, PendingPlan]:
+        """Check the texts, load the voices, start the CPU step: (requests, results so far, pending plans)."""
         results: list[AlignedOrError | None] = [None] * len(requests)
+        jobs = []
+        for index, (text, voice) in enumerate(requests):
+            try:
+                check_text(text)
+            except TTSError as err:
+                results[index] = err
+                continue
+            with self._voice_lock:
+                self._load_voice(voice)
+            jobs.append((index, text, voice))
+        return requests, results, self.g2p.submit(jobs)
+
+    def _finish_call(self, requests: list[tuple[str, str]], results: list, pending: PendingPlan,
+                     stats: dict[str, float]) -> list[AlignedOrError]:
+        """The GPU step of one call: its planned parts with their voice rows, spoken, joined per request."""
         parts: list[_Part] = []
         with self._lock:
-            for index, (text, voice) in enumerate(requests):
-                try:
-                    parts += self._plan_parts(index, text, voice)
-                except TTSError as err:
-                    results[index] = err
+            t0 = time.perf_counter()
+            plans = pending.result()
+            stats["g2p_wait_s"] += time.perf_counter() - t0
+            for (index, _, voice), planned in zip(pending.jobs, plans):
+                if isinstance(planned, TTSError):
+                    results[index] = planned
+                    continue
+                pack = self._voice_cache[voice]
+                parts += [_Part(p.request, p.words, KokoroItem(p.input_ids, pack[p.pack_row], p.seed)) for p in planned]
+            t0 = time.perf_counter()
             spoken = self._speak_parts(parts)
+            stats["gpu_s"] += time.perf_counter() - t0
         pieces: dict[int, list[tuple[np.ndarray, list]]] = {}
         for part, outcome in zip(parts, spoken):
             if isinstance(outcome, TTSError):
@@ -201,22 +271,6 @@ class KokoroBackend:
         return [r if r is not None else TTSError(requests[i][0], "unpronounceable",
                                                  "no phonemes in Kokoro's vocabulary")
                 for i, r in enumerate(results)]
-
-    def _plan_parts(self, index: int, text: str, voice: str) -> list[_Part]:
-        """The model inputs for one request: one per sentence, or per cut of a sentence over the context."""
-        clean = check_text(text)
-        pack = self._load_voice(voice)
-        g2p = self._get_g2p(voice)
-        parts = []
-        for sentence in _SENTENCE_END.split(clean):
-            for words in self._fit_context(self._phonemize_words(sentence, g2p)):
-                phonemes = " ".join(ps for _, ps in words)
-                spoken = " ".join(w for w, _ in words)
-                ids = [self._model.vocab[p] for p in phonemes if p in self._model.vocab]
-                parts.append(_Part(index, words, KokoroItem(
-                    input_ids=[0, *ids, 0], ref_s=pack[len(phonemes) - 1],
-                    seed=zlib.crc32(f"{Path(voice).stem}\n{spoken}".encode()))))  # voice id or .pt path: same seed
-        return parts
 
     def _speak_parts(self, parts: list[_Part]) -> list[tuple[np.ndarray, list] | TTSError]:
         """Audio and word spans per part, batched by length; a failing batch is retried one part at a time
@@ -258,33 +312,6 @@ class KokoroBackend:
             return TTSError(request[0], "no_audio", f"Kokoro produced silent or non-finite audio with voice {request[1]}")
         return wave, words
 
-    def _phonemize_words(self, sentence: str, g2p) -> list[tuple[str, str]]:
-        """(word, phonemes) per written word. espeak sometimes merges words ("of the" -> one phoneme word)
-        or splits one ("42"); then each word is phonemised alone so its phonemes stay its own."""
-        written = sentence.split()
-        spoken = g2p(sentence)[0].split()
-        if len(spoken) != len(written):
-            spoken = [g2p(w)[0] for w in written]
-        vocab = self._model.vocab
-        return [(w, "".join(ch for ch in ps if ch in vocab).strip()) for w, ps in zip(written, spoken)]
-
-    def _fit_context(self, words: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-        """Split a sentence's words until each part's phonemes fit the model context (BOS + EOS included):
-        at the clause mark nearest the middle, else at the middle word."""
-        words = [(w, ps) for w, ps in words if ps]
-        if not words:
-            return []
-        if len(" ".join(ps for _, ps in words)) + 2 <= self._model.context_length:
-            return [words]
-        if len(words) == 1:  # one word longer than the whole context: cut its phonemes, keep the word once
-            w, ps = words[0]
-            step = self._model.context_length - 2
-            return [[(w if i == 0 else "", ps[i:i + step])] for i in range(0, len(ps), step)]
-        middle = len(words) / 2
-        clause_ends = [i + 1 for i, (w, _) in enumerate(words[:-1]) if w[-1:] in ",;:"]
-        cut = min(clause_ends, key=lambda i: abs(i - middle)) if clause_ends else len(words) // 2
-        return self._fit_context(words[:cut]) + self._fit_context(words[cut:])
-
     @staticmethod
     def _word_spans(words: list[tuple[str, str]], audio, durations) -> tuple[np.ndarray, list]:
         """Samples and (word, first, last) sample spans from the predicted per-token durations."""
@@ -301,13 +328,10 @@ class KokoroBackend:
             char = end + 1
         return audio, spans
 
-    def _get_g2p(self, voice: str):
-        language = "en-gb" if Path(voice).name.startswith("b") else "en-us"
-        if language not in self._g2p:
-            from misaki.espeak import EspeakG2P
-
-            self._g2p[language] = EspeakG2P(language=language)
-        return self._g2p[language]
+    @staticmethod
+    def _get_g2p(voice: str):
+        """This process's G2P for the voice's language (the CPU step uses the same one in each worker)."""
+        return get_g2p(voice)
 
     def _load_voice(self, voice: str):
         if voice not in self._voice_cache:

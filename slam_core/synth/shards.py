@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 SYNTH_CODE_SCOPE = ("synth", "audio/io.py", "schemas.py")
 # Config fields `get_backend` builds a backend from: one backend per distinct set in a process.
 _BACKEND_FIELDS = ("backend", "words_per_minute", "kokoro_model", "kokoro_speed", "device", "kokoro_batch_size",
-                   "kokoro_max_batch_tokens", "kokoro_dtype")
-# Config fields that change the audio (not workers / shard_rows: they only change how the work is spread).
-# Kokoro's batch settings are among them: batch composition moves samples by float rounding.
-_AUDIO_FIELDS = (*(f for f in _BACKEND_FIELDS if f != "device"), "sample_rate_hz", "max_utterance_chars")
+                   "kokoro_max_batch_tokens", "kokoro_dtype", "kokoro_g2p_workers")
+# Config fields that change the audio (not workers / shard_rows / G2P workers: they only change how the work is
+# spread). Kokoro's batch settings are among them: batch composition moves samples by float rounding.
+_AUDIO_FIELDS = (*(f for f in _BACKEND_FIELDS if f not in ("device", "kokoro_g2p_workers")),
+                 "sample_rate_hz", "max_utterance_chars")
 
 # What one utterance may raise without failing its shard (it is skipped and counted with the reason).
 UTTERANCE_ERRORS = (TTSError, RuntimeError, ValueError, AssertionError, IndexError)
