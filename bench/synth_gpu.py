@@ -234,8 +234,10 @@ def aggregate(workers: int, dtype: str, batch_size: int, speed: float, run_s: fl
         return {"kind": "model_processes", "includes_g2p": False, "gpu_processes": workers, "workers": workers,
                 "dtype": dtype, "batch_size": batch_size, "not_reached": f"{len(reports)} of {workers} workers reported within {wait_s:.0f} s (start-up, "
                                f"then {run_s:.0f} s of synthesis); stopped"}
-    for p in procs:
-        p.join(timeout=30)
+    for p in procs:  # within the same wait: a worker slow to exit is stopped
+        p.join(timeout=max(0.1, wait_s - (time.perf_counter() - t0)))
+        if p.is_alive():
+            p.terminate()
     errors = [r[4] for r in reports if r[4]]
     if errors:
         return {"kind": "model_processes", "gpu_processes": workers, "workers": workers, "error": errors[0]}
@@ -287,13 +289,17 @@ def run_gpu(budget_s: float = 35.0, save: Callable[[dict], object] = lambda r: N
     results["kokoro"] = kokoro
     left = lambda: budget_s - (time.perf_counter() - t0)  # noqa: E731
 
+    cost = {"single_s": 0.0}  # the last one-process run's wall time with its warm-up: the next ones start if it fits
+
     def single(dtype: str, batch_size: int) -> None:
+        started = time.perf_counter()
         try:
             kokoro["single_process"].append(_x_realtime(model, items, batch_size, speed, dtype))
         except RuntimeError as err:
             kokoro["single_process"].append({"dtype": dtype, "batch_size": batch_size, "error": str(err)[:200]})
         print(f"kokoro single process: {kokoro['single_process'][-1]}", flush=True)
         save(results)
+        cost["single_s"] = time.perf_counter() - started
 
     def best() -> dict:
         return max((r for r in kokoro["single_process"] if "x_realtime" in r), key=lambda r: r["x_realtime"],
@@ -323,12 +329,12 @@ def run_gpu(budget_s: float = 35.0, save: Callable[[dict], object] = lambda r: N
     summarize(kokoro, best())
     save(results)
     text_to_audio([0])
-    if left() > 8:
+    if left() > max(8, 1.2 * cost["single_s"]):
         single("bfloat16", sizes[1])
     for dtype, batch_size in [] if smoke else [("float16", sizes[1]), ("float32", sizes[0])]:
-        if left() > 8:
+        if left() > max(8, 1.2 * cost["single_s"]):
             single(dtype, batch_size)
-    if left() > 10:
+    if left() > max(10, 2 * cost["single_s"]):
         kokoro["dtype_agreement"] = dtype_agreement(model, items[:4 if smoke else 32], speed, sizes[0],
                                                     ["bfloat16"] if smoke else ["bfloat16", "float16"], smoke)
         kokoro["dtype_choice"] = choose_dtype(kokoro["single_process"], kokoro["dtype_agreement"])
