@@ -19,6 +19,7 @@ from slam_core.config_sections import (  # noqa: F401  (re-exported: the section
     ConfigError, _Section, RunConfig, CorpusConfig, SynthConfig, VadConfig, UnitsConfig, ModelConfig, TrainConfig,
     DpoConfig, EvalConfig, ParallelConfig,
 )
+from slam_core.config_interleave import DOC_KINDS, InterleaveConfig  # noqa: F401
 
 
 class SlamConfig(_Section):
@@ -32,6 +33,7 @@ class SlamConfig(_Section):
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    interleave: InterleaveConfig = Field(default_factory=InterleaveConfig)
 
     # ---- derived values (read-only views computed from the fields above) ----
     @property
@@ -73,6 +75,8 @@ class SlamConfig(_Section):
             raise ConfigError("units.kmeans_path: no quantiser — convert the published k-means once with `slam units "
                               "convert-kmeans` and set units.kmeans_path, or opt in to a new one with "
                               "units.fit_kmeans=true")
+        if self.interleave.enabled:
+            self._check_interleaved()
         out = self.model_dump(mode="json")
         out["derived"] = {
             "data_root": str(self.data_root),
@@ -83,6 +87,16 @@ class SlamConfig(_Section):
             "warnings": self.recipe_warnings(),
         }
         return out
+
+    def _check_interleaved(self) -> None:
+        weights = self.train.dataset_weights or {}
+        if set(weights) != set(DOC_KINDS):
+            raise ConfigError(f"train.dataset_weights: the interleaved mix weights its sets by kind — give "
+                              f"{', '.join(DOC_KINDS)} (SlamKit train_inter_scale: 0.2024 / 0.5433 / 0.2543), "
+                              f"got {sorted(weights) or 'none'}")
+        if self.dpo.enabled:
+            raise ConfigError("dpo.enabled: the interleaved path has no DPO (SlamKit does not support preference "
+                              "alignment of interleaved models) — set dpo.enabled=false")
 
     @property
     def kmeans_file(self) -> Path | None:

@@ -147,7 +147,9 @@ def corpus_inputs(cfg: SlamConfig) -> list[MissingInput]:
 
     c, out = cfg.corpus, []
     uses_stories = "stinystories" in c.pretrain_sets if c.pretrain_sets else bool(c.stinystories_dir)
-    if uses_stories and c.stinystories_dir:
+    # the interleaved path speaks the built-in corpus into these shards itself (flows/interleaved.py)
+    speaks_them = cfg.interleave.enabled and c.source == "builtin"
+    if uses_stories and c.stinystories_dir and not speaks_them:
         root = configured_path(cfg, c.stinystories_dir)
         if not (root.is_dir() and list_parquet_files(root)):
             out.append(MissingInput("corpus", "sTinyStories shards", "--set corpus.stinystories_dir",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STAGES = ("raw", "synth", "segments", "units", "pairs", "models", "checkpoints", "eval", "reports", "quarantine")
+STAGES = ("raw", "synth", "segments", "units", "tokens", "pairs", "models", "checkpoints", "eval", "reports",
+          "quarantine")
 
 
 def stage_dir(root: Path, stage: str, *parts: str) -> Path:

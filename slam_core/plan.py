@@ -33,6 +33,9 @@ CPU_UNITS_X_REALTIME = {"hubert": 12.4, "tiny": 288.6}
 H200_PAIRS_PER_S = 673.0
 # (layers, query heads, head dim) of known bases; parameter counts are the speech LM's (vocabulary of 502).
 BASE_SHAPES = {"Qwen/Qwen2.5-0.5B": (358_347_904, 24, 14, 64), "Qwen/Qwen2.5-1.5B": (1_310_000_000, 28, 12, 128)}
+# The interleaved LM keeps the text rows too (interleave.enabled): Qwen2.5's 151,665 tokenizer ids x hidden size,
+# one tied embedding/head matrix (slam_core.lm.interleave_model: 152,167 rows in all).
+INTERLEAVED_EXTRA_PARAMS = {"Qwen/Qwen2.5-0.5B": 151_665 * 896, "Qwen/Qwen2.5-1.5B": 151_665 * 1536}
 # The device each paper preset was trained on (Table 3 / Section 5) and Table 4's step count for Slam.
 PAPER_GPU = {"slam": "A5000", "slam_scaled": "A100", "slam_large": "A100"}
 PAPER_STEPS = {"slam": 17_625}
@@ -53,6 +56,8 @@ def flops_per_token(cfg: SlamConfig) -> float | None:
     m = cfg.model
     if m.base in BASE_SHAPES:
         n_params, layers, heads, head_dim = BASE_SHAPES[m.base]
+        if cfg.interleave.enabled:
+            n_params += INTERLEAVED_EXTRA_PARAMS[m.base]
         return flops_per_token_for(n_params, layers, heads, head_dim, m.context_len)
     if m.base == "tiny-qwen2":
         from slam_core.preflight import model_params

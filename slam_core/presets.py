@@ -5,6 +5,9 @@
 - `slam`: the paper's recipe (Appendix A): 1×A5000, 24 h (23.5 h pre-training + 0.5 h DPO).
 - `slam_scaled`: the same recipe on 2 GPUs for 48 h.
 - `slam_large`: Qwen2.5-1.5B base with FSDP.
+- `slam_interleaved`: SlamKit's interleaved speech-text path (`config/train_inter_scale.yaml`): text-only,
+  interleaved and speech-only token docs mixed 0.2024 / 0.5433 / 0.2543, context 2,048, cross-modal StoryCloze.
+- `smoke_interleaved`: the same path offline on CPU in minutes (espeak sTinyStories-layout shards and their timings).
 - `rehearsal`: the `slam` recipe's code paths and model shapes with minute budgets and tiny corpora, for a
   dress rehearsal on one GPU (`scripts/rehearsal.py` builds its random-weight inputs and points it at them).
 """
@@ -15,11 +18,14 @@ from collections.abc import Callable
 
 from slam_core import published_kmeans
 from slam_core.config import (
-    ConfigError, CorpusConfig, DpoConfig, EvalConfig, ModelConfig, ParallelConfig, RunConfig, SlamConfig, SynthConfig,
-    TrainConfig, UnitsConfig, VadConfig,
+    ConfigError, CorpusConfig, DpoConfig, EvalConfig, InterleaveConfig, ModelConfig, ParallelConfig, RunConfig,
+    SlamConfig, SynthConfig, TrainConfig, UnitsConfig, VadConfig,
 )
 
 PAPER_METRICS = ["sblimp", "swuggy", "ssc", "tsc", "salmon", "generate", "genppl"]
+# SlamKit config/train_inter_scale.yaml: "sample ratios such that the number of tokens matches, text only,
+# interleaved, speech only" (= slam_core.lm.interleave_data.INTER_SCALE_RATIOS, by token-docs set name)
+INTER_SCALE_WEIGHTS = {"text": 0.2023584112, "interleaved": 0.5433262899, "speech": 0.2543152989}
 
 
 def smoke() -> SlamConfig:
@@ -130,8 +136,60 @@ def rehearsal() -> SlamConfig:
     return cfg
 
 
+def slam_interleaved() -> SlamConfig:
+    """SlamKit's `config/train_inter_scale.yaml` (slp-rl/slamkit@388b402) on the `slam` preset's data and hardware.
+
+    From the yaml and what it includes (training_args/scaling_interleaving.yaml, data/pretrain_multi_ds.yaml,
+    tokeniser/interleaved_hubert_25.yaml): context 2,048; train_ratios 0.2024 / 0.5433 / 0.2543 (text-only,
+    interleaved, speech-only), repetitions 1, packing; lr 5e-4, cosine to min_lr 5e-5, warmup_ratio 0.01 and no
+    100-step floor (scaling_interleaving sets no warmup_steps), max_grad_norm 0.5, per-device batch 8 with no
+    accumulation, bf16, TWIST init; interleaving poisson, span 10, prob 0.3. Not followed: the yaml's
+    base_model_name EleutherAI/pythia-14m with text_tokeniser_path facebook/opt-125m are placeholders overridden
+    on the command line (SIMS models are Qwen2.5 and Llama-3.2); here the base is `slam`'s Qwen2.5-0.5B and the
+    text vocabulary is its own tokenizer's (152,167 rows with units and markers). SlamKit trains one epoch
+    (train_max_tokens null, stopping_strategy first_exhausted); here the budget is `slam`'s 23.5 h and a set that
+    runs out starts a reshuffled epoch. No DPO (SlamKit has none for interleaved models).
+    Data: interleaved docs from sTinyStories (synthesis timings), speech-only docs from every set of the
+    `slam` mix, text-only docs from TinyStories text; cross-modal StoryCloze from eval.reference_path/cross_ms_tSC.
+    """
+    cfg = slam()
+    cfg.run.name = "slam_interleaved"
+    cfg.corpus.spokenswag_dir = None  # no DPO, so no SpokenSwag pairs
+    cfg.model.context_len = 2048
+    cfg.train = TrainConfig(budget_s=23.5 * 3600, lr=5e-4, min_lr=5e-5, warmup_frac=0.01, warmup_min_steps=0,
+                            micro_batch_size=8, grad_accum=1, grad_clip=0.5, checkpoint_every_s=1800.0,
+                            val_fraction=0.0, dataset_weights=dict(INTER_SCALE_WEIGHTS))
+    cfg.dpo.enabled = False
+    cfg.eval.metrics = []
+    cfg.interleave = InterleaveConfig(enabled=True, method="poisson", span=10.0, prob=0.3,
+                                      interleaved_sets=["stinystories"], cross_modal_dir="reference/cross_ms_tSC")
+    return cfg
+
+
+def smoke_interleaved() -> SlamConfig:
+    """The interleaved path offline on CPU in minutes: the built-in stories spoken by espeak-ng into the published
+    sTinyStories layout (with espeak's word timings as `aligned_text`), the smoke preset's tiny encoder and
+    k-means, a byte-level BPE of 1,024 tokens trained on the stories as the tiny LM's text tokenizer, and the
+    three token-docs sets mixed by SlamKit's ratios. Cross-modal StoryCloze on a stand-in spoken from the held-out
+    stories. Bounded by steps, like `smoke`."""
+    cfg = smoke()
+    cfg.run.name = "smoke_interleaved"
+    cfg.corpus.n_train_stories, cfg.corpus.n_heldout_stories = 240, 64
+    cfg.corpus.stinystories_dir = "synth/stinystories/train"  # written by the flow from the built-in stories
+    cfg.synth.shard_rows = 64
+    cfg.train = TrainConfig(budget_s=1800.0, max_steps=240, schedule_by="steps", lr=5e-3, min_lr=1.5e-4,
+                            warmup_frac=0.05, micro_batch_size=8, grad_accum=1, checkpoint_every_s=30.0,
+                            log_every_steps=5, calibration_steps=3, dataset_weights=dict(INTER_SCALE_WEIGHTS))
+    cfg.dpo.enabled = False
+    cfg.eval = EvalConfig(metrics=[], allow_skip=True)
+    cfg.interleave = InterleaveConfig(enabled=True, method="poisson", span=10.0, prob=0.3,
+                                      interleaved_sets=["stinystories"], text_vocab_size=1024)
+    return cfg
+
+
 PRESETS: dict[str, Callable[[], SlamConfig]] = {
     "smoke": smoke, "slam": slam, "slam_scaled": slam_scaled, "slam_large": slam_large, "rehearsal": rehearsal,
+    "slam_interleaved": slam_interleaved, "smoke_interleaved": smoke_interleaved,
 }
 
 

@@ -9,11 +9,17 @@ Token store: each units shard is converted once into flat arrays under a cache d
 rename, so a half-built store never looks complete; two processes building the same store both finish and one
 rename wins). The key is the shard's resolved path, size and mtime, so a rewritten shard gets a new store.
 - `tokens.npy`      uint16, the encoded documents back to back (opened with mmap: random access costs a page);
+                    uint32 for a token-docs shard (interleaved mix, below);
 - `doc_offsets.npy` int64, n_docs + 1 offsets into tokens;
 - `doc_val_u01.npy` float64, the hash draw that puts a document in the validation split (`is_validation_doc`);
-- `doc_max_token.npy` uint16, to skip documents that do not fit a model's vocabulary without reading them;
+- `doc_max_token.npy` uint16 (uint32 for token docs), to skip documents that do not fit a model's vocabulary
+                    without reading them;
 - `meta.json`       ids of all stored documents (read only to name skipped ones);
 - `empty.json`      ids of the documents with no units (not stored).
+
+Two shard schemas, told apart by their columns: UNITS (`segment_id`, `units`: unit ids, encoded here as above)
+and TOKEN_DOCS of the interleaved mix (`doc_id`, `tokens`: whole documents already in the joint vocabulary,
+`slam_core.lm.interleave_data`, stored as they are; Qwen's joint vocabulary needs uint32).
 
 `SourceExamples` lists the examples of one dataset's shards for one split as three arrays (shard, start,
 length): the global shuffle permutes indices into them.
@@ -35,6 +41,7 @@ import pyarrow.parquet as pq
 from slam_core.lm.vocab import BOS_ID, EOS_ID, UNIT_OFFSET
 
 STORE_VERSION = 1
+UNIT_COLUMNS, TOKEN_COLUMNS = ("segment_id", "units"), ("doc_id", "tokens")
 _STORE_FILES = ("tokens.npy", "doc_offsets.npy", "doc_val_u01.npy", "doc_max_token.npy", "meta.json", "empty.json")
 
 
@@ -59,15 +66,19 @@ def _store_key(shard: Path) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:24]
 
 
-def _check_columns(shard: Path) -> pq.ParquetFile:
+def _check_columns(shard: Path) -> tuple[pq.ParquetFile, tuple[str, str]]:
+    """The shard's Parquet file and its (id, sequence) columns: ("segment_id", "units") of a UNITS shard, or
+    ("doc_id", "tokens") of a TOKEN_DOCS shard."""
     try:
         parquet = pq.ParquetFile(shard)
     except Exception as err:  # pyarrow raises several types for corrupt or missing files
         raise BadShardError(f"{shard}: cannot read Parquet metadata ({err})") from None
     names = set(parquet.schema_arrow.names)
+    if not {"segment_id", "units"} <= names and {"doc_id", "tokens"} <= names:
+        return parquet, TOKEN_COLUMNS
     if not {"segment_id", "units"} <= names:
         raise BadShardError(f"{shard}: missing column(s) {sorted({'segment_id', 'units'} - names)}")
-    return parquet
+    return parquet, UNIT_COLUMNS
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -77,35 +88,47 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         os.fsync(fh.fileno())
 
 
+def _encoded(shard: Path, doc_id: str, body: np.ndarray, columns: tuple[str, str]) -> np.ndarray:
+    """One stored document: units -> `[BOS, u + 2, ..., EOS]` (uint16); token docs as they are (uint32)."""
+    if columns == TOKEN_COLUMNS:
+        if int(body.min()) < 0 or int(body.max()) > np.iinfo(np.uint32).max:
+            raise BadShardError(f"{shard}: document {doc_id} has token ids outside [0, 2**32)")
+        return body.astype(np.uint32)
+    if int(body.min()) < 0 or int(body.max()) + UNIT_OFFSET > np.iinfo(np.uint16).max:
+        raise BadShardError(f"{shard}: document {doc_id} has unit ids outside [0, 65533]")
+    return np.concatenate([[BOS_ID], body + UNIT_OFFSET, [EOS_ID]]).astype(np.uint16)
+
+
 def _build_store(shard: Path, out: Path) -> None:
-    parquet = _check_columns(shard)
+    parquet, columns = _check_columns(shard)
+    id_column, seq_column = columns
+    dtype = np.uint32 if columns == TOKEN_COLUMNS else np.uint16
     tokens, offsets, val_u01, max_token, ids, empty = [], [0], [], [], [], []
     for rg in range(parquet.metadata.num_row_groups):
         try:
-            table = parquet.read_row_group(rg, columns=["segment_id", "units"])
+            table = parquet.read_row_group(rg, columns=list(columns))
         except Exception as err:
             raise BadShardError(f"{shard}: cannot read row group {rg} ({err})") from None
-        units = table.column("units").combine_chunks()
-        bounds = units.offsets.to_numpy()
-        values = units.values.to_numpy(zero_copy_only=False).astype(np.int64)
-        valid = units.is_valid().to_numpy(zero_copy_only=False)
-        for i, doc_id in enumerate(table.column("segment_id").to_pylist()):
+        seqs = table.column(seq_column).combine_chunks()
+        bounds = seqs.offsets.to_numpy()
+        values = seqs.values.to_numpy(zero_copy_only=False).astype(np.int64)
+        valid = seqs.is_valid().to_numpy(zero_copy_only=False)
+        for i, doc_id in enumerate(table.column(id_column).to_pylist()):
             body = values[bounds[i]:bounds[i + 1]] if valid[i] else values[:0]
             if len(body) == 0:
                 empty.append(doc_id)
                 continue
-            if int(body.min()) < 0 or int(body.max()) + UNIT_OFFSET > np.iinfo(np.uint16).max:
-                raise BadShardError(f"{shard}: document {doc_id} has unit ids outside [0, 65533]")
-            tokens.append(np.concatenate([[BOS_ID], body + UNIT_OFFSET, [EOS_ID]]).astype(np.uint16))
-            offsets.append(offsets[-1] + len(body) + 2)
+            encoded = _encoded(shard, doc_id, body, columns)
+            tokens.append(encoded)
+            offsets.append(offsets[-1] + len(encoded))
             val_u01.append(validation_u01(doc_id))
-            max_token.append(int(body.max()) + UNIT_OFFSET)
+            max_token.append(int(encoded.max()))
             ids.append(doc_id)
     out.mkdir(parents=True)
-    _save_npy(out / "tokens.npy", np.concatenate(tokens) if tokens else np.zeros(0, np.uint16))
+    _save_npy(out / "tokens.npy", np.concatenate(tokens) if tokens else np.zeros(0, dtype))
     _save_npy(out / "doc_offsets.npy", np.asarray(offsets, dtype=np.int64))
     _save_npy(out / "doc_val_u01.npy", np.asarray(val_u01, dtype=np.float64))
-    _save_npy(out / "doc_max_token.npy", np.asarray(max_token, dtype=np.uint16))
+    _save_npy(out / "doc_max_token.npy", np.asarray(max_token, dtype=dtype))
     for name, payload in (("meta.json", {"shard": str(shard), "ids": ids}), ("empty.json", empty)):
         with open(out / name, "w", encoding="utf-8") as fh:
             json.dump(payload, fh)
@@ -122,7 +145,7 @@ def default_store_dir() -> Path:
 
 @dataclass
 class ShardStore:
-    """The converted arrays of one units shard (tokens memory-mapped)."""
+    """The converted arrays of one units or token-docs shard (tokens memory-mapped)."""
 
     shard: Path
     path: Path

@@ -1,0 +1,51 @@
+"""The `interleave` config section: SlamKit's interleaved speech-text path (SIMS), off in the speech-only presets.
+
+SlamKit (slp-rl/slamkit@388b402): `config/tokeniser/interleaved_hubert_25.yaml` (interleave_method poisson,
+interleave_span 10, interleave_prob 0.3, word alignments required) and `config/train_inter_scale.yaml` (three
+training sets, text-only / interleaved / speech-only, mixed by sample ratios 0.2024 / 0.5433 / 0.2543, context
+2,048). Here the three sets are token-docs shards named `text`, `interleaved` and `speech`, so the ratios are
+`train.dataset_weights` by those names (`slam_core.lm.interleave_data.INTER_SCALE_RATIOS`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from slam_core.config_sections import _Section
+
+CROSS_MODAL_METRICS = ("cm_tsc_t2s", "cm_tsc_s2t", "cm_tsc_t2t", "cm_tsc_s2s")
+DOC_KINDS = ("text", "interleaved", "speech")
+
+
+class InterleaveConfig(_Section):
+    enabled: bool = Field(False, description="Train an interleaved speech-text LM (SlamKit's SIMS path): word "
+                          "alignments -> interleaved, speech-only and text-only token docs -> TWIST init keeping the "
+                          "text vocabulary -> pre-training on the mix -> cross-modal StoryCloze. False: speech only.")
+    method: Literal["poisson", "span", "random"] = Field(
+        "poisson", description="Which words are spoken (SlamKit interleave_method): Poisson spans, fixed spans, or "
+        "each word at random with probability 0.5.")
+    span: float = Field(10.0, gt=0, description="Mean (poisson) or fixed (span) length of a speech span in words.")
+    prob: float = Field(0.3, gt=0, le=1, description="Share of words in speech (poisson) / span start probability.")
+    interleaved_sets: list[str] = Field(
+        ["stinystories"], description="Unit datasets (units/<set>/) whose word alignments make interleaved docs; "
+        "sTinyStories is aligned from its synthesis timings, any other set by Whisper word timestamps.")
+    speech_sets: list[str] = Field(
+        [], description="Unit datasets whose units are also speech-only docs; empty: every pre-training set.")
+    text_vocab_size: int = Field(1024, ge=260, description="'tiny-qwen2' only: size of the byte-level BPE trained "
+                                 "on the run's own stories as the stand-in text tokenizer (at most the tiny LM's "
+                                 "1,024 embedding rows).")
+    cross_modal_dir: str | None = Field(
+        None, description="Published cross-modal StoryCloze layout (SlamKit's cross_ms_tSC: {base}_mutual/_correct/"
+        "_incorrect .wav + .txt); relative to the data root unless absolute. None: a stand-in spoken by synth.backend "
+        "from the held-out stories (prompt: all but the last sentence; endings: its own and another topic's).")
+    cross_modal_metrics: list[Literal["cm_tsc_t2s", "cm_tsc_s2t", "cm_tsc_t2t", "cm_tsc_s2s"]] = Field(
+        list(CROSS_MODAL_METRICS), description="Prompt -> ending modalities scored (t: text, s: speech).")
+    max_cross_modal_items: int | None = Field(None, ge=1, description="Cap on cross-modal items scored (None: all).")
+
+    @model_validator(mode="after")
+    def _check_sets(self) -> "InterleaveConfig":
+        if self.enabled and not self.interleaved_sets:
+            raise ValueError("interleave.interleaved_sets: name at least one unit dataset to interleave")
+        return self
