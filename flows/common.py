@@ -158,6 +158,10 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "eval": ("eval/pairs.py", "lm/vocab.py"),
     "generate": ("eval/generate.py", "lm/vocab.py"),
     "report": ("eval",),
+    # the interleaved path (flows/interleaved.py)
+    "interleave-init": ("lm/interleave_model.py", "lm/interleave.py", "lm/text_tokenizer.py", "lm/model.py"),
+    "token-docs": ("lm/interleave.py", "lm/interleave_data.py", "lm/interleave_stage.py", "align/words.py"),
+    "cross-modal": ("eval/cross_modal.py", "eval/pairs.py", "lm/interleave.py", "lm/interleave_stage.py"),
 }
 
 

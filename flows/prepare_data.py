@@ -211,6 +211,11 @@ def prepare_data(preset: str = "smoke", overrides: dict[str, Any] | None = None,
         "segments": sum(u["rows"] for u in train_units),
         "shards": tally,
         "audio_hours": sum(u["audio_seconds"] for u in train_units) / 3600,
+        # per set: its segment and unit shards in step (the interleaved path aligns the segments beside the units)
+        "set_shards": {g.name: {"role": g.role, "segments": list(g.paths), "segment_fingerprints": g.fingerprints,
+                                "units": [u["path"] for u in unit_results[g.name]],
+                                "unit_fingerprints": [u["fingerprint"] for u in unit_results[g.name]]}
+                       for g in groups},
     }
     if len(groups) > 1 or val_groups:  # the paper's mix: what each set holds, and the held-out sets
         out["val_unit_shards"] = {g.name: [u["path"] for u in unit_results[g.name]] for g in val_groups}

@@ -18,6 +18,7 @@ from prefect import flow
 from flows.common import check_resources, load_config, save_resolved
 from flows.entry import user_facing
 from flows.evaluate import evaluate
+from flows.interleaved import reproduce_interleaved
 from flows.prepare_data import prepare_data
 from flows.train_lm import train_lm
 from slam_core.run_summary import checkpoint_label, stage_rows
@@ -31,6 +32,8 @@ def reproduce(preset: str = "smoke", overrides: dict[str, Any] | None = None,
               data_root: str | None = None) -> dict[str, Any]:
     """Run every stage of the recipe; returns the report path and the evaluation results."""
     cfg = load_config(preset, overrides, data_root)
+    if cfg.interleave.enabled:  # SlamKit's interleaved speech-text path has stages of its own
+        return reproduce_interleaved(preset, overrides, data_root)
     check_resources(cfg)  # refuse before any work when disk, memory or GPU cannot hold the run
     root = str(cfg.data_root)
     catalog_at(root).record_run(cfg.run.name, cfg.resolve())
