@@ -19,16 +19,9 @@ from flows.cli import main
 from flows.entry import for_deployment
 from slam_core.data_root import check_data_root, check_writable
 from slam_core.errors import InputError
+from test_bad_input_cli import _one_error_line  # one helper for every CLI error test
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.startswith("slam: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].count(" — ") >= 2, lines[0]  # what — where — how to fix
-    return lines[0]
 
 
 def _slam(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
