@@ -19,6 +19,7 @@ from flows.cli import main
 from flows.entry import for_deployment
 from slam_core.data_root import check_data_root, check_writable
 from slam_core.errors import InputError
+from slam_core.presets import PRESETS
 from test_bad_input_cli import _one_error_line  # one helper for every CLI error test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def test_a_mistyped_preset_is_one_line_before_prefect_starts(tmp_path, command):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == [
         "slam: error: unknown preset 'smok' — --preset smok — did you mean 'smoke' or 'slam'? "
-        "(known: smoke, slam, slam_scaled, slam_large, rehearsal)"]
+        f"(known: {', '.join(PRESETS)})"]
     assert not (tmp_path / "prefect-home").exists()  # Prefect never started
     assert time.monotonic() - t0 < 60
 
