@@ -166,9 +166,16 @@ def install() -> None:
         setattr(artifacts, name, _no_artifact)
     runtime = types.ModuleType("prefect.runtime")
     runtime.flow_run = _FlowRunInfo()
+    # flows.entry reaches these only inside a Prefect flow run (never here): names, so its imports resolve
+    run_logging = types.ModuleType("prefect.logging")
+    run_logging.get_run_logger = lambda: log
+    states = types.ModuleType("prefect.states")
+    states.Failed = lambda message="", **_: RuntimeError(message)
     root.task_runners, root.context, root.artifacts, root.runtime = runners, context, artifacts, runtime
+    root.logging, root.states = run_logging, states
     sys.modules.update({"prefect": root, "prefect.task_runners": runners, "prefect.context": context,
-                        "prefect.artifacts": artifacts, "prefect.runtime": runtime})
+                        "prefect.artifacts": artifacts, "prefect.runtime": runtime, "prefect.logging": run_logging,
+                        "prefect.states": states})
     log.info("plain runtime installed: flows run as plain functions, without a Prefect server")
 
 
