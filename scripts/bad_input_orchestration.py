@@ -50,7 +50,7 @@ try:
         from flows.prepare_data import prepare_data
         out = prepare_data(preset="smoke", overrides=parse_overrides(sets), data_root=root)
         open(root + "/prepared.json", "w").write(json.dumps(out, default=str))
-        print("RESULT " + json.dumps(out["shards"]))
+        print("RESULT " + json.dumps({"shards": out["shards"]}))
     else:
         from flows.train_lm import train_lm
         prepared = json.loads(open(root + "/prepared.json").read())
