@@ -162,6 +162,8 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     "interleave-init": ("lm/interleave_model.py", "lm/interleave.py", "lm/text_tokenizer.py", "lm/model.py"),
     "token-docs": ("lm/interleave.py", "lm/interleave_data.py", "lm/interleave_stage.py", "align/words.py"),
     "cross-modal": ("eval/cross_modal.py", "eval/pairs.py", "lm/interleave.py", "lm/interleave_stage.py"),
+    "cm-generate": ("eval/cm_generate.py", "eval/generate.py", "eval/text_metrics.py", "eval/genppl.py",
+                    "eval/cross_modal.py", "lm/interleave.py", "lm/interleave_stage.py"),
 }
 
 

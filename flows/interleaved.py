@@ -9,7 +9,8 @@
     4. init         TWIST init keeping the base's text vocabulary, + 500 units + <speech>/<text>
     5. token docs   interleaved (units + words), speech-only (units) and text-only (training stories) shards
     6. pretrain     the three sets mixed by train.dataset_weights (SlamKit's 0.2024 / 0.5433 / 0.2543)
-    7. evaluate     cross-modal StoryCloze (interleave.cross_modal_metrics) into eval_results; the HTML report
+    7. evaluate     cross-modal StoryCloze and cm_generate (speech prompt -> text continuation, GenPPL and
+                    auto-BLEU), as interleave.cross_modal_metrics names them, into eval_results; the HTML report
 
 Run: `slam run reproduce --preset smoke_interleaved` or `python -m flows.interleaved --preset smoke_interleaved`.
 """
@@ -29,6 +30,7 @@ from flows.prepare_data import configured_dir, prepare_data, uses_stinystories
 from slam_core.align.stage import AlignSettings, alignment_fingerprint
 from slam_core.align.words import words_path_for
 from slam_core.config import SlamConfig
+from slam_core.config_interleave import CM_GENERATE
 from slam_core.corpora.hub import list_parquet_files
 from slam_core.device import set_cpu_threads
 from slam_core.discovery import data_root_checkpoint_digest
@@ -123,34 +125,64 @@ def doc_shards(cfg: SlamConfig, prepared: dict[str, Any], aligned: dict[str, lis
     return results
 
 
-def cross_modal(cfg: SlamConfig, checkpoints: list[str], init_dir: str, corpus: dict[str, Any],
-                prepared: dict[str, Any], dev: str, root: str) -> list[dict[str, Any]]:
-    """Cross-modal StoryCloze of every checkpoint: the published layout (interleave.cross_modal_dir) or the stand-in
-    spoken from the held-out stories; tokenised once, each metric recorded in eval_results."""
+def cross_modal_layout(cfg: SlamConfig, corpus: dict[str, Any], root: str) -> tuple[str, str]:
+    """(folder, digest) of the cross-modal StoryCloze layout: the published one (interleave.cross_modal_dir) or the
+    stand-in spoken from the held-out stories."""
     icfg = cfg.interleave
     if icfg.cross_modal_dir:
         layout = str(configured_dir(cfg, icfg.cross_modal_dir))
         if not Path(layout).is_dir():
             raise FileNotFoundError(f"interleave.cross_modal_dir: {layout} is not a folder (SlamKit's cross_ms_tSC "
                                     "layout: {base}_mutual/_correct/_incorrect .wav + .txt)")
-        layout_key = layout_digest(layout)
-    else:
-        stand_fp = fp("synth-pairs", cfg, ("synth",), corpus["fingerprint"], kind="cross_modal_tsc",
-                      max_items=icfg.max_cross_modal_items)
-        layout = str(stage_dir(cfg.data_root, "synth", "cross_modal_tsc", stand_fp[:16]))
-        layout_key = interleave.cross_modal_stand_in(corpus["stories"], cfg.synth, cfg.run.seed, layout,
-                                                     icfg.max_cross_modal_items, stand_fp, root)["fingerprint"]
+        return layout, layout_digest(layout)
+    stand_fp = fp("synth-pairs", cfg, ("synth",), corpus["fingerprint"], kind="cross_modal_tsc",
+                  max_items=icfg.max_cross_modal_items)
+    layout = str(stage_dir(cfg.data_root, "synth", "cross_modal_tsc", stand_fp[:16]))
+    return layout, interleave.cross_modal_stand_in(corpus["stories"], cfg.synth, cfg.run.seed, layout,
+                                                   icfg.max_cross_modal_items, stand_fp, root)["fingerprint"]
+
+
+def cross_modal(cfg: SlamConfig, checkpoints: list[str], init_dir: str, layout: str, layout_key: str,
+                prepared: dict[str, Any], dev: str, root: str) -> list[dict[str, Any]]:
+    """Cross-modal StoryCloze (the cm_tsc_* of interleave.cross_modal_metrics) of every checkpoint: the layout
+    tokenised once, each metric recorded in eval_results."""
+    icfg = cfg.interleave
+    metrics = [m for m in icfg.cross_modal_metrics if m != CM_GENERATE]
+    if not metrics:
+        return []
     tok_fp = fp("pair-units", cfg, ("units",), prepared["centroids"], layout_key, eval_set="cross_modal_tsc")
     units_path = str(stage_dir(cfg.data_root, "pairs", "published") / f"cross_modal_tsc-{tok_fp}.parquet")
     interleave.tokenise_cross_modal(layout, prepared["centroids"], cfg.units, dev, units_path, tok_fp, root)
     results = []
     for c in checkpoints:
         score_fp = fp("cross-modal", cfg, (), tok_fp, data_root_checkpoint_digest(root, c), str(Path(c).resolve()),
-                      metrics=list(icfg.cross_modal_metrics), max_items=icfg.max_cross_modal_items,
+                      metrics=metrics, max_items=icfg.max_cross_modal_items,
                       spans=[icfg.method, icfg.span, icfg.prob])
-        results += interleave.score_cross_modal(cfg.run.name, c, init_dir, units_path, list(icfg.cross_modal_metrics),
+        results += interleave.score_cross_modal(cfg.run.name, c, init_dir, units_path, metrics,
                                                 icfg, cfg.run.seed, cfg.eval.batch_size, dev, score_fp, root)
     return results
+
+
+def cm_generation(cfg: SlamConfig, checkpoints: list[str], init_dir: str, layout: str, layout_key: str,
+                  prepared: dict[str, Any], dev: str, root: str) -> list[dict[str, Any]]:
+    """SlamKit's cm_generate when interleave.cross_modal_metrics names it: the first prompts' `_mutual.wav` cut and
+    tokenised once, then text continuations of each checkpoint with their GenPPL / auto-BLEU in eval_results."""
+    icfg = cfg.interleave
+    if CM_GENERATE not in icfg.cross_modal_metrics:
+        return []
+    prompt_fp = fp("pair-units", cfg, ("units",), prepared["centroids"], layout_key, eval_set="cm_generate_prompts",
+                   n=icfg.cm_generate_prompts, prompt_s=icfg.cm_generate_prompt_s)
+    prompts_path = str(stage_dir(cfg.data_root, "pairs", "published") / f"cm_generate_prompts-{prompt_fp}.parquet")
+    interleave.tokenise_cm_prompts(layout, icfg, prepared["centroids"], cfg.units, dev, prompts_path, prompt_fp, root)
+    out = []
+    for c in checkpoints:
+        gen_fp = fp("cm-generate", cfg, (), prompt_fp, data_root_checkpoint_digest(root, c), str(Path(c).resolve()),
+                    sampling=[icfg.cm_generate_temperature, icfg.cm_generate_top_k, icfg.cm_generate_max_new_tokens],
+                    judge=[cfg.eval.ppl_lm, cfg.eval.genppl_bos], spans=[icfg.method, icfg.span, icfg.prob])
+        out_dir = str(stage_dir(cfg.data_root, "eval", cfg.run.name, "cm_generate") / gen_fp[:16])
+        out += interleave.cm_generate(cfg.run.name, c, init_dir, prompts_path, layout, icfg, cfg.eval, cfg.run.seed,
+                                      dev, out_dir, gen_fp, root)
+    return out
 
 
 @flow(name="reproduce-interleaved", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -199,9 +231,14 @@ def reproduce_interleaved(preset: str = "smoke_interleaved", overrides: dict[str
 
     # 7. Cross-modal StoryCloze, the report and the run's story.
     checkpoints = [pre["checkpoint"]]
-    results = cross_modal(cfg, checkpoints, init_dir, corpus, prepared, dev, root)
+    layout, layout_key = cross_modal_layout(cfg, corpus, root)
+    results = cross_modal(cfg, checkpoints, init_dir, layout, layout_key, prepared, dev, root)
     for r in results:
         print(f"{r['metric']:>10} {r['accuracy']:.3f} (95% CI {r['ci_low']:.3f}-{r['ci_high']:.3f}, n={r['n']}) "
+              f"{checkpoint_label(r['checkpoint'])}")
+    generated = cm_generation(cfg, checkpoints, init_dir, layout, layout_key, prepared, dev, root)
+    for r in generated:
+        print(f"{r['metric']:>10} {'skipped' if r['value'] is None else format(r['value'], '.3f')} (n={r['n']}) "
               f"{checkpoint_label(r['checkpoint'])}")
     metrics_csv = str(Path(run_dir) / "metrics.csv")
     rows = ev.accuracy_rows(catalog_at(root), cfg.run.name)
@@ -211,11 +248,11 @@ def reproduce_interleaved(preset: str = "smoke_interleaved", overrides: dict[str
                    metrics_csv, str(stamp))
     out_html = str(stage_dir(cfg.data_root, "reports", cfg.run.name) / "index.html")
     report = ev.write_report(cfg.run.name, out_html, metrics_csv, None, cfg.resolve(), report_fp, root)["report"]
-    stages = stage_rows(prepared, {"pretrain": pre}, {"computed": len(results)})
+    stages = stage_rows(prepared, {"pretrain": pre}, {"computed": len(results) + len(generated)})
     story = publish_run_story(cfg.run.name, root, report, stages)
     print(f"report: {report} (browse it at {story['report_url']} after `slam report serve --data-root {root}`)")
-    return {"report": report, "report_url": story["report_url"], "results": results, "checkpoints": checkpoints,
-            "stages": stages}
+    return {"report": report, "report_url": story["report_url"], "results": results, "generated": generated,
+            "checkpoints": checkpoints, "stages": stages}
 
 
 if __name__ == "__main__":

@@ -94,6 +94,11 @@ class SlamConfig(_Section):
             raise ConfigError(f"train.dataset_weights: the interleaved mix weights its sets by kind — give "
                               f"{', '.join(DOC_KINDS)} (SlamKit train_inter_scale: 0.2024 / 0.5433 / 0.2543), "
                               f"got {sorted(weights) or 'none'}")
+        if "cm_generate" in self.interleave.cross_modal_metrics and \
+                self.interleave.cm_generate_max_new_tokens >= self.model.context_len:
+            raise ConfigError(f"interleave.cm_generate_max_new_tokens: {self.interleave.cm_generate_max_new_tokens} "
+                              f"leaves no room for the prompt in model.context_len {self.model.context_len} — "
+                              "lower it (SlamKit: 150)")
         if self.dpo.enabled:
             raise ConfigError("dpo.enabled: the interleaved path has no DPO (SlamKit does not support preference "
                               "alignment of interleaved models) — set dpo.enabled=false")

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from slam_core.config_sections import _Section
 
 CROSS_MODAL_METRICS = ("cm_tsc_t2s", "cm_tsc_s2t", "cm_tsc_t2t", "cm_tsc_s2s")
+CM_GENERATE = "cm_generate"  # speech prompt -> text continuation (slam_core.eval.cm_generate)
 DOC_KINDS = ("text", "interleaved", "speech")
 
 
@@ -40,9 +41,22 @@ class InterleaveConfig(_Section):
         None, description="Published cross-modal StoryCloze layout (SlamKit's cross_ms_tSC: {base}_mutual/_correct/"
         "_incorrect .wav + .txt); relative to the data root unless absolute. None: a stand-in spoken by synth.backend "
         "from the held-out stories (prompt: all but the last sentence; endings: its own and another topic's).")
-    cross_modal_metrics: list[Literal["cm_tsc_t2s", "cm_tsc_s2t", "cm_tsc_t2t", "cm_tsc_s2s"]] = Field(
-        list(CROSS_MODAL_METRICS), description="Prompt -> ending modalities scored (t: text, s: speech).")
+    cross_modal_metrics: list[Literal["cm_tsc_t2s", "cm_tsc_s2t", "cm_tsc_t2t", "cm_tsc_s2s", "cm_generate"]] = Field(
+        [*CROSS_MODAL_METRICS, CM_GENERATE], description="Cross-modal metrics: cm_tsc_<p>2<e> = StoryCloze with the "
+        "prompt -> ending in those modalities (t: text, s: speech); cm_generate = text continuations of spoken "
+        "prompts (SlamKit's cm_generate), recorded as cm_generate_genppl (under eval.ppl_lm) and "
+        "cm_generate_auto_bleu.")
     max_cross_modal_items: int | None = Field(None, ge=1, description="Cap on cross-modal items scored (None: all).")
+    cm_generate_prompts: int = Field(
+        5, ge=1, description="cm_generate: prompts, the `_mutual.wav` of the first items of the cross-modal layout "
+        "(sorted); SlamKit cm_generate.yaml num_files 5.")
+    cm_generate_prompt_s: float = Field(
+        3.0, gt=0, description="cm_generate: seconds of each prompt wav kept, cut on the waveform before encoding "
+        "(SlamKit prompt_length 3, no word alignment).")
+    cm_generate_temperature: float = Field(0.8, gt=0, description="cm_generate: sampling temperature (SlamKit 0.8).")
+    cm_generate_top_k: int = Field(25, ge=1, description="cm_generate: top-k sampling (SlamKit 25; no top-p).")
+    cm_generate_max_new_tokens: int = Field(
+        150, ge=1, description="cm_generate: text tokens sampled at most per prompt, stopping at EOS (SlamKit 150).")
 
     @model_validator(mode="after")
     def _check_sets(self) -> "InterleaveConfig":

@@ -34,10 +34,15 @@ def test_smoke_interleaved_end_to_end_then_cached(prefect_harness, tmp_path):
     inter = next(a for a in docs if a["dataset"] == "interleaved")
     assert set(pq.read_table(inter["path"]).column("kind").to_pylist()) == {"interleaved"}
     assert list((root / "units" / "stinystories" / "train").glob("words-*.parquet"))
+    # cm_generate: 5 spoken prompts -> text; no judge LM offline, so GenPPL is a skip that says why, auto-BLEU a value
+    gen = {r["metric"]: r for r in out["generated"]}
+    assert set(gen) == {"cm_generate_genppl", "cm_generate_auto_bleu"} and gen["cm_generate_genppl"]["value"] is None
+    assert gen["cm_generate_auto_bleu"]["n"] == 5 and gen["cm_generate_auto_bleu"]["value"] is not None
     html = open(out["report"], encoding="utf-8").read()
-    assert "Cross-modal StoryCloze" in html and "cm_tsc_t2s" in html
+    assert "Cross-modal StoryCloze" in html and "cm_tsc_t2s" in html and "Cross-modal generation" in html
     assert [s["stage"] for s in out["stages"]] == ["data", "pre-training", "evaluation"]
 
     again = reproduce(preset="smoke_interleaved", overrides=TINY, data_root=str(root))
     assert again["checkpoints"] == out["checkpoints"]
     assert {(r["metric"], r["accuracy"]) for r in again["results"]} == {(r["metric"], r["accuracy"]) for r in out["results"]}
+    assert again["generated"] == out["generated"]  # seeded: the same continuations, so the same auto-BLEU

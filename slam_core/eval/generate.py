@@ -59,12 +59,25 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are int64
 
 
-@torch.no_grad()
 def sample_batch(
     model: torch.nn.Module, prompts: Sequence[Sequence[int]], seeds: Sequence[int], temperature: float, top_k: int,
     max_new_tokens: int, repetition_penalty: float, kv_cache: str = "dynamic",
 ) -> list[list[int]]:
-    """Sampled continuations (unit ids) of several prompts at once, one seeded sampler per row.
+    """Sampled continuations (unit ids) of several unit prompts at once, one seeded sampler per row (`sample_ids`
+    on `[BOS, u+2, ...]`), each up to its EOS."""
+    encoded = [encode_units(p, add_bos=True, add_eos=False) for p in prompts]
+    rows = sample_ids(model, encoded, seeds, temperature, top_k, max_new_tokens, repetition_penalty, kv_cache)
+    return [generated_units(row) for row in rows]
+
+
+@torch.no_grad()
+def sample_ids(
+    model: torch.nn.Module, encoded: Sequence[np.ndarray], seeds: Sequence[int], temperature: float, top_k: int,
+    max_new_tokens: int, repetition_penalty: float, kv_cache: str = "dynamic", eos_id: int = EOS_ID,
+    pad_id: int = PAD_ID, banned: tuple[int, int] | None = None,
+) -> list[np.ndarray]:
+    """Sampled token ids after several encoded prompts at once, one seeded sampler per row; a row is PAD after
+    its EOS. `banned`: an id range [lo, hi) never drawn (HF's bad_words_ids: logits set to -inf first).
 
     Prompts are left-padded and masked, positions count real tokens only, and the KV cache carries the batch
     from step to step; each row stops at its own EOS. HF `generate` draws every row from one global RNG, so a
@@ -77,32 +90,31 @@ def sample_batch(
     StaticCache preallocated for prompt + `max_new_tokens` and a preallocated attention mask: no per-step
     allocation, the same tensor shapes every step; the faster choice on a GPU).
     """
-    if len(prompts) != len(seeds):
-        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if len(encoded) != len(seeds):
+        raise ValueError(f"{len(encoded)} prompts but {len(seeds)} seeds")
     if kv_cache not in ("dynamic", "static"):
         raise ValueError(f"kv_cache={kv_cache!r}: expected 'dynamic' or 'static'")
-    if not prompts:
+    if not encoded:
         return []
     device = next(model.parameters()).device
-    encoded = [encode_units(p, add_bos=True, add_eos=False) for p in prompts]
     n_rows, width = len(encoded), max(len(e) for e in encoded)
     # the static variant's mask covers the whole cache up front; slots not written yet stay 0 (masked)
     total = width + max_new_tokens if kv_cache == "static" else width
-    ids = torch.full((n_rows, width), PAD_ID, dtype=torch.long)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
     mask = torch.zeros((n_rows, total), dtype=torch.long)
     vocab = model.get_output_embeddings().weight.shape[0]
     seen = torch.zeros((n_rows, vocab), dtype=torch.bool)  # tokens the repetition penalty applies to
     for row, tokens in enumerate(encoded):
-        ids[row, width - len(tokens):] = torch.from_numpy(tokens)
+        ids[row, width - len(tokens):] = torch.as_tensor(tokens)
         mask[row, width - len(tokens):width] = 1
-        seen[row, torch.from_numpy(tokens)] = True
+        seen[row, torch.as_tensor(tokens)] = True
     ids, mask, seen = ids.to(device), mask.to(device), seen.to(device)
     positions = (mask[:, :width].cumsum(-1) - 1).clamp(min=0)  # left padding must not shift real tokens' positions
     # every row's uniform draws for all steps at once, on the device: a CPU generator fills a tensor serially, so
     # these are the draws one call per step would give, without 2 x rows small calls and a copy every step
     uniforms = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64, generator=torch.Generator().manual_seed(int(s)))
                             for s in seeds]).to(device)
-    new_ids = torch.full((n_rows, max_new_tokens), PAD_ID, dtype=torch.long, device=device)
+    new_ids = torch.full((n_rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     finished = torch.zeros(n_rows, dtype=torch.bool, device=device)
     cache = _static_cache(model, total) if kv_cache == "static" else None
     step_ids, step_positions = ids, positions
@@ -111,11 +123,13 @@ def sample_batch(
                     use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
+        if banned is not None:
+            logits[:, banned[0]:banned[1]] = float("-inf")
         next_ids = _draw(penalise_repeats(logits, seen, repetition_penalty) / temperature, top_k, uniforms[:, step])
-        next_ids = torch.where(finished, PAD_ID, next_ids)
+        next_ids = torch.where(finished, pad_id, next_ids)
         new_ids[:, step] = next_ids
         seen[torch.arange(n_rows, device=device), next_ids] = True
-        finished |= next_ids == EOS_ID
+        finished |= next_ids == eos_id
         # the all-finished check waits for the GPU: every EOS_CHECK_STEPS steps only (finished rows just get PAD)
         if (step + 1) % EOS_CHECK_STEPS == 0 and bool(finished.all()):
             break
@@ -124,7 +138,7 @@ def sample_batch(
             mask[:, width + step] = 1
         else:
             mask = torch.cat([mask, torch.ones((n_rows, 1), dtype=mask.dtype, device=device)], dim=1)
-    return [generated_units(row) for row in new_ids.cpu().numpy()]
+    return list(new_ids.cpu().numpy())
 
 
 def _static_cache(model: torch.nn.Module, max_len: int):

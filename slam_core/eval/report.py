@@ -28,9 +28,10 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
 }
 PAPER_COLUMNS = (("sblimp", "sBLIMP ↑"), ("ssc", "sSC ↑"), ("tsc", "tSC ↑"), ("genppl", "GenPPL ↓"),
                  ("auto_bleu", "Auto-BLEU ↓"), ("judge", "GPTScore ↑"))
-PERCENT_METRICS = {"auto_bleu"}  # stored as a fraction, printed in % as the paper does
-AUDIO_DIR = "audio"
-CROSS_MODAL_PREFIX = "cm_tsc_"  # cross-modal StoryCloze rows (slam_core.eval.cross_modal.metric_name)  # generated WAVs are copied here, next to index.html
+PERCENT_METRICS = {"auto_bleu", "cm_generate_auto_bleu"}  # stored as a fraction, printed in % as the paper does
+AUDIO_DIR = "audio"  # generated WAVs are copied here, next to index.html
+CROSS_MODAL_PREFIX = "cm_tsc_"  # cross-modal StoryCloze rows (slam_core.eval.cross_modal.metric_name)
+CM_GENERATE_PREFIX = "cm_generate_"  # cross-modal generation rows (slam_core.eval.cm_generate.METRICS)
 
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
@@ -153,10 +154,11 @@ def metrics_sections_html(eval_rows: Sequence[dict[str, Any]], paper_reference: 
     """The metrics on the paper's sets (beside the paper's number), then the smoke proxies in their own table
     under a heading that says they are proxies, with no paper column."""
     cross = [r for r in eval_rows if str(r.get("metric", "")).startswith(CROSS_MODAL_PREFIX)]
-    real = [r for r in eval_rows if r.get("metric") not in PROXY_METRICS and r not in cross]
+    generated = [r for r in eval_rows if str(r.get("metric", "")).startswith(CM_GENERATE_PREFIX)]
+    real = [r for r in eval_rows if r.get("metric") not in PROXY_METRICS and r not in cross and r not in generated]
     proxies = [r for r in eval_rows if r.get("metric") in PROXY_METRICS]
     out = []
-    if real or not (proxies or cross):
+    if real or not (proxies or cross or generated):
         out += ["<h3>On the paper's evaluation sets</h3>", metrics_table_html(real, paper_reference)]
     if cross:
         out += ["<h3>Cross-modal StoryCloze (interleaved LM)</h3>",
@@ -165,6 +167,8 @@ def metrics_sections_html(eval_rows: Sequence[dict[str, Any]], paper_reference: 
                 "SlamKit's docs/SLAM.md lists 'Scaling Interleaving' (9B) at 62.4 sSC / 82.9 tSC, speech-only "
                 "metrics on the published sets, not these.</p>",
                 metrics_table_html(cross, None)]
+    if generated:
+        out += cm_generate_html(generated)
     if proxies:
         names = ", ".join(f"{m} (proxy of {p})" for m, p in PROXY_METRICS.items())
         out += ["<h3>Smoke proxies (built-in pairs)</h3>",
@@ -172,6 +176,41 @@ def metrics_sections_html(eval_rows: Sequence[dict[str, Any]], paper_reference: 
                 "a check that training learns, not the paper's sSC/tSC; their numbers are not comparable with "
                 "the paper's.</p>", metrics_table_html(proxies, None)]
     return out
+
+
+def cm_generate_html(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The cm_generate rows (GenPPL of the text continuations of spoken prompts, auto-BLEU in %) and, per
+    checkpoint, the continuations themselves from the rows' details."""
+    out = ["<h3>Cross-modal generation: speech prompt → text (interleaved LM)</h3>",
+           "<p class=note>SlamKit's cm_generate: each prompt's first seconds of speech, then &lt;text&gt;; the "
+           "sampled text is the continuation alone. SlamKit only saves the texts; GenPPL (under eval.ppl_lm) and "
+           "auto-BLEU of them are this project's addition.</p>", metrics_table_html(rows, None)]
+    shown: set[str] = set()
+    for row in rows:
+        details = _details(row)
+        if not details.get("samples") or str(row.get("checkpoint")) in shown:
+            continue
+        shown.add(str(row.get("checkpoint")))
+        items = "".join(
+            f"<tr><td class=l>{html.escape(str(s.get('item_id')))}</td>"
+            f"<td class=l>{html.escape(str(s.get('prompt_text', '')))}</td>"
+            f"<td class=l>{html.escape(str(s.get('continuation', '')).strip()) or '<i>(empty)</i>'}</td>"
+            f"<td>{_fmt(None if s.get('nll') is None else math.exp(float(s['nll'])))}</td></tr>"
+            for s in details["samples"])
+        out.append(f"<p>{html.escape(checkpoint_label(str(row.get('checkpoint'))))}:</p><table><tr>"
+                   "<th class=l>prompt item</th><th class=l>prompt file's text (the model heard its first "
+                   "seconds)</th><th class=l>continuation</th><th>PPL</th></tr>" + items + "</table>")
+    return out
+
+
+def _details(row: dict[str, Any]) -> dict[str, Any]:
+    details = row.get("details") or {}
+    if isinstance(details, str):
+        try:
+            details = json.loads(details)
+        except json.JSONDecodeError:
+            return {}
+    return details if isinstance(details, dict) else {}
 
 
 def metrics_table_html(eval_rows: Sequence[dict[str, Any]], paper_reference: dict[str, float] | None) -> str:

@@ -136,3 +136,40 @@ def score_cross_modal(checkpoint: str | Path, init_dir: str | Path, units_path: 
     with torch.no_grad():
         return [evaluate_cross_modal(model, tok, rows, *modalities(m), batch_size=batch_size, device=device)
                 for m in metrics]
+
+
+# ---- cross-modal generation (SlamKit's cm_generate; slam_core.eval.cm_generate) ------------------------------
+
+
+def tokenise_cm_prompts(layout_dir: str | Path, n: int, prompt_s: float, centroids: str | Path,
+                        units_cfg: UnitsConfig, data_root: str | Path, device: str,
+                        out_path: str | Path) -> dict[str, Any]:
+    """Units of the first `n` items' `_mutual.wav` cut at `prompt_s` on the waveform (SlamKit: no word alignment),
+    written by `eval.prompts.tokenise_prompts` (segment_id = item id)."""
+    from slam_core.audio.io import probe_audio
+    from slam_core.eval.cm_generate import prompt_files
+    from slam_core.eval.prompts import PromptSource, tokenise_prompts
+    from slam_core.units import extract
+
+    sources = [PromptSource(item_id, str(wav), float(probe_audio(wav).duration))
+               for item_id, wav, _ in prompt_files(layout_dir, n)]
+    extractor = extract.build_extractor(units_cfg, Path(data_root), centroids=Path(centroids), device=device)
+    return tokenise_prompts(sources, extractor, units_cfg.batch_size, out_path, prompt_s, use_alignment=False)
+
+
+def cm_generate(checkpoint: str | Path, init_dir: str | Path, prompts_path: str | Path, layout_dir: str | Path,
+                cfg: InterleaveConfig, seed: int, batch_size: int, device: str) -> list[dict[str, Any]]:
+    """Text continuations of the cut speech prompts by one checkpoint (sampling settings from `cfg`), each row
+    with its item id, the prompt file's text (the whole `_mutual.txt`, for reading), units and continuation."""
+    import pyarrow.parquet as pq
+
+    from slam_core.eval.cm_generate import generate_text, prompt_files
+    from slam_core.eval.pairs import load_causal_lm
+
+    tok = tokenizer_of(init_dir, cfg, seed)
+    texts = {item_id: text for item_id, _, text in prompt_files(layout_dir, cfg.cm_generate_prompts)}
+    prompts = [{"item_id": r["segment_id"], "prompt_text": texts.get(r["segment_id"], ""), "cut_s": r["cut_s"],
+                "prompt_units": list(r["units"])} for r in pq.read_table(prompts_path).to_pylist()]
+    model = load_causal_lm(checkpoint, torch.device(device))
+    return generate_text(model, tok, prompts, cfg.cm_generate_temperature, cfg.cm_generate_top_k,
+                         cfg.cm_generate_max_new_tokens, seed, batch_size)
