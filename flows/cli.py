@@ -48,10 +48,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_offline_env(args.verbose)
     from flows.evaluate import evaluate
     from flows.prepare_data import prepare_data
+    from flows.temporary_server import one_writer_when_temporary
     from flows.reproduce import reproduce
     from flows.train_lm import train_lm
 
     flow = {"reproduce": reproduce, "prepare-data": prepare_data, "train-lm": train_lm, "evaluate": evaluate}[args.flow]
+    one_writer_when_temporary()
     result = flow(preset=args.preset, overrides=overrides, data_root=args.data_root)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -188,7 +190,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 2
     quiet_offline_env()
     from flows.evaluate import evaluate
+    from flows.temporary_server import one_writer_when_temporary
 
+    one_writer_when_temporary()
     result = evaluate(preset=args.preset, overrides=overrides or None, data_root=args.data_root, checkpoints=usable)
     print(json.dumps(result, indent=2, default=str))
     return 2 if rejected else 0

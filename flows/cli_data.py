@@ -54,6 +54,9 @@ def cmd_data_prepare(args: argparse.Namespace) -> int:
             src = dataclasses.replace(src, revision=args.revision)
         print(format_plan(plan_source(src, args.subsets, args.mirror, args.local_dir, root)))
         return 0
+    from flows.temporary_server import one_writer_when_temporary
+
+    one_writer_when_temporary()
     result = prepare_source(source=args.source, subsets=args.subsets or None, mirror=args.mirror,
                             local_dir=args.local_dir, dry_run=False, data_root=args.data_root, revision=args.revision)
     print(json.dumps(result, indent=2, default=str))

@@ -46,7 +46,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     quiet_offline_env(args.verbose)
     if args.prefect:
         from flows.synthesize import synthesize
+        from flows.temporary_server import one_writer_when_temporary
 
+        one_writer_when_temporary()
         result = synthesize(kind=args.kind, input=args.input, out=args.out, backend=args.backend, voices=args.voices,
                             seed=args.seed, workers=args.workers, split=args.split, limit=args.limit,
                             preset=args.preset, overrides=_overrides_dict(args), data_root=args.data_root)

@@ -197,5 +197,8 @@ def run_from_command_line(flow_fn: Any, doc: str | None) -> None:
             raise
         print(line, file=sys.stderr)
         sys.exit(2)
+    from flows.temporary_server import one_writer_when_temporary
+
+    one_writer_when_temporary()
     print(json.dumps(flow_fn(preset=args.preset, overrides=overrides, data_root=args.data_root), indent=2,
                      default=str))

@@ -4,8 +4,9 @@ Without `-v`:
 - the HTTP client's per-request INFO lines (`httpx`/`httpcore`: one per API call, over a thousand per demo,
   among them the CSRF-token probe's `422 Unprocessable Entity`, which is the server saying CSRF protection is
   off, not an error) are dropped;
-- the temporary server's access log and its INFO lines stay at WARNING, and its retried SQLite lock errors and
-  shutdown cancellations are dropped (`TemporaryServerNoise` says why they happen; flows/prefect_logging.yml);
+- the temporary server's access log and its INFO lines stay at WARNING, and its shutdown cancellations are
+  dropped (`TemporaryServerNoise` says why they happen; flows/prefect_logging.yml); its SQLite lock errors are
+  fixed at their cause (flows/temporary_server.py);
 - no per-model progress bars of transformers/huggingface_hub ('Loading weights', 'Writing model shards');
 - stage progress is coalesced to one line per 10 % (tasks/common.py, progress_reporter).
 With `-v` everything is shown at DEBUG, as before.
@@ -35,16 +36,12 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
 
 
 class TemporaryServerNoise(logging.Filter):
-    """Drop two kinds of ERROR records of the temporary Prefect server (not the run's own errors):
+    """Drop the temporary Prefect server's `CancelledError` tracebacks while it stops at the end of a run (not the
+    run's own errors): `slam` is done and the server cancels its services' last flush of their own bookkeeping
+    (task-run state events), which Prefect logs at ERROR.
 
-    - SQLite `database is locked` / SQLITE_BUSY in its services. Why it happens: the temporary server runs the
-      task-run recorder and event persister beside the API, each on its own SQLite connection; WAL admits one
-      writer at a time, and a transaction that read first and then wants to write while another connection
-      writes gets SQLITE_BUSY at once (SQLite cannot wait there without risking a deadlock, so busy_timeout,
-      60 s in Prefect, does not apply). The service says "N to retry, 0 dropped" and retries; Prefect already
-      hides the same error from its API log as retryable (`server.log_retryable_errors`), not from its services.
-    - `CancelledError` tracebacks while the temporary server stops at the end of the run: `slam` is done and
-      the server cancels the services' last flush of its own bookkeeping (task-run state events).
+    Its SQLite `database is locked` errors are not filtered: they are fixed at their cause
+    (flows/temporary_server.py, one writer at a time), so one that still shows is worth seeing.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -53,17 +50,8 @@ class TemporaryServerNoise(logging.Filter):
         if not record.name.startswith(("prefect.server", "sqlalchemy", "uvicorn", "docket")):
             return True
         import asyncio
-        import sqlite3
 
-        for exc in _chain(record.exc_info[1]):
-            if isinstance(exc, asyncio.CancelledError):
-                return False
-            text = str(exc).lower()
-            if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
-                return False
-            if type(exc).__name__ == "OperationalError" and "database is locked" in text:
-                return False
-        return True
+        return not any(isinstance(exc, asyncio.CancelledError) for exc in _chain(record.exc_info[1]))
 
 
 def quiet_logging(verbose: bool = False) -> None:

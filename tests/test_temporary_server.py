@@ -1,0 +1,129 @@
+"""The temporary Prefect server's SQLite lock errors, found and fixed at their cause (flows/temporary_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def _read_then_write_while_another_commits(db_path: Path) -> tuple[list[BaseException | None], float]:
+    """Prefect's pattern: transaction 1 reads, transaction 2 (another connection) writes and commits, then
+    transaction 1 writes. Returns each transaction's error (None when it committed) and the seconds taken."""
+    import sqlalchemy as sa
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{db_path}")
+    engine = await config.engine()
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+    first_read = asyncio.Event()
+
+    async def reader_then_writer() -> None:
+        async with config.begin_transaction(await config.session(engine)) as tx:
+            await tx.session.execute(sa.text("SELECT count(*) FROM t"))
+            first_read.set()
+            await asyncio.sleep(0.5)  # the other connection writes and commits meanwhile
+            await tx.session.execute(sa.text("INSERT INTO t VALUES (1)"))
+
+    async def writer() -> None:
+        await asyncio.wait_for(first_read.wait(), 1.0) if not _one_writer() else await asyncio.sleep(0.1)
+        async with config.begin_transaction(await config.session(engine)) as tx:
+            await tx.session.execute(sa.text("INSERT INTO t VALUES (2)"))
+
+    start = time.monotonic()
+    errors = await asyncio.gather(reader_then_writer(), writer(), return_exceptions=True)
+    await engine.dispose()
+    return list(errors), time.monotonic() - start
+
+
+def _one_writer() -> bool:
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    return getattr(AioSqliteConfiguration.begin_transaction, "one_writer", False)
+
+
+def test_deferred_transactions_fail_at_once_and_one_writer_waits(tmp_path, monkeypatch):
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    from flows.temporary_server import one_writer_sqlite
+
+    # the cause, on Prefect's own configuration: SQLITE_BUSY at once, though busy_timeout is 60 s
+    errors, took_s = asyncio.run(_read_then_write_while_another_commits(tmp_path / "stock.db"))
+    assert "database is locked" in str(errors[0]) and errors[1] is None and took_s < 10, (errors, took_s)
+
+    monkeypatch.setattr(AioSqliteConfiguration, "begin_transaction", AioSqliteConfiguration.begin_transaction)
+    one_writer_sqlite()
+    assert _one_writer()
+    errors, _ = asyncio.run(_read_then_write_while_another_commits(tmp_path / "fixed.db"))
+    assert errors == [None, None]  # the second writer waited for the first instead of failing
+
+
+@pytest.mark.slow
+def test_slam_runs_use_the_one_writer_temporary_server(tmp_path):
+    """A flow run with no PREFECT_API_URL starts the one-writer server (its uvicorn builds our app) and completes
+    its tasks; a configured server is left alone."""
+    script = textwrap.dedent("""
+        import os, subprocess
+        from flows.temporary_server import one_writer_when_temporary
+        one_writer_when_temporary()
+        from prefect import flow, task
+        from prefect.server.api.server import SubprocessASGIServer
+
+        @task
+        def double(x):
+            return 2 * x
+
+        @flow
+        def many():
+            return sum(f.result() for f in [double.submit(i) for i in range(40)])
+
+        print("sum", many())
+        server = SubprocessASGIServer._instances[None]
+        print("class", type(server).__name__)
+        print("args", " ".join(server.server_process.args))
+    """)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
+    env.pop("PREFECT_API_URL", None)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines() if " " in line)
+    assert lines["sum"] == str(2 * sum(range(40)))
+    assert lines["class"] == "OneWriterServer" and "flows.temporary_server:create_app" in lines["args"]
+    assert "database is locked" not in out.stderr
+
+    configured = {**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    check = subprocess.run([sys.executable, "-c", "from flows.temporary_server import one_writer_when_temporary;"
+                            "one_writer_when_temporary();"
+                            "from prefect.server.api.server import SubprocessASGIServer as S;"
+                            "print(len(S._instances))"], cwd=tmp_path, env=configured, capture_output=True,
+                           text=True, timeout=120)
+    assert check.stdout.strip() == "0", (check.stdout, check.stderr[-2000:])
+
+
+def test_quiet_log_drops_shutdown_cancellations_only():
+    import logging
+    import sqlite3
+
+    from flows.quiet_log import TemporaryServerNoise
+
+    def record(name: str, exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException:
+            return logging.LogRecord(name, logging.ERROR, __file__, 1, "Error flushing", None, sys.exc_info())
+
+    noise = TemporaryServerNoise()
+    assert not noise.filter(record("prefect.server.services.task_run_recorder", asyncio.CancelledError()))
+    assert noise.filter(record("prefect.server.services.task_run_recorder",
+                               sqlite3.OperationalError("database is locked")))  # fixed at cause: shown if seen
+    assert noise.filter(record("prefect.flow_runs", asyncio.CancelledError()))  # the run's own: kept
