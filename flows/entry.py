@@ -33,13 +33,20 @@ def _param(key: str, value: str) -> str:
     return f"--param 'overrides={{\"{key}\": {shown}}}'"
 
 
+def _reword_flags(text: str) -> str:
+    text = re.sub(r"--set ([\w.]+)=([^\s—;,)`]+)", lambda m: _param(m.group(1), m.group(2)), text)
+    text = re.sub(r"--set ([\w.]+)(?=[\s`]|$)", lambda m: f"--param 'overrides={{\"{m.group(1)}\": …}}'", text)
+    text = re.sub(r"--preset (\S+?)(?=[\s`]|$)", r"--param preset=\1", text)
+    text = re.sub(r"--data-root(?: (/[^\s`]+))?", lambda m: f"--param data_root={m.group(1) or 'DIR'}", text)
+    return text.replace("--set ", "--param overrides=").replace("slam run ", "a deployment run of ")
+
+
 def for_deployment(line: str) -> str:
-    """A CLI-worded error line reworded for `prefect deployment run` parameters."""
-    line = re.sub(r"--set ([\w.]+)=([^\s—;,)]+)", lambda m: _param(m.group(1), m.group(2)), line)
-    line = re.sub(r"--set ([\w.]+)(?=\s|$)", lambda m: f"--param 'overrides={{\"{m.group(1)}\": …}}'", line)
-    line = re.sub(r"--preset (\S+)", r"--param preset=\1", line)
-    line = re.sub(r"--data-root(?: (/\S+))?", lambda m: f"--param data_root={m.group(1) or 'DIR'}", line)
-    return line.replace("--set ", "--param overrides=").replace("slam run ", "a deployment run of ")
+    """A CLI-worded error line reworded for `prefect deployment run` parameters. Another command it suggests in
+    backticks (`slam synth spokenswag --preset smoke`, a step to run by hand first) keeps its CLI flags."""
+    parts = re.split(r"(`[^`]*`)", line)
+    return "".join(part if part.startswith("`slam ") and not part.startswith("`slam run ") else _reword_flags(part)
+                   for part in parts)
 
 
 def _run_context() -> tuple[bool, bool, bool]:

@@ -125,6 +125,9 @@ def test_deployment_wording_names_parameters_not_flags():
     assert for_deployment("unknown preset 'smok' — --preset smok — did you mean") == \
         "unknown preset 'smok' — --param preset=smok — did you mean"
     assert for_deployment("pass --data-root a writable directory") == "pass --param data_root=DIR a writable directory"
+    suggested = "make them with `slam synth spokenswag --input SWAG_DIR --preset smoke` first"
+    assert for_deployment(f"x — --preset smoke — {suggested}") == f"x — --param preset=smoke — {suggested}"
+    assert for_deployment("rerun `slam run reproduce --preset smoke`") == "rerun `a deployment run of reproduce --param preset=smoke`"
 
 
 def test_a_flow_run_ends_failed_with_the_line(prefect_harness, tmp_path, monkeypatch):
