@@ -8,7 +8,8 @@ Without `-v`:
   dropped (`TemporaryServerNoise` says why they happen; flows/prefect_logging.yml); its SQLite lock errors are
   fixed at their cause (flows/temporary_server.py);
 - no per-model progress bars of transformers/huggingface_hub ('Loading weights', 'Writing model shards');
-- stage progress is coalesced to one line per 10 % (tasks/common.py, progress_reporter).
+- stage progress is coalesced to one line per 10 %, and its Prefect artifact to one update per 5 % or 30 s
+  (tasks/common.py, progress_reporter).
 With `-v` everything is shown at DEBUG, as before.
 """
 

@@ -62,10 +62,13 @@ def eta_text(seconds: float) -> str:
 
 
 def progress_reporter(description: str, min_interval_s: float = 2.0, log_every: float = 0.1,
-                      log_interval_s: float = 60.0) -> Callable[[float, str], None]:
-    """A callback `(fraction, message)` that updates one Prefect progress artifact, at most every few seconds.
-    The log is coalesced: one INFO line per `log_every` of the work (10 %, 20 %, ...) or per `log_interval_s`,
-    whichever comes first, and the end; every update at DEBUG (`slam -v`)."""
+                      log_interval_s: float = 60.0, artifact_every: float = 0.05,
+                      artifact_interval_s: float = 30.0) -> Callable[[float, str], None]:
+    """A callback `(fraction, message)` that updates one Prefect progress artifact and the log, both coalesced.
+    The artifact moves per `artifact_every` of the work (5 %) or per `artifact_interval_s`, whichever comes first,
+    and at the end: each update is an event that `prefect deployment run --watch` prints and the server stores.
+    The log has one INFO line per `log_every` (10 %, 20 %, ...) or per `log_interval_s`, and the end; every
+    update at DEBUG (`slam -v`). Nothing is reported more often than `min_interval_s`, except the end."""
     try:
         artifact_id = create_progress_artifact(progress=0.0, description=description)
     except Exception as err:  # no API (e.g. `.fn()` in a notebook): progress stays in the log
@@ -73,6 +76,7 @@ def progress_reporter(description: str, min_interval_s: float = 2.0, log_every: 
         artifact_id = None
     last = [0.0]
     logged = [time.monotonic(), 0.0]  # time and fraction of the last INFO line
+    shown = [time.monotonic(), 0.0]  # time and fraction of the last artifact update
     started = [None]  # (time, fraction) of the first report: the ETA extrapolates from there
     # A live bar (with tqdm's own ETA) only where a person watches a terminal; logs and the artifact always.
     bar = tqdm(total=100, desc=description, unit="%", bar_format="{l_bar}{bar}| {n:.0f}% [{elapsed}<{remaining}]",
@@ -98,7 +102,9 @@ def progress_reporter(description: str, min_interval_s: float = 2.0, log_every: 
             log.info("%s: %.0f%% %s", description, 100 * fraction, message)
         else:
             log.debug("%s: %.0f%% %s", description, 100 * fraction, message)
-        if artifact_id is not None:
+        if artifact_id is not None and (fraction >= 1.0 or fraction - shown[1] >= artifact_every - 1e-9
+                                        or now - shown[0] >= artifact_interval_s):
+            shown[:] = [now, fraction]
             try:
                 update_progress_artifact(artifact_id, progress=min(100.0, 100.0 * fraction),
                                          description=f"{description}: {message}" if message else description)
