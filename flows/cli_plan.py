@@ -88,8 +88,13 @@ def print_plan(plan: dict[str, Any]) -> None:
     synth_line = (f"synthesis {synth['gpu_hours']:,.1f} GPU-h ({synth['audio_hours']:,.0f} h at {synth['x_realtime']:,.0f}x "
                   f"on {synth['measured']['device']}, {synth['measured']['date']})" if "measured" in synth
                   else "synthesis: none")
-    console.print(f"Preprocessing: {units_line}; {synth_line}; training {pre['training']['gpu_hours']:,.1f} GPU-h on "
-                  f"{pre['training']['device']} -> {pre['total_gpu_hours']:,.1f} GPU-h in all")
+    align = pre.get("alignment")
+    align_line = "" if align is None else (
+        f"; Whisper alignment {align['gpu_hours']:,.1f} GPU-h ({align['audio_hours']:,.0f} h)"
+        if align["gpu_hours"] is not None else
+        f"; Whisper alignment of {align['audio_hours']:,.0f} h: unmeasured, not counted" if align["unmeasured"] else "")
+    console.print(f"Preprocessing: {units_line}; {synth_line}{align_line}; training {pre['training']['gpu_hours']:,.1f} "
+                  f"GPU-h on {pre['training']['device']} -> {pre['total_gpu_hours']:,.1f} GPU-h in all")
     rt = Table(title="Resources")
     for col in ("resource", "needed", "available", "parts"):
         rt.add_column(col)

@@ -32,7 +32,7 @@ from slam_core.align.words import words_path_for
 from slam_core.config import SlamConfig
 from slam_core.config_interleave import CM_GENERATE
 from slam_core.corpora.hub import list_parquet_files
-from slam_core.device import set_cpu_threads
+from slam_core.device import set_cpu_threads, use_cpu_threads
 from slam_core.discovery import data_root_checkpoint_digest
 from slam_core.lm.interleave_stage import layout_digest, text_shard_ranges
 from slam_core.lm.model import TINY_BASE_NAME
@@ -75,7 +75,9 @@ def align_sets(cfg: SlamConfig, prepared: dict[str, Any], dev: str, root: str) -
         dataset, _, split = name.partition("/")
         if info["role"] != "train" or dataset not in cfg.interleave.interleaved_sets:
             continue
-        settings = AlignSettings(method="synth" if dataset in ("stinystories", "stories") else "asr")
+        icfg = cfg.interleave
+        settings = AlignSettings(method=icfg.alignment_method(dataset), asr_model=icfg.asr_model,
+                                 asr_max_tokens=icfg.asr_max_tokens)
         for seg_path, seg_fp, units_path in zip(info["segments"], info["segment_fingerprints"], info["units"]):
             align_fp = alignment_fingerprint(settings, seg_fp)
             futures.setdefault(name, []).append((units_path, align.align_words.submit(
@@ -221,7 +223,7 @@ def reproduce_interleaved(preset: str = "smoke_interleaved", overrides: dict[str
 
     # 5-6. Token docs of the three sets, then pre-training on their mix (called directly: main thread).
     if dev == "cpu":
-        set_cpu_threads(1)
+        use_cpu_threads(cfg.interleave.cpu_threads)
     docs = doc_shards(cfg, prepared, aligned, corpus, init_dir, init_fp, root)
     pre_fp = fp("pretrain", cfg, ("model", "train"), init_fp, *sorted(d["fingerprint"] for d in docs))
     run_dir = str(stage_dir(cfg.data_root, "checkpoints", cfg.run.name) / f"pretrain-{pre_fp}")

@@ -18,6 +18,9 @@ from slam_core.config_sections import _Section
 CROSS_MODAL_METRICS = ("cm_tsc_t2s", "cm_tsc_s2t", "cm_tsc_t2t", "cm_tsc_s2s")
 CM_GENERATE = "cm_generate"  # speech prompt -> text continuation (slam_core.eval.cm_generate)
 DOC_KINDS = ("text", "interleaved", "speech")
+# Sets whose audio Parquet shards carry the synthesiser's own word timings (`aligned_text`); every other set is
+# timed by Whisper.
+SYNTH_ALIGNED_SETS = ("stinystories", "stories")
 
 
 class InterleaveConfig(_Section):
@@ -31,7 +34,21 @@ class InterleaveConfig(_Section):
     prob: float = Field(0.3, gt=0, le=1, description="Share of words in speech (poisson) / span start probability.")
     interleaved_sets: list[str] = Field(
         ["stinystories"], description="Unit datasets (units/<set>/) whose word alignments make interleaved docs; "
-        "sTinyStories is aligned from its synthesis timings, any other set by Whisper word timestamps.")
+        "sTinyStories is aligned from its synthesis timings, any other set (LibriSpeech) by Whisper word "
+        "timestamps matched to its transcripts (interleave.asr_model).")
+    asr_model: str = Field(
+        "large-v3-turbo", description="Whisper that times the words of real speech (interleaved sets other than "
+        "sTinyStories): an openai-whisper name, read from ~/.cache/whisper (large-v3-turbo: the weights of "
+        "SlamKit's openai/whisper-large-v3-turbo), or a local checkpoint file {'dims', 'model_state_dict'}. "
+        "Not loaded when every interleaved set is synthesised.")
+    asr_max_tokens: int | None = Field(
+        None, ge=1, description="Cap on the tokens Whisper decodes per 30 s window while aligning (None: "
+        "Whisper's own, half its text context); a cap cuts a long segment's transcript short, leaving its last "
+        "words unaligned.")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="Torch threads of the one-model stages on CPU (token docs, pre-training, cross-modal "
+        "evaluation); None: every core. On a shared 2-core machine a tiny model trains ~8x faster on 1 thread "
+        "than on 2 (OpenMP threads wait on each other: README, interleaved Measured).")
     speech_sets: list[str] = Field(
         [], description="Unit datasets whose units are also speech-only docs; empty: every pre-training set.")
     text_vocab_size: int = Field(1024, ge=260, description="'tiny-qwen2' only: size of the byte-level BPE trained "
@@ -57,6 +74,15 @@ class InterleaveConfig(_Section):
     cm_generate_top_k: int = Field(25, ge=1, description="cm_generate: top-k sampling (SlamKit 25; no top-p).")
     cm_generate_max_new_tokens: int = Field(
         150, ge=1, description="cm_generate: text tokens sampled at most per prompt, stopping at EOS (SlamKit 150).")
+
+    def alignment_method(self, dataset: str) -> str:
+        """'synth' (timings stored by synthesis) or 'asr' (Whisper word timestamps) for a unit dataset."""
+        return "synth" if dataset in SYNTH_ALIGNED_SETS else "asr"
+
+    @property
+    def asr_sets(self) -> list[str]:
+        """The interleaved sets that Whisper aligns (enabled presets only)."""
+        return [s for s in self.interleaved_sets if self.alignment_method(s) == "asr"] if self.enabled else []
 
     @model_validator(mode="after")
     def _check_sets(self) -> "InterleaveConfig":

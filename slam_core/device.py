@@ -49,6 +49,13 @@ def pick_attn_implementation(requested: str, device: torch.device) -> str:
     return requested
 
 
+def use_cpu_threads(threads: int | None) -> int:
+    """`threads` torch threads for one model running alone (None: every core)."""
+    n = (os.cpu_count() or 1) if threads is None else threads
+    torch.set_num_threads(n)
+    return n
+
+
 def set_cpu_threads(parallel_tasks: int) -> int:
     """Share the CPU cores among concurrently running tasks (oversubscribed BLAS threads slow tiny models 10x)."""
     n = max(1, (os.cpu_count() or 1) // max(1, parallel_tasks))

@@ -4,6 +4,8 @@
   published mHuBERT-25Hz km500 file's), come from that exact pickle (full sha256, via the record `slam units
   convert-kmeans` writes). Never skippable: fitting a new k-means is the explicit `units.fit_kmeans=true`.
 - Speech and text named by path (`corpus.*_dir`): checked to exist, so a mistyped path stops the run at once.
+- The Whisper that aligns real speech for interleaving (`interleave.asr_model`), when an interleaved set is not
+  synthesised (LibriSpeech in `slam_interleaved`).
 - Evaluation inputs of the configured metrics: reference sets (`eval.reference_path`), unit vocoder, Whisper
   model, GenPPL text LM, judge, prompt audio. Missing ones stop the run with one message naming each and the
   option that provides it, unless `eval.allow_skip=true` (the smoke preset), which runs and records them as
@@ -192,8 +194,20 @@ def check_synth_input(kind: str, path: str | Path, where: str = "--input") -> No
                          f"give {SYNTH_INPUTS.get(kind, 'an existing file or folder')}")
 
 
+def alignment_inputs(cfg: SlamConfig) -> list[MissingInput]:
+    """The Whisper that aligns the real-speech interleaved sets (interleave.asr_sets), checked with the units: the
+    interleaved flow aligns right after them, so a missing model would otherwise stop it hours in."""
+    icfg = cfg.interleave
+    if not icfg.asr_sets or (why := _asr_available(icfg.asr_model)) is None:
+        return []
+    return [MissingInput("units", f"Whisper for the word alignments of {', '.join(icfg.asr_sets)}",
+                         "--set interleave.asr_model", f"{why}: put the official file there, or give a local "
+                         "checkpoint file ({'dims', 'model_state_dict'}) as interleave.asr_model=PATH")]
+
+
 def missing_inputs(cfg: SlamConfig, stages: tuple[str, ...] = ("units", "eval")) -> list[MissingInput]:
-    return ((corpus_inputs(cfg) if "corpus" in stages else []) + (quantizer_inputs(cfg) if "units" in stages else [])
+    return ((corpus_inputs(cfg) if "corpus" in stages else [])
+            + (quantizer_inputs(cfg) + alignment_inputs(cfg) if "units" in stages else [])
             + (eval_inputs(cfg) if "eval" in stages else []))
 
 

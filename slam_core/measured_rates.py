@@ -1,4 +1,4 @@
-"""Measured GPU rates of the preprocessing stages, each with its device, date, setup and source, for `slam plan`.
+"""Measured rates of the preprocessing stages, each with its device, date, setup and source, for `slam plan`.
 
 A committed bench result (`bench/results/units-gpu.json`, `synth-gpu.json`, written by `python -m bench.run_all
 --gpu`) is used when it has the figure; otherwise the table below, which cites the measurement it copies.
@@ -41,6 +41,26 @@ UNITS_TABLE = {
 # Kokoro-82M shape (random weights), 128 utterances of 40-200 phonemes, no G2P.
 KOKORO_TABLE = MeasuredRate(429.0, "NVIDIA H200", "2026-12-04", "Kokoro-82M shape, one process, fp32, batches of 64 "
                             "(G2P not included)", _ISSUE_25)
+
+
+# Word alignments from synthesis timings (sTinyStories' aligned_text read and matched to the transcript, no model)
+# and token docs (tokenising units and words, no model): CPU work on one thread of the shared 2-core development
+# machine (load average ~2), median of 3 timings of a smoke_interleaved data root (1.11 h, 12,396 words, 240
+# utterances in 4 shards; docs: interleaved + speech-only, 139,524 tokens, the tiny 1,024-token BPE).
+SYNTH_ALIGN_CPU = MeasuredRate(
+    39_944.0, "2-core CPU", "2026-12-04", "synth_alignments of 4 espeak sTinyStories-layout shards, 1 thread "
+    "(3 timings: 31,293-41,069x)", "issue 27: slam_core.align.sources.synth_alignments timed on smoke_interleaved")
+TOKEN_DOCS_CPU = {"tokens_per_s": 753_594.0, "device": "2-core CPU", "date": "2026-12-04",
+                  "setup": "interleaved + speech-only docs of 4 shards, the tiny 1,024-token BPE, 1 thread (3 timings: "
+                           "699,089-763,381 tokens/s)",
+                  "source": "issue 27: slam_core.lm.interleave_stage.write_docs timed on smoke_interleaved"}
+# Whisper word timestamps per model name: none measured yet (a figure goes here with its device and date).
+WHISPER_ALIGN_TABLE: dict[str, MeasuredRate] = {}
+
+
+def whisper_align_rate(model: str) -> MeasuredRate | None:
+    """The measured rate of Whisper word alignment with this model on one GPU; None: unmeasured."""
+    return WHISPER_ALIGN_TABLE.get(model)
 
 
 def _bench(name: str) -> dict[str, Any] | None:

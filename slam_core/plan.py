@@ -23,6 +23,7 @@ from slam_core.fingerprint import code_version
 from slam_core.inputs import missing_inputs
 from slam_core.lm.metrics import BF16_PEAK_FLOPS, flops_per_token_for, peak_flops_for_name
 from slam_core.measured_rates import MeasuredRate, kokoro_rate, units_rate
+from slam_core.plan_interleave import alignment_cost, interleave_stages
 
 ASSUMED_MFU = 0.40
 ASSUMED_DOWNLOAD_BYTES_PER_S = 50e6
@@ -199,7 +200,10 @@ def preprocessing_cost(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[
     train_s = sum(s["eta_s"] or 0.0 for s in plan_stages if s["name"] in ("pre-training", "DPO"))
     out["training"] = {"gpu_hours": round(train_s / 3600 * n_gpus, 2), "gpus": n_gpus, "device": device["name"],
                        "basis": "pre-training and DPO ETAs of the stages"}
-    gpu_hours = [out["units"].get("gpu_hours"), out["synthesis"]["gpu_hours"], out["training"]["gpu_hours"]]
+    if cfg.interleave.enabled:  # Whisper on the real-speech interleaved sets (None: unmeasured, not in the total)
+        out["alignment"] = alignment_cost(plan_stages)
+    gpu_hours = [out["units"].get("gpu_hours"), out["synthesis"]["gpu_hours"], out["training"]["gpu_hours"],
+                 out.get("alignment", {}).get("gpu_hours")]
     out["total_gpu_hours"] = round(sum(h for h in gpu_hours if h is not None), 2)
     out["basis"] = ("one-GPU rates of bench/results/*-gpu.json when committed, else the table in "
                     "slam_core/measured_rates.py; synthesis and units hours are on the measuring GPU, training "
@@ -245,6 +249,7 @@ def stages(cfg: SlamConfig, device: dict[str, Any], sets: list[dict[str, Any]], 
         out.append({"name": "k-means", "eta_s": cfg.units.kmeans_sample_frames / 25 / rate,
                     "basis": f"encode {cfg.units.kmeans_sample_frames:,} frames at {rate:,.0f}x real time; faiss fit "
                              f"not included (unmeasured); {quantizer['note']}"})
+    out += interleave_stages(cfg, sets, lambda r: _scale_to(r, device))  # interleaved presets: alignments, docs
     eta, basis = cfg.train.budget_s, "train.budget_s (the schedule ends exactly at it)"
     if cfg.train.max_steps and budget.get("tokens_per_s"):
         capped = cfg.train.max_steps * budget["tokens_per_step"] / budget["tokens_per_s"]

@@ -149,8 +149,12 @@ def slam_interleaved() -> SlamConfig:
     text vocabulary is its own tokenizer's (152,167 rows with units and markers). SlamKit trains one epoch
     (train_max_tokens null, stopping_strategy first_exhausted); here the budget is `slam`'s 23.5 h and a set that
     runs out starts a reshuffled epoch. No DPO (SlamKit has none for interleaved models).
-    Data: interleaved docs from sTinyStories (synthesis timings), speech-only docs from every set of the
-    `slam` mix, text-only docs from TinyStories text; cross-modal StoryCloze from eval.reference_path/cross_ms_tSC.
+    Data: SlamKit's yaml names none (`train_path: ???`, three pre-tokenised sets given on the command line;
+    interleaved ones need per-file `aligned_text` metadata that SlamKit does not make). Here: interleaved docs
+    from sTinyStories (synthesis timings) and LibriSpeech train (Whisper `interleave.asr_model` word timestamps
+    matched to its transcripts), speech-only docs from every set of the `slam` mix, text-only docs from
+    TinyStories text; cross-modal StoryCloze from eval.reference_path/cross_ms_tSC. Libri-Light has no
+    transcripts, so it stays speech-only.
     """
     cfg = slam()
     cfg.run.name = "slam_interleaved"
@@ -162,7 +166,8 @@ def slam_interleaved() -> SlamConfig:
     cfg.dpo.enabled = False
     cfg.eval.metrics = []
     cfg.interleave = InterleaveConfig(enabled=True, method="poisson", span=10.0, prob=0.3,
-                                      interleaved_sets=["stinystories"], cross_modal_dir="reference/cross_ms_tSC")
+                                      interleaved_sets=["stinystories", "librispeech"], asr_model="large-v3-turbo",
+                                      cross_modal_dir="reference/cross_ms_tSC")
     return cfg
 
 
@@ -182,8 +187,10 @@ def smoke_interleaved() -> SlamConfig:
                             log_every_steps=5, calibration_steps=3, dataset_weights=dict(INTER_SCALE_WEIGHTS))
     cfg.dpo.enabled = False
     cfg.eval = EvalConfig(metrics=[], allow_skip=True)
+    # One torch thread from the token docs on: on the shared 2-core box 20 steps took 8.7 s on 1 thread and 73 s on
+    # 2 (load average ~5, 2026-12-04), the same losses.
     cfg.interleave = InterleaveConfig(enabled=True, method="poisson", span=10.0, prob=0.3,
-                                      interleaved_sets=["stinystories"], text_vocab_size=1024)
+                                      interleaved_sets=["stinystories"], text_vocab_size=1024, cpu_threads=1)
     return cfg
 
 

@@ -174,3 +174,50 @@ def test_plan_prices_preprocessing_at_measured_rates(tmp_path, capsys, monkeypat
     assert pre["units"]["x_realtime"] == 4_000.0 and pre["units"]["measured"]["date"] == "2027-01-02"
     assert pre["units"]["measured"]["source"] == "bench/results/units-gpu.json"
     assert pre["synthesis"]["x_realtime"] == 1_200.0 and "4 process" in pre["synthesis"]["measured"]["setup"]
+
+
+def test_plan_prices_the_interleaved_alignments_and_token_docs(tmp_path, capsys, monkeypatch):
+    """slam_interleaved: sTinyStories aligned by a Parquet read of its synthesis timings (measured CPU rate),
+    LibriSpeech by Whisper, whose GPU rate is unmeasured and said so (no ETA, not in the total), token docs at the
+    measured CPU rate; a measured Whisper rate prices it. Speech-only presets get none of these lines."""
+    from slam_core import measured_rates
+    from slam_core.measured_rates import SYNTH_ALIGN_CPU, TOKEN_DOCS_CPU, MeasuredRate
+
+    root = str(tmp_path / "root")
+    plan = _plan(capsys, "--preset", "slam_interleaved", "--data-root", root, "--gpu", "A5000")
+    stages = {s["name"]: s for s in plan["stages"]}
+    ls, st, docs = (stages["word alignments: librispeech"], stages["word alignments: stinystories"],
+                    stages["token docs"])
+    assert ls["eta_s"] is None and ls["gpu_hours"] is None and ls["hours"] == pytest.approx(960, rel=0.01)
+    assert "large-v3-turbo" in ls["basis"] and "unmeasured" in ls["basis"]
+    assert "word alignments: librispeech" in plan["eta_unknown"]
+    assert st["eta_s"] == pytest.approx(30_000 * 3600 / SYNTH_ALIGN_CPU.x_realtime) and st["gpu_hours"] == 0.0
+    assert "Parquet read" in st["basis"] and SYNTH_ALIGN_CPU.date in st["basis"]
+    train = {d["name"]: 0.0 for d in plan["datasets"] if d["role"] == "train"}
+    for d in plan["datasets"]:
+        if d["role"] == "train":
+            train[d["name"]] += d["tokens"]
+    assert docs["speech_unit_tokens"] == pytest.approx(sum(train.values()))
+    assert docs["interleaved_unit_tokens"] == pytest.approx(train["librispeech"] + train["stinystories"])
+    assert docs["eta_s"] == pytest.approx((docs["speech_unit_tokens"] + docs["interleaved_unit_tokens"])
+                                          / TOKEN_DOCS_CPU["tokens_per_s"])
+    pre = plan["preprocessing"]
+    assert pre["alignment"]["gpu_hours"] is None and pre["alignment"]["unmeasured"] == ["word alignments: librispeech"]
+    assert pre["total_gpu_hours"] == pytest.approx(
+        pre["units"]["gpu_hours"] + pre["synthesis"]["gpu_hours"] + pre["training"]["gpu_hours"], abs=0.02)
+    capsys.readouterr()
+    assert main(["plan", "--preset", "slam_interleaved", "--data-root", root, "--gpu", "A5000"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "word alignments: librispeech" in out and "Whisper alignment of 961 h: unmeasured, not counted" in out
+
+    rate = MeasuredRate(100.0, "NVIDIA H200", "2027-01-02", "test", "test")
+    monkeypatch.setitem(measured_rates.WHISPER_ALIGN_TABLE, "large-v3-turbo", rate)
+    plan = _plan(capsys, "--preset", "slam_interleaved", "--data-root", root, "--gpu", "H200")
+    ls = next(s for s in plan["stages"] if s["name"] == "word alignments: librispeech")
+    assert ls["gpu_hours"] == pytest.approx(ls["hours"] / 100.0, abs=0.01)
+    assert ls["eta_s"] == pytest.approx(ls["hours"] * 3600 / 100.0) and "2027-01-02" in ls["basis"]
+    assert plan["preprocessing"]["alignment"]["gpu_hours"] == ls["gpu_hours"]
+
+    speech_only = _plan(capsys, "--preset", "slam", "--data-root", root, "--gpu", "A5000")
+    assert not [s for s in speech_only["stages"] if s["name"].startswith(("word alignments", "token docs"))]
+    assert "alignment" not in speech_only["preprocessing"]

@@ -23,6 +23,9 @@ from slam_core.fingerprint import code_version, fingerprint
 ALIGN_CODE_SCOPE = ("align", "audio/io.py")
 _models: dict[tuple[str, str], Any] = {}
 _models_lock = threading.Lock()
+# One shard at a time per Whisper: word timestamps hook the shared model's cross-attention for the length of a
+# forward pass (whisper.timing.find_alignment), so two threads on one model would read each other's weights.
+_model_use: dict[tuple[str, str], threading.Lock] = {}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ def _asr_model(name: str, device: str) -> Any:
     with _models_lock:
         if (name, device) not in _models:
             _models[(name, device)] = load_asr(name, device)
+            _model_use[(name, device)] = threading.Lock()
         return _models[(name, device)]
 
 
@@ -67,10 +71,13 @@ def align_shard(settings: AlignSettings, segments_path: str | Path, out_path: st
     fp = alignment_fingerprint(settings, segments_fingerprint)
 
     def produce() -> dict[str, Any]:
-        model = _asr_model(settings.asr_model, device) if settings.method == "asr" else None
-        return align_segment_shard(settings.method, segments_path, out_path, asr_model=model,
-                                   language=settings.language, audio_root=audio_root,
-                                   max_tokens=settings.asr_max_tokens)
+        if settings.method != "asr":
+            return align_segment_shard(settings.method, segments_path, out_path, audio_root=audio_root)
+        model = _asr_model(settings.asr_model, device)
+        with _model_use[(settings.asr_model, device)]:
+            return align_segment_shard(settings.method, segments_path, out_path, asr_model=model,
+                                       language=settings.language, audio_root=audio_root,
+                                       max_tokens=settings.asr_max_tokens)
 
     record = produce_or_reuse(catalog, stage=STAGE, dataset=dataset, split=split, out_path=out_path,
                               fingerprint=fp, produce=produce, upstream=[segments_fingerprint])
