@@ -47,6 +47,43 @@ step "worker"
 prefect worker start --pool local-pool --type process --limit 1 --install-policy never >"$WORK/worker.log" 2>&1 &
 WORKER_PID=$!
 
+step "deployment runs with user mistakes end Failed with one line worded for deployment parameters"
+if prefect deployment run 'reproduce/full-reproduction' --param preset=smok \
+    --watch --watch-interval 2 --watch-timeout 300 >"$WORK/bad-preset.log" 2>&1; then
+  echo "a deployment run with preset=smok completed"; exit 1
+fi
+if prefect deployment run 'reproduce/full-reproduction' --param preset=smoke \
+    --param 'overrides={"corpus.spokenswag_dir": "/nonexistent/spokenswag"}' \
+    --watch --watch-interval 2 --watch-timeout 300 >"$WORK/bad-input.log" 2>&1; then
+  echo "a deployment run with a missing spokenswag_dir completed"; exit 1
+fi
+python - <<'PY'
+import asyncio
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+
+
+async def main() -> None:
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.FAILED]))))
+    messages = sorted(r.state.message or "" for r in runs)
+    assert len(messages) == 2, messages
+    preset, missing = (next(m for m in messages if key in m) for key in ("'smok'", "spokenswag"))
+    for line in (preset, missing):  # one line, the CLI's shape, no traceback, no CLI flag of the run itself
+        assert line.startswith("slam: error: ") and "\n" not in line and "Traceback" not in line, line
+        assert "--set " not in line and "--preset " not in line.split("`slam synth")[0], line
+    assert "`slam synth" not in missing or "--preset smoke`" in missing, missing  # a CLI step keeps its flags
+    assert "--param preset=" in preset, preset
+    assert "--param 'overrides=" in missing and "/nonexistent/spokenswag" in missing, missing
+    print("failed runs say:", *messages, sep="\n  ")
+
+
+asyncio.run(main())
+PY
+
 SMOKE_SET='{"train.budget_s": 20, "dpo.budget_s": 8, "corpus.n_train_stories": 96, "corpus.n_heldout_stories": 32}'
 step "deployment run reproduce/full-reproduction (smoke, short budget)"
 prefect deployment run 'reproduce/full-reproduction' --param preset=smoke --param "overrides=$SMOKE_SET" \
