@@ -138,3 +138,16 @@ def test_slam_run_stops_before_any_work_with_one_error_line(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("slam: error:")]
     assert len(err) == 1 and "slam units convert-kmeans" in err[0] and "eval.allow_skip=true" in err[0]
     assert not (tmp_path / "root").exists()
+
+
+def test_interleaved_cm_generate_needs_its_judge_lm_before_any_work(tmp_path):
+    """cm_generate scores its continuations with eval.ppl_lm: a missing one stops slam_interleaved at the start
+    (not as a skipped row after training); smoke_interleaved (allow_skip) records it as skipped."""
+    cfg = apply_overrides(get_preset("slam_interleaved"), [f"run.data_root={tmp_path / 'root'}"])
+    assert [m.field for m in missing_inputs(cfg, ("eval",))] == ["eval.ppl_lm"]
+    with pytest.raises(InputsMissingError, match="GenPPL text LM of cm_generate"):
+        check_inputs(cfg, ("eval",))
+    without = apply_overrides(cfg, ["interleave.cross_modal_metrics=[\"cm_tsc_t2s\"]"])
+    assert missing_inputs(without, ("eval",)) == []
+    smoke = apply_overrides(get_preset("smoke_interleaved"), [f"run.data_root={tmp_path / 'smoke'}"])
+    assert [m.field for m in check_inputs(smoke, ("eval",))] == ["eval.ppl_lm"]  # skipped, the run goes on
