@@ -34,7 +34,7 @@ setup: $(STAMP)  ## create .venv and install everything (idempotent)
 demo: $(STAMP)  ## run the whole pipeline on the offline smoke preset
 	@start=$$(date +%s); \
 	$(VENV)/bin/slam run reproduce --preset smoke $(ARGS) && \
-	echo "make demo: finished in $$(( $$(date +%s) - start )) s; report: slam-data/reports/smoke/index.html"
+	echo "make demo: finished in $$(( $$(date +%s) - start )) s; the report's path and URL are printed above"
 
 demo-seeds: $(STAMP)  ## make demo once per seed (SEEDS="1234 1 2 3 4"), one after another -> bench/results/demo-seeds-cpu.json
 	$(PY) scripts/demo_seeds.py --seeds $(or $(SEEDS),1234 1 2 3 4) --root slam-data-seeds
