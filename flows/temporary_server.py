@@ -95,7 +95,12 @@ def use_one_writer_server() -> None:
 def one_writer_when_temporary() -> None:
     """`use_one_writer_server()` unless runs go to a configured server (PREFECT_API_URL, in the environment or
     the Prefect profile). Call it right before a flow runs: it imports Prefect's server module, which Prefect's
-    client imports anyway to start a temporary server."""
+    client imports anyway to start a temporary server. Nothing under the plain runtime (flows/plain_runtime.py):
+    there is no Prefect server there."""
+    from flows import plain_runtime
+
+    if plain_runtime.is_installed():
+        return
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import textwrap
@@ -219,7 +218,7 @@ def test_plain_runtime_provides_every_prefect_name_the_flows_and_tasks_import() 
 
     wanted: set[tuple[str, str]] = set()
     for path in [*(REPO / "flows").glob("*.py"), *(REPO / "tasks").glob("*.py")]:
-        if path.name in ("plain_runtime.py", "cli_deploy.py"):  # `slam deploy check` asks a Prefect server: never plain
+        if path.name in ("plain_runtime.py", "cli_deploy.py", "temporary_server.py"):  # a Prefect server's: never plain
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "prefect":

@@ -127,3 +127,12 @@ def test_quiet_log_drops_shutdown_cancellations_only():
     assert noise.filter(record("prefect.server.services.task_run_recorder",
                                sqlite3.OperationalError("database is locked")))  # fixed at cause: shown if seen
     assert noise.filter(record("prefect.flow_runs", asyncio.CancelledError()))  # the run's own: kept
+
+
+def test_plain_runtime_starts_no_server():
+    """Under the plain runtime (the GPU host has no Prefect) the hook does nothing and imports no Prefect."""
+    script = ("import sys; from flows import plain_runtime; plain_runtime.install();"
+              "from flows.temporary_server import one_writer_when_temporary; one_writer_when_temporary();"
+              "print(sorted(m for m in sys.modules if m.startswith('prefect.server')))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
