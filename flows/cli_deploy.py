@@ -1,4 +1,11 @@
-"""`slam deploy check [--deployment FLOW/NAME]`: before (or while) a deployment run waits, say whether a worker
+"""`slam deploy server` and `slam deploy check`.
+
+`slam deploy server [--host H] [--port P]`: the Prefect server the deployments run on: Prefect's own
+`prefect server start`, in the foreground, in this process, with its SQLite writers in line (one at a time; why:
+flows/temporary_server.py). Without it, that server logs the same `database is locked` errors as the temporary
+one.
+
+`slam deploy check [--deployment FLOW/NAME]`: before (or while) a deployment run waits, say whether a worker
 polls its work pool. A run of a deployment whose pool has no worker stays `Scheduled`, then `Late`, and Prefect
 says nothing; this names the pool, the runs waiting in it, and the command that starts a worker.
 
@@ -89,7 +96,7 @@ def cmd_deploy_check(args: argparse.Namespace) -> int:
     with get_client(sync_client=True) as client:
         if client.api_healthcheck() is not None:  # the exception met, e.g. connection refused
             raise InputError("the Prefect server does not answer", f"PREFECT_API_URL={api_url}",
-                             "start it (prefect server start --host 127.0.0.1 --port PORT &) or fix the URL")
+                             "start it (slam deploy server --host 127.0.0.1 --port PORT &) or fix the URL")
         pools = pool_status(client, args.deployment)
     if not pools:
         raise InputError("no deployments on this server", f"PREFECT_API_URL={api_url}",
@@ -104,10 +111,33 @@ def cmd_deploy_check(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def cmd_deploy_server(args: argparse.Namespace) -> int:
+    from flows.cli_common import quiet_offline_env
+
+    quiet_offline_env(args.verbose)
+    from flows.temporary_server import one_writer_sqlite
+
+    one_writer_sqlite()  # the foreground server builds its app in this process, so the change applies to it
+    print(f"slam deploy server: Prefect's server on http://{args.host}:{args.port}/api, SQLite transactions one "
+          f"writer at a time; point workers and `prefect deployment run` at it with "
+          f"export PREFECT_API_URL=http://{args.host}:{args.port}/api", flush=True)
+    from prefect.cli import app
+
+    sys.argv = ["prefect", "server", "start", "--host", args.host, "--port", str(args.port)]  # Prefect's CLI reads argv
+    app()
+    return 0
+
+
 def add_deploy_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `slam deploy check` on the top-level subparsers."""
+    """Register `slam deploy server` and `slam deploy check` on the top-level subparsers."""
     dep = subparsers.add_parser("deploy", help="the Prefect deployments (server, work pools, workers)")
     dep_sub = dep.add_subparsers(dest="deploy_command", required=True)
+    server = dep_sub.add_parser("server", help="run the Prefect server for deployments in the foreground "
+                                "(`prefect server start` with SQLite writers in line)")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                        "machine only)")
+    server.add_argument("--port", type=int, default=4200, help="port to listen on (default 4200, Prefect's)")
+    server.set_defaults(func=cmd_deploy_server)
     check = dep_sub.add_parser("check", help="say which work pool has no worker polling it, and how to start one")
     check.add_argument("--deployment", default=None, help="only this deployment, as FLOW/NAME "
                        "(e.g. reproduce/full-reproduction); default: every deployment on the server")

@@ -16,7 +16,8 @@ state-setting transactions IMMEDIATE (`with_for_update=True`).
 `use_one_writer_server()` puts a `OneWriterServer` where Prefect's client looks for its temporary server
 (`SubprocessASGIServer()`, a singleton per port), so nothing else changes: Prefect starts it on first use and
 stops it at exit. Its uvicorn process builds the app through `create_app` below. A long-lived
-`prefect server start` (deployments) is not touched; PREFECT_API_URL points the runs there instead.
+server for deployments (PREFECT_API_URL) is not touched here; `slam deploy server` (flows/cli_deploy.py) runs
+`prefect server start` in-process with `one_writer_sqlite()`.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ trap cleanup EXIT
 t0=$(date +%s); step() { echo "[deploy-loop +$(( $(date +%s) - t0 ))s] $*"; }
 
 step "server on 127.0.0.1:$PORT"
-prefect server start --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 & SERVER_PID=$!
+slam deploy server --host 127.0.0.1 --port "$PORT" >"$WORK/server.log" 2>&1 & SERVER_PID=$!
 for _ in $(seq 300); do curl -sf "http://127.0.0.1:$PORT/api/health" >/dev/null && break; sleep 1; done
 curl -sf "http://127.0.0.1:$PORT/api/health" >/dev/null || { tail -50 "$WORK/server.log"; exit 1; }
 

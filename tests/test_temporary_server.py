@@ -136,3 +136,38 @@ def test_plain_runtime_starts_no_server():
               "print(sorted(m for m in sys.modules if m.startswith('prefect.server')))")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr[-2000:])
+
+
+@pytest.mark.slow
+def test_deploy_server_runs_prefects_server_with_one_writer(tmp_path):
+    """`slam deploy server`: Prefect's `prefect server start` in the foreground, in-process, with the change; a flow
+    run against it completes, and SIGTERM stops it."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "flows.cli", "deploy", "server", "--port", str(port)], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(180):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("slam deploy server did not answer")
+        script = ("from prefect import flow, task\n@task\ndef one(x):\n    return x\n"
+                  "@flow\ndef f():\n    return sum(t.result() for t in [one.submit(i) for i in range(20)])\nprint(f())")
+        run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"})
+        assert run.returncode == 0 and run.stdout.split()[-1] == "190", run.stderr[-2000:]
+    finally:
+        server.terminate()
+        out, _ = server.communicate(timeout=60)
+    assert "SQLite transactions one writer at a time" in out and "database is locked" not in out, out[-2000:]
