@@ -195,7 +195,7 @@ def reproduce_interleaved(preset: str = "smoke_interleaved", overrides: dict[str
     cfg = load_config(preset, overrides, data_root)
     if not cfg.interleave.enabled:
         raise ValueError(f"interleave.enabled is false in preset '{preset}': run the speech-only `reproduce` flow")
-    check_resources(cfg, inputs=("corpus", "units"))
+    check_resources(cfg)  # the evaluation inputs too: cm_generate's judge LM, before any work
     root, seed, dev = str(cfg.data_root), cfg.run.seed, device_name(cfg)
     catalog_at(root).record_run(cfg.run.name, cfg.resolve())
     save_resolved(cfg, "reproduce-interleaved")

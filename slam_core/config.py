@@ -19,7 +19,7 @@ from slam_core.config_sections import (  # noqa: F401  (re-exported: the section
     ConfigError, _Section, RunConfig, CorpusConfig, SynthConfig, VadConfig, UnitsConfig, ModelConfig, TrainConfig,
     DpoConfig, EvalConfig, ParallelConfig,
 )
-from slam_core.config_interleave import DOC_KINDS, InterleaveConfig  # noqa: F401
+from slam_core.config_interleave import CM_GENERATE, DOC_KINDS, InterleaveConfig  # noqa: F401
 
 
 class SlamConfig(_Section):
@@ -94,7 +94,7 @@ class SlamConfig(_Section):
             raise ConfigError(f"train.dataset_weights: the interleaved mix weights its sets by kind — give "
                               f"{', '.join(DOC_KINDS)} (SlamKit train_inter_scale: 0.2024 / 0.5433 / 0.2543), "
                               f"got {sorted(weights) or 'none'}")
-        if "cm_generate" in self.interleave.cross_modal_metrics and \
+        if CM_GENERATE in self.interleave.cross_modal_metrics and \
                 self.interleave.cm_generate_max_new_tokens >= self.model.context_len:
             raise ConfigError(f"interleave.cm_generate_max_new_tokens: {self.interleave.cm_generate_max_new_tokens} "
                               f"leaves no room for the prompt in model.context_len {self.model.context_len} — "

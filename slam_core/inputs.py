@@ -7,9 +7,9 @@
 - The Whisper that aligns real speech for interleaving (`interleave.asr_model`), when an interleaved set is not
   synthesised (LibriSpeech in `slam_interleaved`).
 - Evaluation inputs of the configured metrics: reference sets (`eval.reference_path`), unit vocoder, Whisper
-  model, GenPPL text LM (also of an interleaved preset's `cm_generate`), judge, prompt audio. Missing ones stop the run with one message naming each and the
-  option that provides it, unless `eval.allow_skip=true` (the smoke preset), which runs and records them as
-  skipped (the report lists them).
+  model, GenPPL text LM (also of an interleaved preset's `cm_generate`), judge, prompt audio. Missing ones stop
+  the run with one message naming each and the option that provides it, unless `eval.allow_skip=true` (the
+  smoke preset), which runs and records them as skipped (the report lists them).
 
 `missing_inputs(cfg)` only inspects; `slam plan` can show its result.
 """
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slam_core.config import SlamConfig
+from slam_core.config_interleave import CM_GENERATE
 from slam_core.corpora.published_layout import PUBLISHED_METRICS, find_set_dir
 from slam_core.errors import InputError
 from slam_core.offline import offline, offline_variable
@@ -125,7 +126,7 @@ def eval_inputs(cfg: SlamConfig) -> list[MissingInput]:
             out.append(MissingInput("eval", "Whisper ASR model", "eval.asr_model", why))
     if "genppl" in metrics and (why := _hub_or_local_available(ev.ppl_lm)) is not None:
         out.append(MissingInput("eval", "GenPPL text LM", "eval.ppl_lm", why))
-    if (cfg.interleave.enabled and "cm_generate" in cfg.interleave.cross_modal_metrics and "genppl" not in metrics
+    if (cfg.interleave.enabled and CM_GENERATE in cfg.interleave.cross_modal_metrics and "genppl" not in metrics
             and (why := _hub_or_local_available(ev.ppl_lm)) is not None):  # scores the generated continuations
         out.append(MissingInput("eval", "GenPPL text LM of cm_generate", "eval.ppl_lm", why))
     if "judge" in metrics:

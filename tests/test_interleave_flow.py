@@ -46,3 +46,16 @@ def test_smoke_interleaved_end_to_end_then_cached(prefect_harness, tmp_path):
     assert again["checkpoints"] == out["checkpoints"]
     assert {(r["metric"], r["accuracy"]) for r in again["results"]} == {(r["metric"], r["accuracy"]) for r in out["results"]}
     assert again["generated"] == out["generated"]  # seeded: the same continuations, so the same auto-BLEU
+
+
+def test_interleaved_flow_stops_before_any_work_without_cm_generates_judge(prefect_harness, tmp_path, monkeypatch):
+    """The flow itself (a deployment run, `python -m flows.interleaved`), not only the CLI, checks the evaluation
+    inputs first: without eval.allow_skip a missing judge LM of cm_generate fails the run before any stage."""
+    from flows.reproduce import reproduce
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: no Llama-3.2-1B
+    root = tmp_path / "data"
+    state = reproduce(preset="smoke_interleaved", overrides={**TINY, "eval.allow_skip": False}, data_root=str(root),
+                      return_state=True)
+    assert state.is_failed() and "GenPPL text LM of cm_generate — eval.ppl_lm" in state.message, state.message
+    assert not (root / "tokens").exists() and not (root / "units").exists()
